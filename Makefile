@@ -1,0 +1,36 @@
+# Two commands get you going: `make demo` (whole pipeline on the built-in sample) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build keeps installs small; GPU users: `make demo TORCH_SPEC=torch` (or install their
+# own torch into .venv first — an installed torch that satisfies pyproject's range is kept).
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+WORK_DIR ?= work/demo
+PYTEST_ARGS ?=
+STAMP := $(VENV)/.installed
+
+export DO_NOT_TRACK := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || \
+		$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/lmforge run --work-dir $(WORK_DIR)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) work .pytest_cache

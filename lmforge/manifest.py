@@ -1,0 +1,149 @@
+"""Stage outputs: a directory built under a temporary name, described by `manifest.json`, then
+renamed into place, so a crash never leaves half a dataset that looks whole.
+
+The manifest is the unit of lineage: what went in (paths and digests), with which parameters,
+what came out (files and digests), counts, the code version and the wall-clock span.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lmforge import __version__
+
+MANIFEST_NAME = "manifest.json"
+
+
+class ManifestError(RuntimeError):
+    """A stage directory is missing, incomplete or does not match its manifest."""
+
+
+def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_size):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def describe_input(path: str | Path) -> dict[str, Any]:
+    """A file is identified by its sha256; a stage directory by its manifest's sha256."""
+    path = Path(path)
+    if path.is_dir():
+        manifest = read_manifest(path)
+        return {
+            "path": str(path.resolve()),
+            "stage": manifest["stage"],
+            "manifest_sha256": sha256_file(path / MANIFEST_NAME),
+        }
+    if not path.is_file():
+        raise FileNotFoundError(f"input {path} does not exist")
+    return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def read_manifest(stage_dir: str | Path) -> dict[str, Any]:
+    manifest_path = Path(stage_dir) / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise ManifestError(
+            f"{stage_dir} has no {MANIFEST_NAME}: it is not a finished lmforge stage output "
+            "(run the stage that produces it first)"
+        )
+    return json.loads(manifest_path.read_text())
+
+
+def manifest_digest(stage_dir: str | Path) -> str:
+    return sha256_file(Path(stage_dir) / MANIFEST_NAME)
+
+
+def verify_outputs(stage_dir: str | Path) -> None:
+    """Raise ManifestError naming the first output file whose digest no longer matches."""
+    stage_dir = Path(stage_dir)
+    for entry in read_manifest(stage_dir)["outputs"]:
+        path = stage_dir / entry["path"]
+        if not path.is_file():
+            raise ManifestError(f"{path} is listed in the manifest but missing")
+        if sha256_file(path) != entry["sha256"]:
+            raise ManifestError(f"{path} is corrupt: its sha256 does not match the manifest")
+
+
+@dataclass
+class StageWriter:
+    """Handed to the body of `stage_output`: write files under `path`, fill `counts` and `extra`."""
+
+    stage: str
+    path: Path
+    params: dict[str, Any]
+    inputs: list[dict[str, Any]]
+    counts: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    started_at: str = field(default_factory=utc_now)
+
+    def manifest(self) -> dict[str, Any]:
+        outputs = [
+            {"path": str(p.relative_to(self.path)), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(self.path.rglob("*"))
+            if p.is_file() and p.name != MANIFEST_NAME
+        ]
+        return {
+            "stage": self.stage,
+            "lmforge_version": __version__,
+            "started_at": self.started_at,
+            "finished_at": utc_now(),
+            "inputs": self.inputs,
+            "params": self.params,
+            "counts": self.counts,
+            "outputs": outputs,
+            **self.extra,
+        }
+
+
+@contextlib.contextmanager
+def stage_output(
+    out_dir: str | Path,
+    stage: str,
+    params: dict[str, Any],
+    inputs: Iterable[str | Path | dict[str, Any]] = (),
+) -> Iterator[StageWriter]:
+    """Build a stage directory atomically.
+
+    The body writes into `writer.path` (a sibling temporary directory). On success the manifest is
+    written and the directory renamed to `out_dir`, replacing an older output only at that moment;
+    on error the temporary directory is removed and `out_dir` is left as it was.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp_dir.mkdir()
+    described = [item if isinstance(item, dict) else describe_input(item) for item in inputs]
+    writer = StageWriter(stage=stage, path=tmp_dir, params=params, inputs=described)
+    try:
+        yield writer
+        (tmp_dir / MANIFEST_NAME).write_text(json.dumps(writer.manifest(), indent=2, default=str))
+        replace_directory(tmp_dir, out_dir)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    writer.path = out_dir
+
+
+def replace_directory(new: Path, target: Path) -> None:
+    """Move `new` to `target`; an existing `target` is swapped out first and removed after."""
+    if target.exists():
+        retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        target.rename(retired)
+        new.rename(target)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        new.rename(target)

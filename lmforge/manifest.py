@@ -92,22 +92,50 @@ class StageWriter:
     started_at: str = field(default_factory=utc_now)
 
     def manifest(self) -> dict[str, Any]:
-        outputs = [
-            {"path": str(p.relative_to(self.path)), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(self.path.rglob("*"))
-            if p.is_file() and p.name != MANIFEST_NAME
-        ]
-        return {
-            "stage": self.stage,
-            "lmforge_version": __version__,
-            "started_at": self.started_at,
-            "finished_at": utc_now(),
-            "inputs": self.inputs,
-            "params": self.params,
-            "counts": self.counts,
-            "outputs": outputs,
-            **self.extra,
-        }
+        return build_manifest(
+            self.path, self.stage, self.params, self.inputs, self.counts, self.extra, self.started_at
+        )
+
+
+def build_manifest(
+    root: Path,
+    stage: str,
+    params: dict[str, Any],
+    inputs: list[dict[str, Any]],
+    counts: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    started_at: str | None = None,
+    files: Iterable[Path] | None = None,
+) -> dict[str, Any]:
+    """The manifest of `root`; `files` (default: every file under it) become its outputs."""
+    candidates = sorted(root.rglob("*")) if files is None else sorted(Path(f) for f in files)
+    outputs = [
+        {"path": str(p.relative_to(root)), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in candidates
+        if p.is_file() and p.name != MANIFEST_NAME
+    ]
+    finished_at = utc_now()
+    return {
+        "stage": stage,
+        "lmforge_version": __version__,
+        "started_at": started_at or finished_at,
+        "finished_at": finished_at,
+        "inputs": inputs,
+        "params": params,
+        "counts": counts,
+        "outputs": outputs,
+        **(extra or {}),
+    }
+
+
+def write_manifest(stage_dir: str | Path, manifest: dict[str, Any]) -> Path:
+    """Write `manifest.json` last and atomically: for stages that build their directory in place
+    (training keeps resumable checkpoints there), its presence is what marks the output finished."""
+    stage_dir = Path(stage_dir)
+    tmp = stage_dir / f".{MANIFEST_NAME}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, default=str))
+    tmp.replace(stage_dir / MANIFEST_NAME)
+    return stage_dir / MANIFEST_NAME
 
 
 @contextlib.contextmanager
@@ -131,7 +159,7 @@ def stage_output(
     writer = StageWriter(stage=stage, path=tmp_dir, params=params, inputs=described)
     try:
         yield writer
-        (tmp_dir / MANIFEST_NAME).write_text(json.dumps(writer.manifest(), indent=2, default=str))
+        write_manifest(tmp_dir, writer.manifest())
         replace_directory(tmp_dir, out_dir)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -1,6 +1,8 @@
 import pytest
 
 from lmforge.manifest import (
+    build_manifest,
+    write_manifest,
     ManifestError,
     read_manifest,
     sha256_file,
@@ -69,3 +71,15 @@ def test_verify_outputs_names_the_corrupt_file(tmp_path):
 def test_missing_manifest_is_a_clear_error(tmp_path):
     with pytest.raises(ManifestError, match="no manifest.json"):
         read_manifest(tmp_path)
+
+
+def test_in_place_stage_lists_only_the_named_files(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "step-1.bin").write_bytes(b"1")
+    (tmp_path / "model.bin").write_bytes(b"weights")
+    manifest = build_manifest(
+        tmp_path, "train", params={}, inputs=[], counts={"steps": 1}, files=[tmp_path / "model.bin"]
+    )
+    write_manifest(tmp_path, manifest)
+    assert [o["path"] for o in read_manifest(tmp_path)["outputs"]] == ["model.bin"]
+    verify_outputs(tmp_path)

@@ -1,31 +1,243 @@
-"""The `lmforge` command line: a verb per workflow, each a thin layer over the flows."""
+"""The `lmforge` command line: a verb per workflow, each a thin layer over the Prefect flows.
+
+Options are generated from the flows' pydantic parameter models, so the CLI, the Prefect UI form
+and the Python API share one set of names, defaults and descriptions.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
 
 from lmforge import __version__
+from lmforge.manifest import ManifestError
+
+# Offline by default: no telemetry calls from Prefect or MLflow (there may be no network at all).
+QUIET_ENVIRONMENT = {
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+}
+
+
+def add_model_options(
+    parser: argparse.ArgumentParser,
+    model: type[BaseModel],
+    renames: dict[str, str] | None = None,
+    skip: Sequence[str] = (),
+    required: Sequence[str] = (),
+) -> None:
+    """One `--option` per field of `model`, typed and documented from the field itself."""
+    renames = renames or {}
+    for name, field in model.model_fields.items():
+        if name in skip:
+            continue
+        flag = "--" + renames.get(name, name).replace("_", "-")
+        annotation = field.annotation
+        default = field.get_default(call_default_factory=True)
+        help_text = field.description or ""
+        kwargs: dict[str, Any] = {"dest": name, "help": help_text, "default": argparse.SUPPRESS}
+        if name in required:
+            kwargs["required"] = True
+        elif default not in (None, [], "", False):
+            kwargs["help"] = f"{help_text} (default: {default})"
+        inner, is_list = _unwrap(annotation)
+        if inner is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            if is_list:
+                kwargs["nargs"] = "+"
+            if typing.get_origin(inner) is typing.Literal:
+                kwargs["choices"] = list(typing.get_args(inner))
+            elif inner in (int, float):
+                kwargs["type"] = inner
+            if not kwargs.get("choices"):
+                kwargs["metavar"] = flag[2:].replace("-", "_").upper()
+        parser.add_argument(flag, **kwargs)
+
+
+def _unwrap(annotation: Any) -> tuple[Any, bool]:
+    """`list[str] | None` -> (str, True); `int | None` -> (int, False)."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in args if a is not type(None))
+    if typing.get_origin(annotation) is list:
+        return typing.get_args(annotation)[0], True
+    return annotation, False
+
+
+def params_from(args: argparse.Namespace, model: type[BaseModel], **extra: Any) -> BaseModel:
+    values = {k: v for k, v in vars(args).items() if k in model.model_fields}
+    return model(**values, **extra)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lmforge.flows.params import (
+        DataRefreshParams,
+        EvalParams,
+        PipelineParams,
+        ShardParams,
+        TrainParams,
+    )
+
     parser = argparse.ArgumentParser(
         prog="lmforge",
         description="Build a language model from raw web archives: filter, dedup, tokenize, "
-        "pretrain, evaluate — every run tracked in MLflow.",
+        "pretrain, evaluate — every run tracked in MLflow, every stage a Prefect flow.",
     )
     parser.add_argument("--version", action="version", version=f"lmforge {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="the whole pipeline: data refresh, shards, pretraining, evaluation",
+        description="Run the whole pipeline. With no --input it builds an offline sample of WARC "
+        "files from the Python interpreter's own documentation.",
+    )
+    add_model_options(run, PipelineParams)
+    run.set_defaults(handler=run_pipeline)
+
+    data = commands.add_parser("data", help="data stage commands").add_subparsers(
+        dest="data_command", metavar="COMMAND", required=True
+    )
+    refresh = data.add_parser(
+        "refresh",
+        help="WARC files -> filtered, deduplicated Parquet dataset",
+        description="Read WARC responses, extract main text, identify languages, apply quality "
+        "filters, remove exact and near duplicates, write docs/ and removed/ as Parquet.",
+    )
+    add_model_options(refresh, DataRefreshParams, required=("input",))
+    refresh.set_defaults(handler=run_data_refresh)
+
+    sample = data.add_parser(
+        "sample", help="write the built-in offline sample WARC files (Python docs + crawl noise)"
+    )
+    sample.add_argument("--out", required=True, metavar="DIR", help="directory for the WARC files")
+    sample.set_defaults(handler=run_build_sample)
+
+    shards = commands.add_parser("shards", help="tokenizer and token shards").add_subparsers(
+        dest="shards_command", metavar="COMMAND", required=True
+    )
+    build = shards.add_parser(
+        "build",
+        help="train a byte-level BPE tokenizer and write Arrow token shards",
+        description="Train a byte-level BPE tokenizer on a dataset and write train/val token "
+        "shards as Arrow IPC files with a manifest.",
+    )
+    add_model_options(build, ShardParams)
+    build.set_defaults(handler=run_build_shards)
+
+    train = commands.add_parser(
+        "train",
+        help="pretrain the transformer on token shards",
+        description="Pretrain a decoder-only transformer on token shards, with resumable "
+        "checkpoints in --out.",
+    )
+    add_model_options(train, TrainParams)
+    train.set_defaults(handler=run_pretrain)
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="validation loss, bits per byte, BLiMP and samples of a checkpoint",
+        description="Evaluate a checkpoint: validation loss, perplexity, bits per byte; BLiMP "
+        "minimal-pair accuracy with --blimp; a few sampled generations.",
+    )
+    add_model_options(
+        evaluate, EvalParams, renames={"out": "eval-dir", "results_json": "out"}
+    )
+    evaluate.set_defaults(handler=run_evaluate)
     return parser
 
 
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
+    from lmforge.flows.params import PipelineParams
+    from lmforge.flows.pipeline import pipeline
+
+    summary = pipeline(params_from(args, PipelineParams))
+    print_json(summary)
+    work = summary["work_dir"]
+    print(
+        f"\nOutputs are in {work}: data/, shards/, train/ (the checkpoint), eval/results.json."
+        f"\nMLflow runs: {summary['mlflow_tracking_uri']} — browse them with\n"
+        f"  mlflow ui --backend-store-uri {summary['mlflow_tracking_uri']}"
+    )
+    return 0
+
+
+def run_data_refresh(args: argparse.Namespace) -> int:
+    from lmforge.flows.data_refresh import data_refresh
+    from lmforge.flows.params import DataRefreshParams
+
+    manifest = data_refresh(params_from(args, DataRefreshParams))
+    print_json(manifest["counts"])
+    return 0
+
+
+def run_build_sample(args: argparse.Namespace) -> int:
+    from lmforge.tasks.sample_corpus import build_sample_corpus
+
+    for path in build_sample_corpus(Path(args.out)):
+        print(path)
+    return 0
+
+
+def run_build_shards(args: argparse.Namespace) -> int:
+    from lmforge.flows.build_shards import build_shards
+    from lmforge.flows.params import ShardParams
+
+    manifest = build_shards(params_from(args, ShardParams))
+    print_json({"tokenizer": manifest["tokenizer"], "splits": manifest["splits"]})
+    return 0
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    from lmforge.flows.params import TrainParams
+    from lmforge.flows.pretrain import pretrain
+
+    print_json(pretrain(params_from(args, TrainParams)))
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from lmforge.flows.evaluate import evaluate
+    from lmforge.flows.params import EvalParams
+
+    results = evaluate(params_from(args, EvalParams))
+    print_json({k: v for k, v in results.items() if k != "samples"})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    for key, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
         parser.print_help()
         return 2
-    return 0
+    try:
+        return handler(args)
+    except (ValidationError, FileNotFoundError, ValueError, ManifestError) as error:
+        if os.environ.get("LMFORGE_DEBUG"):
+            raise
+        print(f"lmforge {args.command}: error: {error}", file=sys.stderr)
+        print("(set LMFORGE_DEBUG=1 for the full traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -42,13 +42,17 @@ def utc_now() -> str:
 def describe_input(path: str | Path) -> dict[str, Any]:
     """A file is identified by its sha256; a stage directory by its manifest's sha256."""
     path = Path(path)
-    if path.is_dir():
-        manifest = read_manifest(path)
+    if path.is_dir() and (path / MANIFEST_NAME).is_file():
         return {
             "path": str(path.resolve()),
-            "stage": manifest["stage"],
+            "stage": read_manifest(path)["stage"],
             "manifest_sha256": sha256_file(path / MANIFEST_NAME),
         }
+    if path.is_dir():  # e.g. an intermediate checkpoint: digest of its files' names and digests
+        digest = hashlib.sha256()
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(f"{file.relative_to(path)}\0{sha256_file(file)}\n".encode())
+        return {"path": str(path.resolve()), "sha256": digest.hexdigest()}
     if not path.is_file():
         raise FileNotFoundError(f"input {path} does not exist")
     return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": sha256_file(path)}

@@ -1,0 +1,48 @@
+"""`build_shards`: train the tokenizer and write Arrow token shards from a dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+from prefect import flow, task
+
+from lmforge.flows.params import ShardParams
+from lmforge.flows.reports import publish_markdown
+from lmforge.flows.tracking import configure_tracking, log_stage_manifest, stage_run
+from lmforge.tasks.shards import build_shards as build_token_shards
+
+
+@task(name="tokenize-and-shard")
+def build_shards_task(params: ShardParams) -> dict:
+    return build_token_shards(
+        params.data,
+        params.out,
+        vocab_size=params.vocab_size,
+        min_frequency=params.min_frequency,
+        shard_tokens=params.shard_tokens,
+        val_fraction=params.val_fraction,
+        seed=params.seed,
+    )
+
+
+@flow(name="build_shards", log_prints=True)
+def build_shards(params: ShardParams = ShardParams(), parent_run_id: str | None = None) -> dict:
+    """Train a byte-level BPE tokenizer on the kept documents and write train/val token shards."""
+    out = Path(params.out).resolve()
+    configure_tracking(out.parent, keep_existing=True)
+    with stage_run("build_shards", params.model_dump(), parent_run_id):
+        manifest = build_shards_task(params)
+        log_stage_manifest(out)
+        mlflow.log_artifact(str(out / "tokenizer.json"), artifact_path="tokenizer")
+        splits = manifest["splits"]
+        publish_markdown(
+            "build-shards-summary",
+            "# build_shards\n\n| split | documents | tokens | bytes/token |\n|---|---|---|---|\n"
+            + "".join(
+                f"| {name} | {s['documents']} | {s['tokens']} | {s['bytes'] / max(s['tokens'], 1):.2f} |\n"
+                for name, s in splits.items()
+            ),
+        )
+    print(f"build_shards: {splits['train']['tokens']} train / {splits['val']['tokens']} val tokens -> {out}")
+    return manifest

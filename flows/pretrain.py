@@ -1,0 +1,80 @@
+"""`pretrain`: train the transformer on token shards; metrics stream into the stage's MLflow run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+from prefect import flow, task
+
+from lmforge.flows.params import TrainParams
+from lmforge.flows.reports import publish_markdown
+from lmforge.flows.tracking import (
+    MetricsLogger,
+    configure_tracking,
+    log_stage_manifest,
+    stage_run,
+)
+from lmforge.model.train import TrainConfig, TrainResult
+from lmforge.tasks import plots
+from lmforge.tasks.pretrain import run_pretraining
+
+
+def train_config(params: TrainParams) -> TrainConfig:
+    return TrainConfig(
+        shards_dir=params.shards,
+        out_dir=params.out,
+        preset=params.preset,
+        max_steps=params.max_steps,
+        batch_size=params.batch_size,
+        seq_len=params.seq_len,
+        lr=params.lr,
+        warmup_steps=(
+            params.warmup_steps if params.warmup_steps is not None else params.max_steps // 10
+        ),
+        eval_every=params.eval_every,
+        checkpoint_every=params.checkpoint_every,
+        seed=params.seed,
+        resume=params.resume,
+        stop_after=params.stop_after,
+        device=params.device,
+    )
+
+
+@task(name="train-model")
+def train_task(config: TrainConfig, run_id: str) -> tuple[TrainResult, list[dict[str, float]]]:
+    """Train, streaming metrics into MLflow run `run_id`; returns the result and the metrics."""
+    logger = MetricsLogger(run_id)
+    return run_pretraining(config, on_log=logger), logger.history
+
+
+@flow(name="pretrain", log_prints=True)
+def pretrain(params: TrainParams = TrainParams(), parent_run_id: str | None = None) -> dict:
+    """Pretrain a decoder-only transformer; checkpoints are resumable, the final model is
+    written with a manifest that names the shards it was trained on."""
+    out = Path(params.out).resolve()
+    configure_tracking(out.parent, keep_existing=True)
+    with stage_run("pretrain", params.model_dump(), parent_run_id) as run:
+        result, history = train_task(train_config(params), run.info.run_id)
+        summary = {
+            "out_dir": str(out),
+            "completed": result.completed,
+            "steps": result.steps,
+            "tokens": result.tokens,
+            "final_loss": result.final_train_loss,
+            "final_val_loss": result.final_val_loss,
+            "parameters": result.num_parameters,
+            "seconds": round(result.seconds, 1),
+        }
+        if (out / "manifest.json").exists():  # absent when stopped early by stop_after
+            log_stage_manifest(out, context="training")
+            mlflow.log_artifact(str(out / "model_config.json"), artifact_path="model")
+        with plots.figure_files() as figures:
+            plots.training_curves(history, figures / "loss.png")
+            mlflow.log_artifacts(str(figures), artifact_path="plots")
+        publish_markdown(
+            "pretrain-summary",
+            "# pretrain\n\n" + "".join(f"- **{k}**: {v}\n" for k, v in summary.items()),
+        )
+    print(f"pretrain: {summary}")
+    return summary

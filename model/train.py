@@ -1,0 +1,431 @@
+"""Pretrain a GPT on token shards: `train(TrainConfig(...), on_log=...) -> TrainResult`.
+
+Writes into `out_dir`: resumable checkpoints under `checkpoints/` while it runs, then the final
+`model.safetensors`, `model_config.json`, a copy of the shards' `tokenizer.json`, and last of all
+`manifest.json`, whose presence marks the run finished. Metrics leave through `on_log`; the
+orchestration layer decides where they go (this module never imports a tracker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from lmforge.manifest import MANIFEST_NAME, build_manifest, describe_input, utc_now, write_manifest
+from lmforge.model.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    latest_checkpoint,
+    load_checkpoint_weights,
+    load_training_state,
+    save_checkpoint,
+    save_model,
+)
+from lmforge.model.config import ModelConfig
+from lmforge.model.data import (
+    TokenSplit,
+    TrainBatches,
+    open_token_split,
+    sequential_windows,
+    shards_vocab_size,
+)
+from lmforge.model.gpt import GPT
+from lmforge.model.schedule import LRSchedule
+
+TOKENIZER_FILE = "tokenizer.json"
+DTYPES = ("auto", "float32", "bfloat16")
+
+LogCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run. Defaults are the CPU demo's: the `tiny` preset,
+    300 steps of 16 x 256 tokens (~1.2M tokens), about three minutes on two free CPU cores.
+
+    seq_len None uses the model's max_seq_len; min_lr None is lr / 10. device "auto" picks CUDA
+    when available; dtype "auto" is bf16 autocast on CUDA and float32 on the CPU. resume continues
+    from the newest checkpoint in out_dir (or starts fresh when there is none); stop_after N
+    checkpoints and returns after N steps of this call, leaving the schedule unfinished.
+    Raises ValueError on construction when a value is out of range.
+    """
+
+    shards_dir: str
+    out_dir: str
+    preset: str = "tiny"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    max_steps: int = 300
+    batch_size: int = 16
+    seq_len: int | None = None
+    grad_accum: int = 1
+    lr: float = 3e-3
+    min_lr: float | None = None
+    warmup_steps: int = 30
+    lr_schedule: str = "cosine"
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_batches: int = 20
+    log_every: int = 10
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    resume: bool = False
+    stop_after: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # JSON and pydantic hand over lists
+        positive = ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches",
+                    "log_every", "checkpoint_every", "keep_checkpoints")
+        for name in positive:
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"TrainConfig.{name} must be at least 1, got {value}")
+        if self.seq_len is not None and self.seq_len < 1:
+            raise ValueError(f"TrainConfig.seq_len must be positive, got {self.seq_len}")
+        if self.stop_after is not None and self.stop_after < 1:
+            raise ValueError(f"TrainConfig.stop_after must be at least 1, got {self.stop_after}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError(
+                "TrainConfig.weight_decay and grad_clip must be >= 0 (grad_clip 0: no clipping)"
+            )
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas}")
+        if self.dtype not in DTYPES:
+            raise ValueError(
+                f"TrainConfig.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"
+            )
+        self.schedule()  # validates lr, min_lr, warmup_steps and lr_schedule
+
+    def schedule(self) -> LRSchedule:
+        min_lr = self.lr / 10 if self.min_lr is None else self.min_lr
+        return LRSchedule(self.lr, min_lr, self.warmup_steps, self.max_steps, self.lr_schedule)
+
+
+@dataclass
+class TrainResult:
+    """What a `train` call achieved. completed is False when stop_after ended it early."""
+
+    out_dir: Path
+    completed: bool
+    steps: int
+    tokens: int
+    final_train_loss: float
+    final_val_loss: float | None
+    num_parameters: int
+    checkpoint: Path | None
+    seconds: float
+
+
+def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult:
+    """Train (or resume) the run described by `config`; see the module docstring for outputs.
+
+    on_log(step, metrics) receives {"loss", "lr", "grad_norm", "tokens_per_s", "tokens", "epoch"}
+    every log_every steps and {"val_loss"} every eval_every steps (step = optimizer steps done).
+    Raises ManifestError/TokenDataError for unusable shards, FileExistsError when out_dir holds
+    checkpoints and resume is False, ValueError when a resumed checkpoint's settings differ.
+    """
+    wall_start = time.perf_counter()
+    started_at = utc_now()
+    log = on_log or (lambda step, metrics: None)
+    shards_dir, out_dir = Path(config.shards_dir), Path(config.out_dir)
+    shards_input = describe_input(shards_dir)  # fails fast when the shards stage never finished
+    tokenizer_path = shards_dir / TOKENIZER_FILE
+    if not tokenizer_path.is_file():
+        raise FileNotFoundError(f"{shards_dir} has no {TOKENIZER_FILE}: it is not a shards output")
+    train_split = open_token_split(shards_dir / "train")
+    val_split = open_token_split(shards_dir / "val")
+    model_config = ModelConfig.preset(
+        config.preset, shards_vocab_size(shards_dir, train_split), **config.model_overrides
+    )
+    seq_len = config.seq_len or model_config.max_seq_len
+    if seq_len > model_config.max_seq_len:
+        raise ValueError(
+            f"seq_len={seq_len} exceeds the model's max_seq_len={model_config.max_seq_len}"
+        )
+    device = resolve_device(config.device)
+    autocast = autocast_context(device, config.dtype)
+    resume_from = prepare_out_dir(out_dir, config.resume)
+
+    torch.manual_seed(config.seed)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for any fp32 matmul left outside autocast
+    model = GPT(model_config).to(device)
+    optimizer = build_optimizer(model, config.lr, config.weight_decay, config.betas, device)
+    schedule = config.schedule()
+    batches = TrainBatches(train_split, config.batch_size, seq_len, config.seed)
+    eval_batches = validation_batches(val_split, config.batch_size, seq_len, config.eval_batches)
+    settings = trajectory_settings(config, model_config)
+
+    step, tokens, train_loss = 0, 0, math.nan
+    if resume_from is not None:
+        state = load_training_state(resume_from)
+        check_resumable(resume_from, state["settings"], settings)
+        batches.load_state_dict(state["loader"])
+        load_checkpoint_weights(model, resume_from)
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"], device)
+        step, tokens, train_loss = state["step"], state["tokens"], state["train_loss"]
+
+    last_step = config.max_steps
+    if config.stop_after is not None:
+        last_step = min(config.max_steps, step + config.stop_after)
+    tokens_per_step = config.batch_size * seq_len * config.grad_accum
+    val_loss: float | None = None
+    saved: Path | None = None
+    window_start, window_steps, paused = time.perf_counter(), 0, 0.0
+    model.train()
+    progress = tqdm(
+        total=config.max_steps, initial=step, desc="train", unit="step", disable=not config.progress
+    )
+    while step < last_step:
+        lr = schedule(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(config.grad_accum):
+            # Micro-batches are consecutive loader steps, so the order survives a grad_accum split.
+            x, y = batches.batch(step * config.grad_accum + micro)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast:
+                logits = model(x)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            (loss / config.grad_accum).backward()
+            loss_sum += loss.detach()
+        max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        tokens += tokens_per_step
+        window_steps += 1
+        progress.update(1)
+
+        is_log_step = step % config.log_every == 0 or step == last_step
+        is_eval_step = step % config.eval_every == 0 or step == config.max_steps
+        stops_early = step == last_step and last_step < config.max_steps
+        is_checkpoint_step = step % config.checkpoint_every == 0 or stops_early
+        if is_log_step or is_checkpoint_step or step == config.max_steps:
+            train_loss = (loss_sum / config.grad_accum).item()  # .item() waits for the GPU
+        if is_log_step:
+            seconds = time.perf_counter() - window_start - paused
+            tokens_per_s = window_steps * tokens_per_step / max(seconds, 1e-9)
+            log(step, {
+                "loss": train_loss,
+                "lr": lr,
+                "grad_norm": grad_norm.item(),
+                "tokens_per_s": tokens_per_s,
+                "tokens": float(tokens),
+                "epoch": batches.epoch(step * config.grad_accum),
+            })
+            progress.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+            window_start, window_steps, paused = time.perf_counter(), 0, 0.0
+        pause_start = time.perf_counter()
+        if is_eval_step:
+            val_loss = evaluate_loss(model, eval_batches, device, autocast)
+            log(step, {"val_loss": val_loss})
+        if is_checkpoint_step:
+            state = {
+                "step": step,
+                "tokens": tokens,
+                "train_loss": train_loss,
+                "settings": settings,
+                "optimizer": optimizer.state_dict(),
+                "loader": batches.state_dict(),
+                "rng": rng_state(device),
+            }
+            saved = save_checkpoint(out_dir, step, model, state, config.keep_checkpoints)
+        paused += time.perf_counter() - pause_start
+    progress.close()
+
+    result = TrainResult(
+        out_dir=out_dir,
+        completed=step >= config.max_steps,
+        steps=step,
+        tokens=tokens,
+        final_train_loss=train_loss,
+        final_val_loss=val_loss,
+        num_parameters=model.num_parameters(),
+        checkpoint=saved or latest_checkpoint(out_dir),
+        seconds=0.0,
+    )
+    if result.completed:
+        if result.final_val_loss is None:  # resumed a run whose last step was already done
+            result.final_val_loss = evaluate_loss(model, eval_batches, device, autocast)
+        write_final_outputs(config, result, model, tokenizer_path, shards_input, started_at)
+    result.seconds = time.perf_counter() - wall_start
+    return result
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> cuda when available, else cpu; anything else must name a usable device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {name!r} requested but CUDA is not available (use 'cpu' or 'auto')"
+        )
+    return device
+
+
+def autocast_context(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast where asked for (or "auto" on a GPU that has it); else plain float32."""
+    use_bf16 = dtype == "bfloat16" or (
+        dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def build_optimizer(
+    model: torch.nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    device: torch.device,
+) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (matmul weights, embeddings): decaying norm
+    gains pulls them towards zero, which fights the normalisation instead of regularising."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    # The fused CUDA kernel updates every parameter in a few launches instead of one per tensor.
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device.type == "cuda")
+
+
+def validation_batches(
+    split: TokenSplit, batch_size: int, seq_len: int, num_batches: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first num_batches·batch_size windows of the split, as (inputs, targets) batches: the
+    same tokens at every evaluation, so val losses of one run compare step to step."""
+    max_tokens = num_batches * batch_size * seq_len
+    windows = list(sequential_windows(split, seq_len, max_tokens=max_tokens))
+    batches = []
+    for first in range(0, len(windows), batch_size):
+        tokens = torch.from_numpy(np.stack(windows[first : first + batch_size]).astype(np.int64))
+        batches.append((tokens[:, :-1], tokens[:, 1:]))
+    return batches
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: GPT,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    autocast: contextlib.AbstractContextManager,
+) -> float:
+    """Mean cross-entropy per target token over `batches`."""
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        with autocast:
+            logits = model(x)
+        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
+        count += y.numel()
+    model.train()
+    return total / count
+
+
+def prepare_out_dir(out_dir: Path, resume: bool) -> Path | None:
+    """Create out_dir and return the checkpoint to resume from (None: start fresh).
+
+    A fresh run refuses a directory that holds another run's checkpoints rather than mixing
+    them up or deleting them. The manifest goes first: it would vouch for files about to change.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    newest = latest_checkpoint(out_dir)
+    if newest is not None and not resume:
+        raise FileExistsError(
+            f"{out_dir} already holds checkpoints of a training run (newest: {newest.name}); "
+            "pass resume=True to continue it, or choose another out_dir"
+        )
+    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    return newest
+
+
+def trajectory_settings(config: TrainConfig, model_config: ModelConfig) -> dict[str, Any]:
+    """The settings that fix the sequence of weights: a resumed run must match them exactly."""
+    return {
+        "model": model_config.to_dict(),
+        "schedule": config.schedule().to_dict(),
+        "grad_accum": config.grad_accum,
+        "weight_decay": config.weight_decay,
+        "betas": list(config.betas),
+        "grad_clip": config.grad_clip,
+        "seed": config.seed,
+    }
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_resumable(checkpoint: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    changed = sorted(key for key in current if saved.get(key) != current[key])
+    if changed:
+        raise ValueError(
+            f"cannot resume from {checkpoint}: these settings differ from the run that wrote it: "
+            f"{', '.join(changed)}. Resume with the original settings, or start a new out_dir"
+        )
+
+
+def write_final_outputs(
+    config: TrainConfig,
+    result: TrainResult,
+    model: GPT,
+    tokenizer_path: Path,
+    shards_input: dict[str, Any],
+    started_at: str,
+) -> None:
+    """Final weights, config and tokenizer, then the manifest that declares them finished."""
+    out_dir = result.out_dir
+    save_model(model, out_dir)
+    shutil.copyfile(tokenizer_path, out_dir / TOKENIZER_FILE)
+    counts = {
+        "steps": result.steps,
+        "tokens": result.tokens,
+        "final_train_loss": result.final_train_loss,
+        "final_val_loss": result.final_val_loss,
+        "parameters": result.num_parameters,
+    }
+    manifest = build_manifest(
+        out_dir,
+        "pretrain",
+        params=asdict(config),
+        inputs=[shards_input],
+        counts=counts,
+        extra={"model_config": model.config.to_dict()},
+        started_at=started_at,
+        files=[out_dir / WEIGHTS_FILE, out_dir / CONFIG_FILE, out_dir / TOKENIZER_FILE],
+    )
+    write_manifest(out_dir, manifest)

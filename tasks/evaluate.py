@@ -1,0 +1,311 @@
+"""Evaluation of a trained model: validation loss / perplexity / bits per byte, BLiMP, samples.
+
+The scoring functions accept any causal language model with `forward(idx: LongTensor[B, T]) ->
+logits[B, T, V]` (and `generate(...)` for samples, per the Model API contract), so they can be
+tested with stand-in models; `evaluate_checkpoint` wires them to a saved checkpoint and shards.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from lmforge.manifest import read_manifest
+from lmforge.model.checkpoint import load_model
+from lmforge.model.data import TokenSplit, open_token_split, sequential_windows
+from lmforge.tasks.blimp import MinimalPair, load_blimp
+from lmforge.tasks.shards import TOKENIZER_FILE
+from lmforge.tasks.tokenizer import (
+    load_tokenizer,
+    special_token_ids,
+    to_valid_utf8,
+    tokenizer_sha256,
+    tokenizer_vocab_size,
+)
+
+DEFAULT_PROMPTS = ("The Python interpreter", "A list comprehension", "import ")
+IGNORE_INDEX = -100  # cross_entropy's marker for positions that carry no loss (padding)
+
+
+class EvaluationError(ValueError):
+    """A checkpoint, tokenizer and shards that do not belong together, or unusable settings."""
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def resolve_device(device: str) -> str:
+    """`auto` picks the GPU when there is one; any other value is passed to torch as is."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+# --- validation loss and bits per byte ---------------------------------------------------------
+
+
+def batched(windows: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+    """Stack consecutive windows (all of one length) into arrays of up to `batch_size` rows."""
+    batch: list[np.ndarray] = []
+    for window in windows:
+        batch.append(window)
+        if len(batch) == batch_size:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)
+
+
+@torch.inference_mode()
+def window_loss(
+    model: torch.nn.Module, windows: Iterable[np.ndarray], batch_size: int
+) -> tuple[float, int]:
+    """Total next-token loss in nats, and the number of predicted tokens, over token windows.
+
+    Each window holds T+1 token ids: the model reads the first T and is scored on the last T.
+    """
+    device = model_device(model)
+    total_nats, predicted = 0.0, 0
+    for batch in batched(windows, batch_size):
+        tokens = torch.from_numpy(batch.astype(np.int64)).to(device)
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        logits = model(inputs)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
+        total_nats += loss.item()
+        predicted += targets.numel()
+    return total_nats, predicted
+
+
+def language_model_metrics(
+    total_nats: float, tokens: int, bytes_per_token: float
+) -> dict[str, float]:
+    """val_loss (nats/token), val_ppl, val_bpb and val_tokens from a summed loss.
+
+    Bits per byte divides the loss by the UTF-8 bytes of the text the tokens stand for; the
+    evaluated windows are a cut of the split, so their bytes are estimated as
+    tokens x (split bytes / split tokens) from the shards manifest. The split's token count
+    includes one `<|endoftext|>` per document (which has no bytes, but whose prediction is part
+    of the loss), so the ratio and the loss count the same tokens.
+    """
+    if tokens == 0:
+        raise EvaluationError(
+            "no validation tokens were evaluated: the split is shorter than one window"
+        )
+    loss = total_nats / tokens
+    return {
+        "val_loss": loss,
+        "val_ppl": math.exp(loss),
+        "val_bpb": total_nats / math.log(2) / (tokens * bytes_per_token),
+        "val_tokens": tokens,
+    }
+
+
+def validation_metrics(
+    model: torch.nn.Module,
+    split: TokenSplit,
+    seq_len: int,
+    batch_size: int,
+    max_tokens: int | None,
+    *,
+    bytes_per_token: float,
+) -> dict[str, float]:
+    """Loss, perplexity and bits per byte of `model` on a token split.
+
+    `split` (from `open_token_split`) is read from its start in windows of `seq_len + 1`
+    tokens that score every target once, at most `max_tokens` targets (a multiple of seq_len).
+    `bytes_per_token` is the split's UTF-8 bytes / tokens (see `split_bytes_per_token`).
+    """
+    windows = sequential_windows(split, seq_len, max_tokens=max_tokens)
+    total_nats, tokens = window_loss(model, windows, batch_size)
+    return language_model_metrics(total_nats, tokens, bytes_per_token)
+
+
+def split_bytes_per_token(shards_manifest: dict[str, Any], split: str = "val") -> float:
+    """UTF-8 bytes per token of a split, from a shards manifest's `splits` section."""
+    counts = shards_manifest["splits"][split]
+    return counts["bytes"] / counts["tokens"]
+
+
+# --- BLiMP --------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def sequence_log_probs(
+    model: torch.nn.Module, sequences: Sequence[Sequence[int]], pad_id: int, batch_size: int
+) -> list[float]:
+    """Total log-probability (nats) of each sequence's tokens after its first, which is context.
+
+    Sequences are grouped by length to limit padding, padded at the end (a causal model never
+    looks right, so padding changes nothing before it), and padded targets carry no loss.
+    """
+    device = model_device(model)
+    scores = [0.0] * len(sequences)
+    by_length = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    for start in range(0, len(by_length), batch_size):
+        chosen = by_length[start : start + batch_size]
+        width = max(len(sequences[i]) for i in chosen)
+        tokens = torch.full((len(chosen), width), pad_id, dtype=torch.long)
+        targets = torch.full((len(chosen), width - 1), IGNORE_INDEX, dtype=torch.long)
+        for row, i in enumerate(chosen):
+            sequence = torch.as_tensor(sequences[i], dtype=torch.long)
+            tokens[row, : len(sequence)] = sequence
+            targets[row, : len(sequence) - 1] = sequence[1:]
+        logits = model(tokens[:, :-1].to(device)).float()
+        nll = F.cross_entropy(
+            logits.transpose(1, 2), targets.to(device), ignore_index=IGNORE_INDEX, reduction="none"
+        )
+        for index, total in zip(chosen, (-nll.sum(dim=1)).tolist(), strict=True):
+            scores[index] = total
+    return scores
+
+
+def blimp_accuracy(
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    paradigms: dict[str, list[MinimalPair]],
+    batch_size: int,
+    max_pairs_per_paradigm: int | None = None,
+) -> dict[str, Any]:
+    """BLiMP accuracy: a pair counts as right when the good sentence's total log-probability is
+    strictly higher than the bad one's; each sentence is scored after a leading `<|endoftext|>`,
+    as a document start. Returns {"blimp_acc": mean over paradigms, "blimp": {paradigm: acc}}.
+    """
+    if not paradigms:
+        raise EvaluationError("no BLiMP paradigms to score")
+    special = special_token_ids(tokenizer)
+    per_paradigm: dict[str, float] = {}
+    for name, pairs in paradigms.items():
+        pairs = pairs[:max_pairs_per_paradigm] if max_pairs_per_paradigm else pairs
+        sentences = [to_valid_utf8(s) for pair in pairs for s in (pair.good, pair.bad)]
+        sequences = [[special.eot_id] + e.ids for e in tokenizer.encode_batch_fast(sentences)]
+        scores = sequence_log_probs(model, sequences, special.pad_id, batch_size)
+        right = sum(good > bad for good, bad in zip(scores[0::2], scores[1::2], strict=True))
+        per_paradigm[name] = right / len(pairs)
+    return {"blimp_acc": sum(per_paradigm.values()) / len(per_paradigm), "blimp": per_paradigm}
+
+
+# --- samples ------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def sample_generations(
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    temperature: float = 0.8,
+    top_k: int | None = 50,
+    seed: int = 0,
+) -> list[dict[str, str]]:
+    """A completion per prompt from `model.generate`, stopping at `<|endoftext|>`.
+
+    Each prompt is generated after a leading `<|endoftext|>` (it starts a document) with the
+    random generator seeded to `seed`, so a prompt's completion does not depend on the others;
+    the caller's global random state is left as it was.
+    """
+    device = model_device(model)
+    eot_id = special_token_ids(tokenizer).eot_id
+    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    samples = []
+    for prompt in prompts:
+        prompt_ids = [eot_id] + tokenizer.encode(to_valid_utf8(prompt)).ids
+        with torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(seed)
+            output = model.generate(
+                torch.tensor([prompt_ids], device=device),
+                max_new_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                eos_id=eot_id,
+            )
+        new_ids = output[0, len(prompt_ids) :].tolist()
+        if eot_id in new_ids:
+            new_ids = new_ids[: new_ids.index(eot_id)]
+        samples.append(
+            {"prompt": prompt, "completion": tokenizer.decode(new_ids, skip_special_tokens=False)}
+        )
+    return samples
+
+
+# --- a checkpoint, end to end -------------------------------------------------------------------
+
+
+def checkpoint_tokenizer_path(checkpoint_dir: Path, shards_dir: Path) -> Path:
+    """The training run's copy of the tokenizer when there is one, else the shards'."""
+    own = checkpoint_dir / TOKENIZER_FILE
+    return own if own.is_file() else shards_dir / TOKENIZER_FILE
+
+
+def evaluate_checkpoint(
+    checkpoint_dir: str | Path,
+    shards_dir: str | Path,
+    *,
+    blimp_dir: str | Path | None = None,
+    blimp_max_pairs: int | None = None,
+    max_val_tokens: int = 1 << 20,
+    batch_size: int = 16,
+    blimp_batch_size: int = 64,
+    seq_len: int | None = None,
+    prompts: Sequence[str] = DEFAULT_PROMPTS,
+    max_new_tokens: int = 48,
+    temperature: float = 0.8,
+    top_k: int | None = 50,
+    seed: int = 0,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Score a saved model on the shards' val split, optionally BLiMP, and sample completions.
+
+    `checkpoint_dir` is a training output or a `checkpoints/step-NNNNNN` directory; the
+    tokenizer is its `tokenizer.json`, else the shards'. `seq_len` defaults to the model's
+    context length; `batch_size` counts validation windows, `blimp_batch_size` sentences.
+    Returns val_loss, val_ppl, val_bpb, val_tokens, samples, and blimp_acc plus
+    per-paradigm blimp when `blimp_dir` is given.
+
+    Raises EvaluationError when the tokenizer is not the one the shards were built with, or its
+    vocabulary differs from the model's; ManifestError for a shards directory without manifest.
+    """
+    checkpoint_dir, shards_dir = Path(checkpoint_dir), Path(shards_dir)
+    shards_manifest = read_manifest(shards_dir)
+    tokenizer_path = checkpoint_tokenizer_path(checkpoint_dir, shards_dir)
+    tokenizer = load_tokenizer(tokenizer_path)
+    if tokenizer_sha256(tokenizer_path) != shards_manifest["tokenizer"]["sha256"]:
+        raise EvaluationError(
+            f"{tokenizer_path} is not the tokenizer {shards_dir} was built with (sha256 differs): "
+            "evaluate the model on shards made with its own tokenizer"
+        )
+    model = load_model(checkpoint_dir, device=resolve_device(device))
+    if model.config.vocab_size != tokenizer_vocab_size(tokenizer):
+        raise EvaluationError(
+            f"the model in {checkpoint_dir} has vocab_size={model.config.vocab_size} but "
+            f"{tokenizer_path} has {tokenizer_vocab_size(tokenizer)} tokens: "
+            "they do not belong together"
+        )
+    seq_len = seq_len or model.config.max_seq_len
+
+    results: dict[str, Any] = validation_metrics(
+        model,
+        open_token_split(shards_dir / "val"),
+        seq_len,
+        batch_size,
+        max_val_tokens,
+        bytes_per_token=split_bytes_per_token(shards_manifest, "val"),
+    )
+    if blimp_dir is not None:
+        paradigms = load_blimp(blimp_dir)
+        results.update(
+            blimp_accuracy(model, tokenizer, paradigms, blimp_batch_size, blimp_max_pairs)
+        )
+    results["samples"] = sample_generations(
+        model, tokenizer, prompts, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed
+    )
+    results.update(seq_len=seq_len, tokenizer_sha256=shards_manifest["tokenizer"]["sha256"])
+    return results

@@ -1,0 +1,239 @@
+import json
+import math
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lmforge.manifest import read_manifest, verify_outputs
+from lmforge.model.checkpoint import (
+    TRAINING_STATE_FILE,
+    latest_checkpoint,
+    list_checkpoints,
+    load_model,
+    load_training_state,
+    save_checkpoint,
+    save_model,
+)
+from lmforge.model.config import ModelConfig
+from lmforge.model.gpt import GPT
+from lmforge.model.schedule import LRSchedule
+from lmforge.model.train import TrainConfig, train
+from shard_fixtures import write_shards_dir
+
+VOCAB = 64
+# A model small enough that a training step takes milliseconds.
+MICRO_MODEL = {"n_layer": 2, "n_head": 2, "d_model": 32, "max_seq_len": 32}
+
+
+@pytest.fixture(scope="module")
+def repetitive_shards(tmp_path_factory):
+    """Documents that repeat one token pattern: a model that learns anything predicts it."""
+    pattern = list(range(2, 26))
+    train_docs = [pattern * 3 for _ in range(40)]
+    val_docs = [pattern * 3 for _ in range(4)]
+    root = tmp_path_factory.mktemp("shards") / "shards"
+    return write_shards_dir(root, train_docs, val_docs, vocab_size=VOCAB, shard_tokens=1000)
+
+
+def micro_config(shards, out, **overrides) -> TrainConfig:
+    values = dict(
+        shards_dir=str(shards), out_dir=str(out), preset="tiny", model_overrides=MICRO_MODEL,
+        max_steps=20, batch_size=4, seq_len=16, lr=1e-2, warmup_steps=2, eval_every=10,
+        eval_batches=2, log_every=1, checkpoint_every=5, keep_checkpoints=2, device="cpu",
+        progress=False,
+    )
+    return TrainConfig(**{**values, **overrides})
+
+
+def run(config: TrainConfig):
+    logs: list[tuple[int, dict[str, float]]] = []
+    result = train(config, on_log=lambda step, metrics: logs.append((step, metrics)))
+    return result, logs
+
+
+def losses(logs, key="loss"):
+    return [(step, metrics[key]) for step, metrics in logs if key in metrics]
+
+
+# --- schedule ---------------------------------------------------------------------------------
+
+
+def test_cosine_schedule_warms_up_linearly_then_decays_to_min_lr():
+    schedule = LRSchedule(max_lr=1.0, min_lr=0.1, warmup_steps=10, total_steps=110)
+    assert schedule(0) == pytest.approx(0.1)
+    assert schedule(9) == pytest.approx(1.0)
+    assert schedule(10) == pytest.approx(1.0)
+    assert schedule(60) == pytest.approx(0.55)  # halfway through the cosine
+    assert schedule(110) == schedule(500) == pytest.approx(0.1)
+    values = [schedule(s) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_wsd_schedule_holds_the_peak_then_decays_linearly_at_the_end():
+    schedule = LRSchedule(1.0, 0.0, warmup_steps=5, total_steps=100, kind="wsd", decay_fraction=0.2)
+    assert [schedule(s) for s in (5, 50, 79, 80)] == [1.0, 1.0, 1.0, 1.0]
+    assert schedule(90) == pytest.approx(0.5)
+    assert schedule(100) == 0.0
+
+
+def test_schedule_rejects_inconsistent_settings():
+    with pytest.raises(ValueError, match="min_lr <= max_lr"):
+        LRSchedule(max_lr=0.1, min_lr=1.0, warmup_steps=0, total_steps=10)
+    with pytest.raises(ValueError, match="warmup_steps <= total_steps"):
+        LRSchedule(max_lr=1.0, min_lr=0.1, warmup_steps=20, total_steps=10)
+    with pytest.raises(ValueError, match="'cosine' or 'wsd'"):
+        LRSchedule(1.0, 0.1, 0, 10, kind="linear")
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+def micro_model(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(ModelConfig(vocab_size=VOCAB, **MICRO_MODEL))
+
+
+def test_saved_model_loads_back_with_identical_outputs(tmp_path):
+    model = micro_model()
+    save_model(model, tmp_path / "model")
+    loaded = load_model(tmp_path / "model")
+    assert not loaded.training
+    assert loaded.config == model.config
+    assert loaded.lm_head.weight is loaded.tok_emb.weight  # the tie survives the round trip
+    idx = torch.randint(0, VOCAB, (2, 10))
+    with torch.no_grad():
+        assert torch.equal(loaded(idx), model.eval()(idx))
+    assert json.loads((tmp_path / "model" / "model_config.json").read_text())["d_model"] == 32
+
+
+def test_loading_a_directory_without_model_files_names_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
+        load_model(tmp_path)
+
+
+def test_checkpoints_keep_only_the_newest_k_and_the_latest_is_found(tmp_path):
+    model = micro_model()
+    for step in (5, 10, 15):
+        save_checkpoint(tmp_path, step, model, {"step": step}, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000010", "step-000015"]
+    assert latest_checkpoint(tmp_path).name == "step-000015"
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")] == []
+    assert load_training_state(latest_checkpoint(tmp_path)) == {"step": 15}
+    assert latest_checkpoint(tmp_path / "no-run-here") is None
+
+
+def test_a_checkpoint_directory_without_training_state_is_not_resumed_from(tmp_path):
+    save_checkpoint(tmp_path, 5, micro_model(), {"step": 5}, keep=3)
+    half_written = tmp_path / "checkpoints" / "step-000010"
+    save_model(micro_model(), half_written)  # weights but no training state
+    assert latest_checkpoint(tmp_path).name == "step-000005"
+
+
+class Payload:
+    """Stands for any object a hostile pickle could smuggle into a checkpoint."""
+
+
+def test_training_state_loading_refuses_arbitrary_pickled_objects(tmp_path):
+    checkpoint = save_checkpoint(tmp_path, 1, micro_model(), {"step": 1}, keep=1)
+    torch.save({"step": 1, "payload": Payload()}, checkpoint / TRAINING_STATE_FILE)
+    with pytest.raises(pickle.UnpicklingError):
+        load_training_state(checkpoint)
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def test_training_config_rejects_values_out_of_range(tmp_path):
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        micro_config(tmp_path, tmp_path, batch_size=0)
+    with pytest.raises(ValueError, match="dtype must be one of auto, float32, bfloat16"):
+        micro_config(tmp_path, tmp_path, dtype="fp8")
+    with pytest.raises(ValueError, match="min_lr <= max_lr"):
+        micro_config(tmp_path, tmp_path, min_lr=1.0)
+
+
+def test_short_training_run_learns_a_repetitive_corpus(repetitive_shards, tmp_path):
+    config = micro_config(repetitive_shards, tmp_path / "out", max_steps=60, eval_every=30)
+    result, logs = run(config)
+    train_losses = [loss for _, loss in losses(logs)]
+    assert train_losses[0] == pytest.approx(math.log(VOCAB), abs=0.3)
+    assert result.final_train_loss < 0.5
+    assert result.final_val_loss < 0.5
+    assert [step for step, _ in losses(logs, "val_loss")] == [30, 60]
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "tokens", "epoch"} <= set(logs[0][1])
+    assert result.completed and result.steps == 60 and result.tokens == 60 * 4 * 16
+
+
+def test_finished_run_writes_model_tokenizer_and_manifest_last(repetitive_shards, tmp_path):
+    out = tmp_path / "out"
+    result, _ = run(micro_config(repetitive_shards, out))
+    manifest = read_manifest(out)
+    verify_outputs(out)
+    assert sorted(o["path"] for o in manifest["outputs"]) == [
+        "model.safetensors", "model_config.json", "tokenizer.json"
+    ]
+    assert manifest["stage"] == "pretrain"
+    assert manifest["inputs"][0]["stage"] == "shards"
+    assert manifest["params"]["max_steps"] == 20 and manifest["params"]["lr"] == 1e-2
+    assert manifest["counts"] == {
+        "steps": 20,
+        "tokens": 20 * 4 * 16,
+        "final_train_loss": result.final_train_loss,
+        "final_val_loss": result.final_val_loss,
+        "parameters": result.num_parameters,
+    }
+    tokenizer = (repetitive_shards / "tokenizer.json").read_bytes()
+    assert (out / "tokenizer.json").read_bytes() == tokenizer
+    assert load_model(out).config.vocab_size == VOCAB
+    assert load_model(latest_checkpoint(out)).config.vocab_size == VOCAB
+
+
+def test_resumed_run_matches_an_uninterrupted_one_exactly(repetitive_shards, tmp_path):
+    straight, straight_logs = run(micro_config(repetitive_shards, tmp_path / "straight"))
+
+    interrupted = tmp_path / "interrupted"
+    first, first_logs = run(micro_config(repetitive_shards, interrupted, stop_after=10))
+    assert not first.completed and first.steps == 10
+    assert first.checkpoint.name == "step-000010"
+    assert not (interrupted / "manifest.json").exists()
+    second, second_logs = run(micro_config(repetitive_shards, interrupted, resume=True))
+
+    assert losses(first_logs) + losses(second_logs) == losses(straight_logs)
+    assert losses(first_logs, "val_loss") + losses(second_logs, "val_loss") == losses(
+        straight_logs, "val_loss"
+    )
+    assert second.final_train_loss == straight.final_train_loss
+    final_straight = load_file(tmp_path / "straight" / "model.safetensors")
+    final_resumed = load_file(interrupted / "model.safetensors")
+    assert final_straight.keys() == final_resumed.keys()
+    assert all(torch.equal(final_straight[k], final_resumed[k]) for k in final_straight)
+
+
+def test_resume_without_a_checkpoint_starts_a_fresh_run(repetitive_shards, tmp_path):
+    result, logs = run(micro_config(repetitive_shards, tmp_path / "out", max_steps=3, resume=True))
+    assert result.completed and logs[0][0] == 1
+
+
+def test_fresh_run_refuses_a_directory_holding_another_runs_checkpoints(
+    repetitive_shards, tmp_path
+):
+    out = tmp_path / "out"
+    run(micro_config(repetitive_shards, out, stop_after=5))
+    with pytest.raises(FileExistsError, match="pass resume=True"):
+        run(micro_config(repetitive_shards, out))
+
+
+def test_resume_with_changed_settings_is_refused(repetitive_shards, tmp_path):
+    out = tmp_path / "out"
+    run(micro_config(repetitive_shards, out, stop_after=5))
+    with pytest.raises(ValueError, match="settings differ .*: schedule"):
+        run(micro_config(repetitive_shards, out, resume=True, lr=3e-3))
+    with pytest.raises(ValueError, match="data order cannot be resumed .*seq_len: saved 16, now 8"):
+        run(micro_config(repetitive_shards, out, resume=True, seq_len=8))
+
+
+def test_seq_len_longer_than_the_model_context_is_rejected(repetitive_shards, tmp_path):
+    with pytest.raises(ValueError, match="seq_len=64 exceeds the model's max_seq_len=32"):
+        run(micro_config(repetitive_shards, tmp_path / "out", seq_len=64))

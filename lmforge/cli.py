@@ -45,7 +45,7 @@ def add_model_options(
         flag = "--" + renames.get(name, name).replace("_", "-")
         annotation = field.annotation
         default = field.get_default(call_default_factory=True)
-        help_text = field.description or ""
+        help_text = (field.description or "").replace("%", "%%")  # argparse %-formats help
         kwargs: dict[str, Any] = {"dest": name, "help": help_text, "default": argparse.SUPPRESS}
         if name in required:
             kwargs["required"] = True
@@ -163,11 +163,21 @@ def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
+def check_inputs(patterns: Sequence[str]) -> None:
+    """Fail before a flow run starts when the input globs match nothing (the flow checks too)."""
+    if patterns:
+        from lmforge.tasks.data_refresh import resolve_inputs
+
+        resolve_inputs(patterns)
+
+
 def run_pipeline(args: argparse.Namespace) -> int:
     from lmforge.flows.params import PipelineParams
     from lmforge.flows.pipeline import pipeline
 
-    summary = pipeline(params_from(args, PipelineParams))
+    params = params_from(args, PipelineParams)
+    check_inputs(params.input)
+    summary = pipeline(params)
     print_json(summary)
     work = summary["work_dir"]
     print(
@@ -182,7 +192,9 @@ def run_data_refresh(args: argparse.Namespace) -> int:
     from lmforge.flows.data_refresh import data_refresh
     from lmforge.flows.params import DataRefreshParams
 
-    manifest = data_refresh(params_from(args, DataRefreshParams))
+    params = params_from(args, DataRefreshParams)
+    check_inputs(params.input)
+    manifest = data_refresh(params)
     print_json(manifest["counts"])
     return 0
 

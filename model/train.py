@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -191,7 +192,13 @@ def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult
     window_start, window_steps, paused = time.perf_counter(), 0, 0.0
     model.train()
     progress = tqdm(
-        total=config.max_steps, initial=step, desc="train", unit="step", disable=not config.progress
+        total=config.max_steps,
+        initial=step,
+        desc="train",
+        unit="step",
+        disable=not config.progress,
+        # Redirected to a log file, redraws are lines: keep them few.
+        mininterval=0.1 if sys.stderr.isatty() else 30.0,
     )
     while step < last_step:
         lr = schedule(step)

@@ -13,6 +13,10 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+# Prefect binds its console log handler to the streams of the moment it is first imported: do it
+# now, under pytest's session-wide capture, not inside a test's short-lived `capsys`.
+import prefect  # noqa: E402,F401
+
 
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory):

@@ -23,6 +23,12 @@ def build_shards_task(params: ShardParams) -> dict:
         shard_tokens=params.shard_tokens,
         val_fraction=params.val_fraction,
         seed=params.seed,
+        tokenizer_path=params.tokenizer_path,
+        sample_bytes=params.sample_bytes,
+        language_temperature=params.language_temperature,
+        language_weights=params.language_weights,
+        max_repeats=params.max_repeats,
+        sample_seed=params.sample_seed,
     )
 
 

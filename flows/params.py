@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Preset = Literal["tiny", "small", "medium", "1b"]
 
@@ -44,6 +44,41 @@ class ShardParams(StageParams):
         0.05, gt=0.0, lt=0.5, description="Share of documents (by id hash) held out for validation."
     )
     seed: int = Field(0, description="Seed of the document shuffle.")
+    tokenizer_path: str | None = Field(
+        None, description="Reuse this tokenizer.json instead of training one (skips BPE training)."
+    )
+    sample_bytes: int = Field(
+        1 << 28, ge=1, description="Cap on the UTF-8 bytes of text the tokenizer trains on."
+    )
+    language_temperature: float = Field(
+        3.0,
+        gt=0.0,
+        description="Tokenizer sample share per language ~ bytes^(1/T): 1 keeps the data's mix, "
+        "larger flattens it so a dominant language does not swamp the vocabulary.",
+    )
+    language_weights: dict[str, float] | None = Field(
+        None,
+        description="Explicit tokenizer sample shares, e.g. en=2,de=1 (languages not named are "
+        "left out); overrides language_temperature.",
+    )
+    max_repeats: int = Field(
+        4, ge=1, description="Most times a small language's documents repeat in the sample."
+    )
+    sample_seed: int = Field(0, ge=0, description="Seed of the tokenizer sample.")
+
+    @field_validator("language_weights", mode="before")
+    @classmethod
+    def _parse_language_weights(cls, value: object) -> object:
+        # The CLI hands over one string, `en=2,de=1`; the UI and Python hand over a mapping.
+        if not isinstance(value, str):
+            return value
+        weights: dict[str, str] = {}
+        for entry in filter(None, (part.strip() for part in value.split(","))):
+            lang, sep, weight = entry.partition("=")
+            if not sep or not lang.strip():
+                raise ValueError(f"language weight {entry!r} is not LANG=WEIGHT (e.g. en=2,de=1)")
+            weights[lang.strip()] = weight.strip()
+        return weights
 
 
 class TrainParams(StageParams):
@@ -65,6 +100,25 @@ class TrainParams(StageParams):
         None, ge=1, description="Checkpoint and stop after N steps of a longer schedule."
     )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    strategy: Literal["single", "ddp", "fsdp", "pipeline"] | None = Field(
+        None,
+        description="Parallelism: single process, ddp, fsdp (FSDP2) or pipeline; "
+        "default: single for one process, ddp for several.",
+    )
+    nproc: int = Field(1, ge=1, description="Training processes per machine (torchrun).")
+    nnodes: int = Field(1, ge=1, description="Machines taking part (torchrun --nnodes).")
+    node_rank: int = Field(0, ge=0, description="This machine's rank among nnodes.")
+    rdzv_endpoint: str | None = Field(
+        None, description="HOST:PORT of node 0, where the machines meet (several nodes)."
+    )
+    compile: bool = Field(False, description="torch.compile each transformer block.")
+    activation_checkpointing: bool = Field(
+        False, description="Recompute block activations in the backward pass to save memory."
+    )
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    microbatches: int = Field(
+        2, ge=1, description="Pipeline micro-batches per batch (strategy pipeline)."
+    )
 
 
 class EvalParams(StageParams):
@@ -103,3 +157,81 @@ class PipelineParams(StageParams):
     batch_size: int = Field(16, ge=1, description="Sequences per optimizer step.")
     seq_len: int | None = Field(None, ge=8, description="Context length; default: the preset's.")
     seed: int = Field(0, description="Seed for the shuffle, initialisation and batch order.")
+
+
+class FinetuneClassifierParams(StageParams):
+    base_model: str = Field(
+        "work/train", description="Pretrained model directory (a training output) to start from."
+    )
+    data: str = Field(
+        "work/data",
+        description="Labelled CSV/JSONL file (text, label), or a data-stage directory whose "
+        "labels are derived from the URLs (see label_from).",
+    )
+    out: str = Field("work/finetune-classifier", description="Directory for the classifier.")
+    label_from: Literal["section", "site"] = Field(
+        "section",
+        description="For a data-stage directory: label by the URL's section (the page's "
+        "directory, e.g. reference/library) or by site (the host).",
+    )
+    text_field: str = Field("text", description="Text column/field of a labelled file.")
+    label_field: str = Field("label", description="Label column/field of a labelled file.")
+    max_len: int | None = Field(
+        256, ge=2, description="Tokens per text (the start is kept); default: the model's context."
+    )
+    epochs: int = Field(3, ge=1, description="Passes over the training split.")
+    batch_size: int = Field(16, ge=1, description="Texts per optimizer step.")
+    lr: float = Field(5e-4, gt=0.0, description="Peak learning rate (warmup, then cosine decay).")
+    trainable_blocks: int | None = Field(
+        None,
+        ge=0,
+        description="Train only the head, final norm and the last N blocks; default: all.",
+    )
+    val_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Share of every class held out for accuracy and macro-F1."
+    )
+    seed: int = Field(0, description="Seed of the split, the head's init and the batch order.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    registered_model_name: str | None = Field(
+        "lmforge-classifier",
+        description="MLflow Model Registry name for the result; empty: do not register.",
+    )
+
+
+class FinetuneInstructParams(StageParams):
+    base_model: str = Field(
+        "work/train", description="Pretrained model directory (a training output) to start from."
+    )
+    data: str = Field(
+        description="JSONL of Alpaca-style records (instruction, input, output) or chat records "
+        "({\"messages\": [{\"role\", \"content\"}, ...]}).",
+        json_schema_extra={"position": 0},
+    )
+    out: str = Field("work/finetune-instruct", description="Directory for the fine-tuned model.")
+    max_len: int | None = Field(
+        None, ge=8, description="Tokens per example and per packed row; default: model context."
+    )
+    pack: bool = Field(True, description="Pack several examples into each row (fewer pad tokens).")
+    epochs: int = Field(3, ge=1, description="Passes over the training records.")
+    batch_size: int = Field(8, ge=1, description="Rows per optimizer step.")
+    lr: float = Field(3e-4, gt=0.0, description="Peak learning rate (warmup, then cosine decay).")
+    lora_rank: int = Field(
+        0, ge=0, description="LoRA rank; 0 fine-tunes every weight, > 0 trains adapters only."
+    )
+    lora_alpha: float = Field(16.0, gt=0.0, description="LoRA scale: updates scale by alpha/rank.")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapters' input.")
+    lora_targets: list[str] = Field(
+        default_factory=lambda: ["qkv", "out_proj"],
+        description="Linear layers to adapt, by name (qkv, out_proj, gate_up, up, down).",
+    )
+    val_fraction: float = Field(
+        0.1, gt=0.0, lt=1.0, description="Share of records held out for loss and sample responses."
+    )
+    num_samples: int = Field(5, ge=0, description="Held-out prompts answered after training.")
+    max_new_tokens: int = Field(64, ge=1, description="Tokens generated per sample response.")
+    seed: int = Field(0, description="Seed of the split and batch order.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    registered_model_name: str | None = Field(
+        "lmforge-instruct",
+        description="MLflow Model Registry name for the result; empty: do not register.",
+    )

@@ -17,7 +17,7 @@ from lmforge.flows.tracking import (
 )
 from lmforge.model.train import TrainConfig, TrainResult
 from lmforge.tasks import plots
-from lmforge.tasks.pretrain import run_pretraining
+from lmforge.tasks.pretrain import TorchrunOptions, run_pretraining
 
 
 def train_config(params: TrainParams) -> TrainConfig:
@@ -38,14 +38,41 @@ def train_config(params: TrainParams) -> TrainConfig:
         resume=params.resume,
         stop_after=params.stop_after,
         device=params.device,
+        strategy=params.strategy or default_strategy(torchrun_options(params)),
+        compile=params.compile,
+        activation_checkpointing=params.activation_checkpointing,
+        grad_accum=params.grad_accum,
+        microbatches=params.microbatches,
+    )
+
+
+def default_strategy(launch: TorchrunOptions) -> str:
+    return "single" if launch.world_size == 1 else "ddp"
+
+
+def torchrun_options(params: TrainParams) -> TorchrunOptions:
+    return TorchrunOptions(
+        nproc=params.nproc,
+        nnodes=params.nnodes,
+        node_rank=params.node_rank,
+        rdzv_endpoint=params.rdzv_endpoint,
     )
 
 
 @task(name="train-model")
-def train_task(config: TrainConfig, run_id: str) -> tuple[TrainResult, list[dict[str, float]]]:
-    """Train, streaming metrics into MLflow run `run_id`; returns the result and the metrics."""
+def train_task(
+    config: TrainConfig, run_id: str, launch: TorchrunOptions
+) -> tuple[TrainResult, list[dict[str, float]]]:
+    """Train (in this process, or under torchrun when `launch` asks for several), streaming
+    rank 0's metrics into MLflow run `run_id`; returns the result and the metrics."""
     logger = MetricsLogger(run_id)
-    return run_pretraining(config, on_log=logger), logger.history
+    result = run_pretraining(config, on_log=logger, launch=launch)
+    if result is None:
+        raise RuntimeError(
+            f"node {launch.node_rank} trained as one of {launch.nnodes} machines; run the flow "
+            "on node 0 for its result"
+        )
+    return result, logger.history
 
 
 @flow(name="pretrain", log_prints=True)
@@ -55,7 +82,8 @@ def pretrain(params: TrainParams = TrainParams(), parent_run_id: str | None = No
     out = Path(params.out).resolve()
     configure_tracking(out.parent, keep_existing=True)
     with stage_run("pretrain", params.model_dump(), parent_run_id) as run:
-        result, history = train_task(train_config(params), run.info.run_id)
+        launch = torchrun_options(params)
+        result, history = train_task(train_config(params), run.info.run_id, launch)
         summary = {
             "out_dir": str(out),
             "completed": result.completed,

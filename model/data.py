@@ -1,9 +1,10 @@
 """Token shards as one memory-mapped sequence, and the batches a training run draws from it.
 
-A split directory holds `shard-*.arrow` files (Arrow IPC file format, schema
-`doc_id: string, tokens: list<uint16|uint32>`, metadata `lmforge.vocab_size`, `lmforge.eot_id`).
-Each shard's flattened `tokens` column is one contiguous buffer read straight from the memory map,
-so opening a split costs no copy and training touches only the pages it samples.
+The shard format (see `lmforge.model.shard_format`) keeps each shard's tokens in one contiguous
+buffer read straight from the memory map, so opening a split costs no copy and training touches
+only the pages it samples. When the split sits in a finished shards directory, its manifest is
+checked first: a missing, added, truncated or (with `verify`) corrupt shard, or a tokenizer that
+is not the one the shards were built with, is an error naming the file.
 """
 
 from __future__ import annotations
@@ -14,17 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 
-SHARD_PATTERN = "shard-*.arrow"
-VOCAB_SIZE_KEY = b"lmforge.vocab_size"
-EOT_ID_KEY = b"lmforge.eot_id"
-TOKEN_TYPES = (pa.uint16(), pa.uint32())
+from lmforge.manifest import MANIFEST_NAME, sha256_file
+from lmforge.model.shard_format import SHARD_PATTERN, TokenDataError, read_shard_tokens
 
+__all__ = [
+    "TokenDataError",
+    "TokenSplit",
+    "TrainBatches",
+    "open_token_split",
+    "sequential_windows",
+    "shards_vocab_size",
+]
 
-class TokenDataError(ValueError):
-    """A split directory or shard cannot be read as lmforge token shards."""
+TOKENIZER_FILE = "tokenizer.json"
 
 
 class TokenSplit:
@@ -46,6 +51,10 @@ class TokenSplit:
         self.shard_starts = np.concatenate(([0], np.cumsum(sizes)))
         self.num_tokens = int(self.shard_starts[-1])
 
+    def shard_index(self, position: int) -> int:
+        """The index of the shard holding token `position`."""
+        return int(np.searchsorted(self.shard_starts, position, side="right")) - 1
+
     def window(self, start: int, length: int) -> np.ndarray:
         """Tokens [start, start + length) as a 1-D array (read-only when it is a view)."""
         if start < 0 or length < 0 or start + length > self.num_tokens:
@@ -53,7 +62,7 @@ class TokenSplit:
                 f"window [{start}, {start + length}) is outside the split's "
                 f"{self.num_tokens} tokens"
             )
-        shard = int(np.searchsorted(self.shard_starts, start, side="right")) - 1
+        shard = self.shard_index(start)
         offset = start - int(self.shard_starts[shard])
         if offset + length <= len(self.shards[shard]):
             return self.shards[shard][offset : offset + length]
@@ -66,11 +75,15 @@ class TokenSplit:
         return np.concatenate(pieces)
 
 
-def open_token_split(split_dir: str | Path) -> TokenSplit:
+def open_token_split(split_dir: str | Path, verify: bool = True) -> TokenSplit:
     """Memory-map every `shard-*.arrow` of `split_dir` (e.g. `SHARDS/train`).
 
-    Raises TokenDataError when the directory is missing or has no shards, when a shard's schema
-    or metadata is not the token-shard contract's, or when shards disagree on vocabulary.
+    When `split_dir`'s parent holds the shards stage's manifest.json, the shards must be exactly
+    the ones it lists, with their recorded sizes and vocabulary; `verify` also compares every
+    shard's sha256 and the tokenizer.json beside them with the manifest (reads each file once,
+    about a second per GB). Raises TokenDataError naming the file: a missing directory or no
+    shards, a schema or metadata that is not the shard format's, shards that disagree on the
+    vocabulary, or a shard or tokenizer that does not match the manifest.
     """
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
@@ -84,9 +97,10 @@ def open_token_split(split_dir: str | Path) -> TokenSplit:
             f"{split_dir} holds no {SHARD_PATTERN} files: the split is empty "
             "(build the shards with `lmforge shards build`)"
         )
+    check_against_manifest(split_dir, paths, verify)
     shards, vocab_sizes, eot_ids = [], set(), set()
     for path in paths:
-        tokens, vocab_size, eot_id = _read_shard(path)
+        tokens, vocab_size, eot_id = read_shard_tokens(path)
         shards.append(tokens)
         vocab_sizes.add(vocab_size)
         eot_ids.add(eot_id)
@@ -95,60 +109,74 @@ def open_token_split(split_dir: str | Path) -> TokenSplit:
             f"the shards of {split_dir} disagree on vocab_size {sorted(vocab_sizes)} or eot_id "
             f"{sorted(eot_ids)}: they were built with different tokenizers"
         )
-    return TokenSplit(shards, paths, vocab_sizes.pop(), eot_ids.pop())
-
-
-def _read_shard(path: Path) -> tuple[np.ndarray, int, int]:
-    try:
-        reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
-    except (pa.ArrowInvalid, OSError) as error:
-        raise TokenDataError(f"{path} is not an Arrow IPC file: {error}") from error
-    schema = reader.schema
-    _check_schema(path, schema)
-    metadata = schema.metadata or {}
-    try:
-        vocab_size, eot_id = int(metadata[VOCAB_SIZE_KEY]), int(metadata[EOT_ID_KEY])
-    except (KeyError, ValueError) as error:
+    split = TokenSplit(shards, paths, vocab_sizes.pop(), eot_ids.pop())
+    recorded = _manifest_vocab_size(split_dir.parent)
+    if recorded is not None and recorded != split.vocab_size:
         raise TokenDataError(
-            f"{path} lacks integer schema metadata {VOCAB_SIZE_KEY.decode()} and "
-            f"{EOT_ID_KEY.decode()}: rebuild the shards with `lmforge shards build`"
-        ) from error
-    # flatten() honours list offsets; one record batch per shard makes this a view of the map.
-    values = [chunk.flatten() for chunk in reader.read_all().column("tokens").chunks]
-    if any(chunk.null_count for chunk in values):
-        raise TokenDataError(f"{path} has null tokens: every token must be an integer id")
-    chunks = [chunk.to_numpy(zero_copy_only=False) for chunk in values]
-    if not chunks:
-        value_type = schema.field("tokens").type.value_type
-        return np.empty(0, dtype=value_type.to_pandas_dtype()), vocab_size, eot_id
-    tokens = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
-    return tokens, vocab_size, eot_id
-
-
-def _check_schema(path: Path, schema: pa.Schema) -> None:
-    doc_id = schema.field("doc_id").type if "doc_id" in schema.names else None
-    tokens = schema.field("tokens").type if "tokens" in schema.names else None
-    doc_id_ok = doc_id is not None and (
-        pa.types.is_string(doc_id) or pa.types.is_large_string(doc_id)
-    )
-    tokens_ok = tokens is not None and pa.types.is_list(tokens) and tokens.value_type in TOKEN_TYPES
-    if not (doc_id_ok and tokens_ok):
-        found = ", ".join(f"{field.name}: {field.type}" for field in schema)
-        raise TokenDataError(
-            f"{path} has schema ({found}); a token shard needs "
-            "doc_id: string, tokens: list<uint16> (or list<uint32> for vocabularies over 65,536)"
+            f"the shards of {split_dir} were written for vocab_size={split.vocab_size} but "
+            f"{split_dir.parent / MANIFEST_NAME} records a tokenizer of {recorded} tokens: "
+            "shards and tokenizer do not belong together; rebuild the shards"
         )
+    return split
+
+
+def check_against_manifest(split_dir: Path, paths: list[Path], verify: bool) -> None:
+    """Compare a split's shard files (and, with `verify`, the tokenizer) with the manifest of the
+    shards directory that holds it; a split outside a finished shards directory is not checked."""
+    shards_dir = split_dir.parent
+    manifest_path = shards_dir / MANIFEST_NAME
+    if not manifest_path.is_file():
+        return
+    manifest = json.loads(manifest_path.read_text())
+    listed = {
+        shards_dir / entry["path"]: entry
+        for entry in manifest.get("outputs", [])
+        if Path(entry["path"]).parent.name == split_dir.name
+        and Path(entry["path"]).match(SHARD_PATTERN)
+    }
+    if not listed:
+        return
+    missing = sorted(set(listed) - set(paths))
+    if missing:
+        raise TokenDataError(f"{missing[0]} is listed in {manifest_path} but missing")
+    for path in paths:
+        entry = listed.get(path)
+        if entry is None:
+            raise TokenDataError(
+                f"{path} is not listed in {manifest_path}: it was not written by this build; "
+                "remove it or rebuild the shards"
+            )
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise TokenDataError(
+                f"{path} is corrupt: it has {size} bytes, {manifest_path} records {entry['bytes']}"
+            )
+        if verify and sha256_file(path) != entry["sha256"]:
+            raise TokenDataError(
+                f"{path} is corrupt: its sha256 does not match {manifest_path}; rebuild the shards"
+            )
+    tokenizer_path = shards_dir / TOKENIZER_FILE
+    recorded = (manifest.get("tokenizer") or {}).get("sha256")
+    if verify and recorded and tokenizer_path.is_file() and sha256_file(tokenizer_path) != recorded:
+        raise TokenDataError(
+            f"{tokenizer_path} is not the tokenizer the shards were built with (its sha256 "
+            f"differs from {manifest_path}): restore it or rebuild the shards"
+        )
+
+
+def _manifest_vocab_size(shards_dir: Path) -> int | None:
+    manifest_path = shards_dir / MANIFEST_NAME
+    if not manifest_path.is_file():
+        return None
+    tokenizer = json.loads(manifest_path.read_text()).get("tokenizer") or {}
+    return int(tokenizer["vocab_size"]) if "vocab_size" in tokenizer else None
 
 
 def shards_vocab_size(shards_dir: str | Path, split: TokenSplit) -> int:
     """The vocabulary size from `SHARDS/manifest.json` (`tokenizer.vocab_size`), falling back to
     the shards' schema metadata when the manifest does not record it."""
-    manifest_path = Path(shards_dir) / "manifest.json"
-    if manifest_path.is_file():
-        tokenizer = json.loads(manifest_path.read_text()).get("tokenizer") or {}
-        if "vocab_size" in tokenizer:
-            return int(tokenizer["vocab_size"])
-    return split.vocab_size
+    recorded = _manifest_vocab_size(Path(shards_dir))
+    return split.vocab_size if recorded is None else recorded
 
 
 def sequential_windows(
@@ -224,21 +252,42 @@ class TrainBatches:
         return step * self.global_batch_size / self.num_windows
 
     def window_indices(self, step: int) -> np.ndarray:
-        """Indices of the windows that this rank trains on at `step`."""
+        """Indices of the windows that this rank trains on at `step` (int64, batch_size)."""
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
         first = step * self.global_batch_size + self.rank * self.batch_size
-        positions = np.arange(first, first + self.batch_size)
+        positions = np.arange(first, first + self.batch_size, dtype=np.int64)
         epochs, offsets = np.divmod(positions, self.num_windows)
-        return np.array([self._permutation(int(e))[o] for e, o in zip(epochs, offsets)])
+        indices = np.empty(self.batch_size, dtype=np.int64)
+        for epoch in np.unique(epochs):  # one epoch, or two where the batch straddles a boundary
+            chosen = epochs == epoch
+            indices[chosen] = self._permutation(int(epoch))[offsets[chosen]]
+        return indices
+
+    def windows(self, step: int) -> np.ndarray:
+        """This rank's windows at `step`: int64 [batch_size, seq_len + 1], ready for torch.
+
+        Raises TokenDataError naming the shard when a token id is outside the vocabulary (a
+        damaged shard that was opened without `verify`), before it reaches an embedding lookup.
+        """
+        length = self.seq_len + 1
+        windows = np.empty((self.batch_size, length), dtype=np.int64)
+        for row, index in zip(windows, self.window_indices(step), strict=True):
+            row[:] = self.split.window(int(index) * self.seq_len, length)  # casts while copying
+        if windows.max() >= self.split.vocab_size:
+            row, column = np.unravel_index(int(windows.argmax()), windows.shape)
+            position = int(self.window_indices(step)[row]) * self.seq_len + int(column)
+            path = self.split.paths[self.split.shard_index(position)]
+            raise TokenDataError(
+                f"{path} holds token id {windows.max()} at split position {position}, outside "
+                f"the vocabulary of {self.split.vocab_size}: the shard is damaged; rebuild it"
+            )
+        return windows
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and targets, int64 tensors [batch_size, seq_len] on the CPU."""
-        length = self.seq_len + 1
-        windows = np.stack(
-            [self.split.window(int(i) * self.seq_len, length) for i in self.window_indices(step)]
-        ).astype(np.int64)
-        tokens = torch.from_numpy(windows)
+        """Inputs and targets, int64 tensors [batch_size, seq_len] on the CPU: the targets are
+        the inputs shifted by one token."""
+        tokens = torch.from_numpy(self.windows(step))
         return tokens[:, :-1], tokens[:, 1:]
 
     def _permutation(self, epoch: int) -> np.ndarray:

@@ -202,6 +202,10 @@ class GPT(nn.Module):
         With `kv_cache`, `idx` continues the cached tokens and the cache is extended by T.
         Raises ValueError when the sequence would exceed `max_seq_len`.
         """
+        return self.lm_head(self.hidden_states(idx, kv_cache))
+
+    def hidden_states(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """The final-norm hidden states [B, T, d_model] that the LM head reads (task heads too)."""
         B, T = idx.shape
         start = kv_cache.length if kv_cache is not None else 0
         if start + T > self.config.max_seq_len:
@@ -218,7 +222,7 @@ class GPT(nn.Module):
             x = block(x, rope, kv_cache)
         if kv_cache is not None:
             kv_cache.length += T
-        return self.lm_head(self.norm(x))
+        return self.norm(x)
 
     def num_parameters(self) -> int:
         """Trainable parameters; a tied embedding/head matrix counts once."""

@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from lmforge.manifest import MANIFEST_NAME, build_manifest, describe_input, utc_now, write_manifest
@@ -42,6 +44,22 @@ from lmforge.model.data import (
     shards_vocab_size,
 )
 from lmforge.model.gpt import GPT
+from lmforge.model.mfu import model_flops_utilization, peak_flops
+from lmforge.model.parallel import (
+    STRATEGIES,
+    DistributedEnv,
+    PipelineRunner,
+    apply_activation_checkpointing,
+    apply_compile,
+    apply_ddp,
+    apply_fsdp,
+    check_strategy,
+    distributed_env,
+    full_model_state,
+    full_optimizer_state,
+    init_distributed,
+    load_optimizer_state,
+)
 from lmforge.model.schedule import LRSchedule
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -59,6 +77,12 @@ class TrainConfig:
     when available; dtype "auto" is bf16 autocast on CUDA and float32 on the CPU. resume continues
     from the newest checkpoint in out_dir (or starts fresh when there is none); stop_after N
     checkpoints and returns after N steps of this call, leaving the schedule unfinished.
+
+    batch_size is per data-parallel rank: the global batch is batch_size x processes for ddp and
+    fsdp (pipeline stages share one batch, split into `microbatches`). strategy "single" is one
+    process; "ddp", "fsdp" and "pipeline" run under torchrun (`lmforge.model.launch`). compile
+    wraps each block in torch.compile; activation_checkpointing recomputes block activations in
+    the backward pass to save memory.
     Raises ValueError on construction when a value is out of range.
     """
 
@@ -88,11 +112,15 @@ class TrainConfig:
     resume: bool = False
     stop_after: int | None = None
     progress: bool = True
+    strategy: str = "single"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    microbatches: int = 2
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # JSON and pydantic hand over lists
         positive = ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches",
-                    "log_every", "checkpoint_every", "keep_checkpoints")
+                    "log_every", "checkpoint_every", "keep_checkpoints", "microbatches")
         for name in positive:
             value = getattr(self, name)
             if value < 1:
@@ -110,6 +138,16 @@ class TrainConfig:
         if self.dtype not in DTYPES:
             raise ValueError(
                 f"TrainConfig.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"
+            )
+        if self.strategy not in STRATEGIES:
+            raise ValueError(
+                f"TrainConfig.strategy must be one of {', '.join(STRATEGIES)}, "
+                f"got {self.strategy!r}"
+            )
+        if self.strategy == "pipeline" and self.batch_size % self.microbatches:
+            raise ValueError(
+                f"TrainConfig.batch_size={self.batch_size} must be a multiple of "
+                f"microbatches={self.microbatches} for pipeline parallelism"
             )
         self.schedule()  # validates lr, min_lr, warmup_steps and lr_schedule
 
@@ -136,14 +174,22 @@ class TrainResult:
 def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult:
     """Train (or resume) the run described by `config`; see the module docstring for outputs.
 
+    Run it directly for one process, or on every rank under `torchrun` (see
+    `lmforge.model.launch`): the ranks find each other through torchrun's environment variables,
+    rank 0 logs and writes the files, and all ranks return the same result.
+
     on_log(step, metrics) receives {"loss", "lr", "grad_norm", "tokens_per_s", "tokens", "epoch"}
-    every log_every steps and {"val_loss"} every eval_every steps (step = optimizer steps done).
+    and, when the device's peak is known, "mfu" every log_every steps, and {"val_loss"} every
+    eval_every steps (step = optimizer steps done; loss and tokens/s are over all ranks).
     Raises ManifestError/TokenDataError for unusable shards, FileExistsError when out_dir holds
-    checkpoints and resume is False, ValueError when a resumed checkpoint's settings differ.
+    checkpoints and resume is False, ValueError when a resumed checkpoint's settings differ or
+    the strategy does not fit the number of processes.
     """
     wall_start = time.perf_counter()
     started_at = utc_now()
-    log = on_log or (lambda step, metrics: None)
+    env = distributed_env()
+    check_strategy(config.strategy, env.world_size)
+    log = (on_log or (lambda step, metrics: None)) if env.is_main else (lambda step, metrics: None)
     shards_dir, out_dir = Path(config.shards_dir), Path(config.out_dir)
     shards_input = describe_input(shards_dir)  # fails fast when the shards stage never finished
     tokenizer_path = shards_dir / TOKENIZER_FILE
@@ -160,43 +206,91 @@ def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult
             f"seq_len={seq_len} exceeds the model's max_seq_len={model_config.max_seq_len}"
         )
     device = resolve_device(config.device)
-    autocast = autocast_context(device, config.dtype)
-    resume_from = prepare_out_dir(out_dir, config.resume)
+    if device.type == "cuda" and device.index is None and env.is_distributed:
+        device = torch.device("cuda", env.local_rank)  # one GPU per rank
+    owns_process_group = env.is_distributed and not dist.is_initialized()
+    init_distributed(env, device)
+    pipeline = config.strategy == "pipeline"
+    fsdp = config.strategy == "fsdp"
+    bf16 = uses_bf16(device, config.dtype)
+    # FSDP2 casts parameters itself (bf16 compute, fp32 master weights); autocast is not needed.
+    autocast = autocast_context(device, "float32" if fsdp else config.dtype)
+    resume_from = prepare_out_dir(out_dir, config.resume, env.is_main)
 
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # every rank builds the same initial weights
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for any fp32 matmul left outside autocast
-    model = GPT(model_config).to(device)
-    optimizer = build_optimizer(model, config.lr, config.weight_decay, config.betas, device)
-    schedule = config.schedule()
-    batches = TrainBatches(train_split, config.batch_size, seq_len, config.seed)
-    eval_batches = validation_batches(val_split, config.batch_size, seq_len, config.eval_batches)
+    model = GPT(model_config)
+    flops_per_token = model.flops_per_token(seq_len)
+    num_parameters = model.num_parameters()
+    data_rank, data_world = (0, 1) if pipeline else (env.rank, env.world_size)
+    batches = TrainBatches(
+        train_split, config.batch_size, seq_len, config.seed, rank=data_rank, world_size=data_world
+    )
+    # Sized by the global batch, so every strategy and world size validates on the same tokens.
+    eval_batches = validation_batches(
+        val_split, config.batch_size * data_world, seq_len, config.eval_batches
+    )
     settings = trajectory_settings(config, model_config)
 
     step, tokens, train_loss = 0, 0, math.nan
+    state: dict[str, Any] | None = None
     if resume_from is not None:
         state = load_training_state(resume_from)
         check_resumable(resume_from, state["settings"], settings)
         batches.load_state_dict(state["loader"])
-        load_checkpoint_weights(model, resume_from)
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"], device)
+        load_checkpoint_weights(model, resume_from)  # before sharding: every rank loads it all
         step, tokens, train_loss = state["step"], state["tokens"], state["train_loss"]
+
+    # Parallelism from outside, in torchtitan's order: checkpointing, compile, then the strategy.
+    if config.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    if config.compile:
+        apply_compile(model)
+    runner: PipelineRunner | None = None
+    if pipeline:
+        runner = PipelineRunner(model, env, device, config.microbatches)
+        owner: torch.nn.Module = runner.module  # the parameters this rank trains
+        eval_batches = [(x, y) for x, y in eval_batches if len(x) % config.microbatches == 0]
+    else:
+        model.to(device)
+        owner = apply_fsdp(model, bf16) if fsdp else model
+    forward = apply_ddp(model, device) if config.strategy == "ddp" else owner
+    optimizer = build_optimizer(owner, config.lr, config.weight_decay, config.betas, device)
+    if state is not None:
+        load_optimizer_state(owner, optimizer, state["optimizer"], sharded=fsdp)
+        set_rng_state(state["rng"], device)
+
+    def batch_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean loss of one batch without gradients, on every rank."""
+        if runner is not None:
+            return runner.eval_loss(x, y)
+        with autocast:
+            logits = forward(x)
+        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+
+    def validate() -> float:
+        loss = evaluate_batches(batch_loss, eval_batches, device, owner)
+        if fsdp:  # no backward follows to re-shard the root: parameters must be shards again
+            owner.reshard()
+        return loss
 
     last_step = config.max_steps
     if config.stop_after is not None:
         last_step = min(config.max_steps, step + config.stop_after)
-    tokens_per_step = config.batch_size * seq_len * config.grad_accum
+    tokens_per_step = config.batch_size * seq_len * config.grad_accum * data_world
+    schedule = config.schedule()
+    peak: float | None = None
     val_loss: float | None = None
     saved: Path | None = None
     window_start, window_steps, paused = time.perf_counter(), 0, 0.0
-    model.train()
+    owner.train()
     progress = tqdm(
         total=config.max_steps,
         initial=step,
         desc="train",
         unit="step",
-        disable=not config.progress,
+        disable=not (config.progress and env.is_main),
         # Redirected to a log file, redraws are lines: keep them few.
         mininterval=0.1 if sys.stderr.isatty() else 30.0,
     )
@@ -209,13 +303,25 @@ def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult
             # Micro-batches are consecutive loader steps, so the order survives a grad_accum split.
             x, y = batches.batch(step * config.grad_accum + micro)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast:
-                logits = model(x)
+            if runner is not None:
+                loss_sum += runner.train_step(x, y, 1.0 / config.grad_accum).detach()
+                continue
+            last_micro = micro == config.grad_accum - 1
+            if fsdp:
+                owner.set_requires_gradient_sync(last_micro)  # reduce-scatter once per step
+            no_sync = forward.no_sync() if isinstance(forward, DDP) and not last_micro else None
+            with no_sync or contextlib.nullcontext(), autocast:
+                logits = forward(x)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-            (loss / config.grad_accum).backward()
+            with no_sync or contextlib.nullcontext():
+                (loss / config.grad_accum).backward()
             loss_sum += loss.detach()
         max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        if runner is not None:
+            runner.sync_tied_gradients()
+            grad_norm = runner.clip_gradients(max_norm)
+        else:  # under FSDP the parameters are DTensors and the norm is computed across shards
+            grad_norm = torch.nn.utils.clip_grad_norm_(owner.parameters(), max_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -228,35 +334,46 @@ def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult
         stops_early = step == last_step and last_step < config.max_steps
         is_checkpoint_step = step % config.checkpoint_every == 0 or stops_early
         if is_log_step or is_checkpoint_step or step == config.max_steps:
+            if data_world > 1:  # the loss of the global batch: mean over the data ranks
+                dist.all_reduce(loss_sum)
+                loss_sum /= data_world
             train_loss = (loss_sum / config.grad_accum).item()  # .item() waits for the GPU
         if is_log_step:
             seconds = time.perf_counter() - window_start - paused
             tokens_per_s = window_steps * tokens_per_step / max(seconds, 1e-9)
-            log(step, {
+            metrics = {
                 "loss": train_loss,
                 "lr": lr,
-                "grad_norm": grad_norm.item(),
+                "grad_norm": full_value(grad_norm),
                 "tokens_per_s": tokens_per_s,
                 "tokens": float(tokens),
                 "epoch": batches.epoch(step * config.grad_accum),
-            })
+            }
+            if env.is_main:
+                peak = peak if peak is not None else peak_flops(device)  # measured once
+                if peak:
+                    metrics["mfu"] = model_flops_utilization(
+                        flops_per_token, tokens_per_s, peak, env.world_size
+                    )
+            log(step, metrics)
             progress.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
             window_start, window_steps, paused = time.perf_counter(), 0, 0.0
         pause_start = time.perf_counter()
         if is_eval_step:
-            val_loss = evaluate_loss(model, eval_batches, device, autocast)
+            val_loss = validate()
             log(step, {"val_loss": val_loss})
         if is_checkpoint_step:
-            state = {
-                "step": step,
-                "tokens": tokens,
-                "train_loss": train_loss,
-                "settings": settings,
-                "optimizer": optimizer.state_dict(),
-                "loader": batches.state_dict(),
-                "rng": rng_state(device),
-            }
-            saved = save_checkpoint(out_dir, step, model, state, config.keep_checkpoints)
+            saved = save_training_checkpoint(
+                out_dir, step, config, env, model_config, model, owner, optimizer, pipeline,
+                {
+                    "step": step,
+                    "tokens": tokens,
+                    "train_loss": train_loss,
+                    "settings": settings,
+                    "loader": batches.state_dict(),
+                    "rng": rng_state(device),
+                },
+            )
         paused += time.perf_counter() - pause_start
     progress.close()
 
@@ -267,16 +384,84 @@ def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult
         tokens=tokens,
         final_train_loss=train_loss,
         final_val_loss=val_loss,
-        num_parameters=model.num_parameters(),
+        num_parameters=num_parameters,
         checkpoint=saved or latest_checkpoint(out_dir),
         seconds=0.0,
     )
     if result.completed:
         if result.final_val_loss is None:  # resumed a run whose last step was already done
-            result.final_val_loss = evaluate_loss(model, eval_batches, device, autocast)
-        write_final_outputs(config, result, model, tokenizer_path, shards_input, started_at)
+            result.final_val_loss = validate()
+        final = plain_model(model_config, model, owner, env, config.strategy)
+        if env.is_main:
+            write_final_outputs(config, result, final, tokenizer_path, shards_input, started_at)
+    if env.is_distributed:
+        dist.barrier()  # nobody returns before rank 0 has written the outputs
+        if owns_process_group:
+            dist.destroy_process_group()
     result.seconds = time.perf_counter() - wall_start
     return result
+
+
+def full_value(value: torch.Tensor) -> float:
+    """A scalar tensor as a float; a sharded (DTensor) scalar is gathered first."""
+    if hasattr(value, "full_tensor"):
+        value = value.full_tensor()
+    return float(value.item())
+
+
+def plain_model(
+    model_config: ModelConfig,
+    model: GPT,
+    owner: torch.nn.Module,
+    env: DistributedEnv,
+    strategy: str,
+) -> GPT:
+    """The whole trained model as a plain `GPT` on rank 0, for saving (other ranks: `model`).
+
+    Single process and DDP already hold it; under FSDP and pipelining the weights are gathered
+    (a collective: every rank calls this) into a GPT whose tensors are the gathered CPU copies.
+    """
+    if strategy in ("single", "ddp"):
+        return model
+    weights = full_model_state(owner, env, pipeline=strategy == "pipeline")
+    if not env.is_main:
+        return model
+    with torch.device("meta"):  # no memory until the gathered tensors are assigned
+        gathered = GPT(model_config)
+    gathered.load_state_dict(weights, strict=False, assign=True)
+    if model_config.tie_embeddings:
+        gathered.lm_head.weight = gathered.tok_emb.weight
+    missing = [name for name, p in gathered.named_parameters() if p.is_meta]
+    if missing:
+        raise RuntimeError(f"gathered weights lack {', '.join(missing)}")
+    return gathered
+
+
+def save_training_checkpoint(
+    out_dir: Path,
+    step: int,
+    config: TrainConfig,
+    env: DistributedEnv,
+    model_config: ModelConfig,
+    model: GPT,
+    owner: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    pipeline: bool,
+    state: dict[str, Any],
+) -> Path | None:
+    """Gather weights and optimizer state from every rank; rank 0 writes the checkpoint.
+
+    The optimizer state is keyed by parameter name and unsharded, so any strategy resumes it.
+    Returns the checkpoint path (None on other ranks).
+    """
+    state = {**state, "optimizer": full_optimizer_state(owner, optimizer, env, pipeline)}
+    final = plain_model(model_config, model, owner, env, config.strategy)
+    saved = None
+    if env.is_main:
+        saved = save_checkpoint(out_dir, step, final, state, config.keep_checkpoints)
+    if env.is_distributed:
+        dist.barrier()  # a checkpoint is complete for all ranks before any goes on
+    return saved
 
 
 def resolve_device(name: str) -> torch.device:
@@ -291,12 +476,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def autocast_context(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast where asked for (or "auto" on a GPU that has it); else plain float32."""
-    use_bf16 = dtype == "bfloat16" or (
+def uses_bf16(device: torch.device, dtype: str) -> bool:
+    """bf16 where asked for, or for "auto" on a GPU that has it; else float32."""
+    return dtype == "bfloat16" or (
         dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
     )
-    if use_bf16:
+
+
+def autocast_context(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast where asked for (or "auto" on a GPU that has it); else plain float32."""
+    if uses_bf16(device, dtype):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -335,39 +524,42 @@ def validation_batches(
 
 
 @torch.no_grad()
-def evaluate_loss(
-    model: GPT,
+def evaluate_batches(
+    batch_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     batches: list[tuple[torch.Tensor, torch.Tensor]],
     device: torch.device,
-    autocast: contextlib.AbstractContextManager,
+    model: torch.nn.Module,
 ) -> float:
-    """Mean cross-entropy per target token over `batches`."""
+    """Mean cross-entropy per target token over `batches`; `batch_loss(x, y)` gives one batch's
+    mean, `model` is switched to eval mode meanwhile."""
     model.eval()
     total, count = 0.0, 0
-    for x, y in batches:
-        x, y = x.to(device), y.to(device)
-        with autocast:
-            logits = model(x)
-        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
-        count += y.numel()
-    model.train()
+    try:
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            total += batch_loss(x, y).item() * y.numel()
+            count += y.numel()
+    finally:
+        model.train()
     return total / count
 
 
-def prepare_out_dir(out_dir: Path, resume: bool) -> Path | None:
+def prepare_out_dir(out_dir: Path, resume: bool, is_main: bool = True) -> Path | None:
     """Create out_dir and return the checkpoint to resume from (None: start fresh).
 
     A fresh run refuses a directory that holds another run's checkpoints rather than mixing
     them up or deleting them. The manifest goes first: it would vouch for files about to change.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     newest = latest_checkpoint(out_dir)
     if newest is not None and not resume:
         raise FileExistsError(
             f"{out_dir} already holds checkpoints of a training run (newest: {newest.name}); "
             "pass resume=True to continue it, or choose another out_dir"
         )
-    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    if is_main:
+        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
     return newest
 
 

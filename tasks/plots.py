@@ -1,4 +1,5 @@
-"""Pictures that say more than tables: the data funnel, languages kept, training curves."""
+"""Pictures that say more than tables: the data funnel, languages kept, training curves, a
+classifier's confusion matrix."""
 
 from __future__ import annotations
 
@@ -71,6 +72,32 @@ def training_curves(history: Sequence[Mapping[str, float]], path: Path) -> Path:
     ax.set_title("Training")
     ax.legend()
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def confusion_matrix(
+    matrix: Sequence[Sequence[int]],
+    labels: Sequence[str],
+    path: Path,
+    title: str = "Confusion matrix",
+) -> Path:
+    """`matrix[i][j]`: examples of true class i predicted as j; each cell shows its count."""
+    size = max(3.5, 0.6 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ticks = range(len(labels))
+    ax.set_xticks(ticks, labels, rotation=45, ha="right")
+    ax.set_yticks(ticks, labels)
+    peak = max((max(row) for row in matrix), default=0)
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            # Dark cells get white text so the count stays readable.
+            color = "white" if peak and count > peak / 2 else "black"
+            ax.text(j, i, str(count), ha="center", va="center", color=color, fontsize=9)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
     return _save(fig, path)
 
 

@@ -1,6 +1,7 @@
 """Token shards: the data stage's documents -> a byte-level BPE -> Arrow IPC shards per split.
 
-Layout of a shards directory (the "Token shards" contract):
+Layout of a shards directory (the "Token shards" contract; the shard files' format is owned by
+`lmforge.model.shard_format`, which the training loader reads with):
 
     tokenizer.json
     train/shard-00000.arrow ...   one record batch per file: doc_id: string, tokens: list<uint16>
@@ -14,24 +15,31 @@ pieces keeping the same doc_id, so that every shard but a split's last holds exa
 Documents go to train or val by a hash of their id alone, so a document keeps its split when
 the corpus grows. The order within a split is a seeded hash of the id, which is a shuffle that
 does not depend on how the data stage laid documents out in files.
+
+The tokenizer trains on a sample of the train split drawn with per-language shares
+(`LanguageSampling`), so that a dominant language does not take the whole vocabulary.
+Documents are then encoded in batches by the Rust tokenizer's thread pool and streamed to one
+temporary token file per split before being written out in shuffled order.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
-from collections import Counter
-from collections.abc import Iterator
+from collections import Counter, deque
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from itertools import chain
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from lmforge.manifest import (
     ManifestError,
@@ -40,9 +48,22 @@ from lmforge.manifest import (
     stage_output,
     verify_outputs,
 )
+from lmforge.model.shard_format import (
+    EOT_ID_KEY,
+    MAX_SHARD_TOKENS,
+    SHARD_PATTERN,
+    VOCAB_SIZE_KEY,
+    TokenDataError,
+    read_shard_schema,
+    shard_name,
+    shard_schema,
+    token_dtype,
+    write_shard,
+)
 from lmforge.tasks.tokenizer import (
+    LanguageSampling,
     TokenizerConfig,
-    encode_documents,
+    flatten_encodings,
     load_tokenizer,
     special_token_ids,
     to_valid_utf8,
@@ -56,12 +77,10 @@ log = logging.getLogger(__name__)
 STAGE = "build_shards"
 TOKENIZER_FILE = "tokenizer.json"
 SPLITS = ("train", "val")
-SHARD_GLOB = "shard-*.arrow"
-VOCAB_SIZE_KEY = b"lmforge.vocab_size"
-EOT_ID_KEY = b"lmforge.eot_id"
 DOCUMENT_COLUMNS = ["id", "text", "lang"]
 UNKNOWN_LANGUAGE = "und"  # BCP 47 "undetermined", for documents without a language tag
-MAX_LIST_OFFSET = 2**31 - 1  # Arrow `list` offsets are int32
+
+T = TypeVar("T")
 
 
 class ShardError(ManifestError):
@@ -73,10 +92,15 @@ class ShardParams:
     """Parameters of `build_shards` (recorded verbatim in the manifest).
 
     vocab_size/min_frequency: BPE training (ignored when tokenizer_path names a tokenizer to reuse).
+    sample_bytes, language_temperature, language_weights, max_repeats, sample_seed: the
+    tokenizer's training sample, drawn from the train split with per-language shares (see
+    `LanguageSampling`); a separate seed, so that reshuffling keeps the vocabulary.
     shard_tokens: tokens per shard file (all but a split's last shard hold exactly this many).
     val_fraction: share of documents, chosen by a hash of their id, that go to the val split.
-    seed: the document shuffle within each split.
-    batch_size: documents per `encode_batch` call (the Rust tokenizer parallelises within a batch).
+    seed: the document shuffle within each split, and the tokenizer sample.
+    batch_size: documents per `encode_batch` call (the Rust tokenizer parallelises within a
+    batch over RAYON_NUM_THREADS threads, default one per core; TOKENIZERS_PARALLELISM=false
+    makes it serial).
     """
 
     vocab_size: int = 8192
@@ -86,12 +110,18 @@ class ShardParams:
     seed: int = 0
     tokenizer_path: str | None = None
     batch_size: int = 1024
+    sample_bytes: int = LanguageSampling.max_bytes
+    language_temperature: float = LanguageSampling.temperature
+    language_weights: Mapping[str, float] | None = None
+    max_repeats: int = LanguageSampling.max_repeats
+    sample_seed: int = LanguageSampling.seed
 
     def __post_init__(self) -> None:
         TokenizerConfig(self.vocab_size, self.min_frequency)  # validates both
-        if not 0 < self.shard_tokens <= MAX_LIST_OFFSET:
+        self.language_sampling()  # validates the sampling knobs
+        if not 0 < self.shard_tokens <= MAX_SHARD_TOKENS:
             raise ValueError(
-                f"shard_tokens must be in 1..{MAX_LIST_OFFSET}, got {self.shard_tokens}"
+                f"shard_tokens must be in 1..{MAX_SHARD_TOKENS}, got {self.shard_tokens}"
             )
         if not 0 < self.val_fraction < 1:
             raise ValueError(
@@ -101,6 +131,16 @@ class ShardParams:
             raise ValueError(f"seed must be in 0..2**64-1, got {self.seed}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+
+    def language_sampling(self) -> LanguageSampling:
+        weights = dict(self.language_weights) if self.language_weights is not None else None
+        return LanguageSampling(
+            temperature=self.language_temperature,
+            weights=weights,
+            max_bytes=self.sample_bytes,
+            max_repeats=self.max_repeats,
+            seed=self.sample_seed,
+        )
 
 
 def is_validation_document(doc_id: str, val_fraction: float) -> bool:
@@ -119,19 +159,6 @@ def shuffle_key(doc_id: str, seed: int) -> int:
         salt=seed.to_bytes(16, "big"),
     )
     return int.from_bytes(digest.digest(), "big")
-
-
-def token_dtype(vocab: int) -> np.dtype:
-    """uint16 holds ids 0..65535, so a vocabulary of up to 65,536 tokens fits in it."""
-    return np.dtype(np.uint16) if vocab <= 2**16 else np.dtype(np.uint32)
-
-
-def shard_schema(vocab: int, eot_id: int) -> pa.Schema:
-    value_type = pa.uint16() if token_dtype(vocab) == np.uint16 else pa.uint32()
-    return pa.schema(
-        [("doc_id", pa.string()), ("tokens", pa.list_(value_type))],
-        metadata={VOCAB_SIZE_KEY: str(vocab).encode(), EOT_ID_KEY: str(eot_id).encode()},
-    )
 
 
 # --- reading the data stage's output ---------------------------------------------------------
@@ -154,20 +181,86 @@ def document_files(data_dir: str | Path) -> list[Path]:
     return files
 
 
-def iter_document_batches(
-    files: list[Path], batch_size: int
-) -> Iterator[tuple[list[str], list[str], list[str | None]]]:
-    """(ids, texts, langs) in file order, `batch_size` rows at a time; texts are valid UTF-8 and
-    rows with a null or empty text are dropped (counted by the caller from the totals)."""
+@dataclass
+class DocumentBatch:
+    """Documents with text, in file order: ids, texts (valid UTF-8), language tags, and the
+    UTF-8 size of each text."""
+
+    ids: list[str]
+    texts: list[str]
+    langs: list[str]
+    text_bytes: np.ndarray
+
+
+def iter_document_batches(files: list[Path], batch_size: int) -> Iterator[DocumentBatch]:
+    """The documents of `files`, `batch_size` rows at a time; rows with a null or empty text
+    are dropped (counted by the caller from the totals), a missing language becomes `und`."""
     for path in files:
         for batch in pq.ParquetFile(path).iter_batches(
             batch_size=batch_size, columns=DOCUMENT_COLUMNS
         ):
-            rows = zip(*(batch.column(name).to_pylist() for name in DOCUMENT_COLUMNS), strict=True)
-            kept = [(i, to_valid_utf8(t), lang) for i, t, lang in rows if t]
-            if kept:
-                ids, texts, langs = (list(column) for column in zip(*kept))
-                yield ids, texts, langs
+            sizes = pc.fill_null(pc.binary_length(batch.column("text")), 0)
+            batch = batch.filter(pc.greater(sizes, 0))
+            if batch.num_rows:
+                yield DocumentBatch(
+                    ids=batch.column("id").to_pylist(),
+                    texts=[to_valid_utf8(text) for text in batch.column("text").to_pylist()],
+                    langs=[lang or UNKNOWN_LANGUAGE for lang in batch.column("lang").to_pylist()],
+                    text_bytes=pc.binary_length(batch.column("text")).to_numpy(),
+                )
+
+
+def train_bytes_by_language(files: list[Path], params: ShardParams) -> Counter[str]:
+    """UTF-8 bytes of text per language in the train split (reads lengths, not texts)."""
+    sizes: Counter[str] = Counter()
+    for path in files:
+        for batch in pq.ParquetFile(path).iter_batches(
+            batch_size=max(params.batch_size, 8192), columns=DOCUMENT_COLUMNS
+        ):
+            text_bytes = pc.fill_null(pc.binary_length(batch.column("text")), 0).to_pylist()
+            ids, langs = batch.column("id").to_pylist(), batch.column("lang").to_pylist()
+            rows = zip(ids, langs, text_bytes, strict=True)
+            for doc_id, lang, size in rows:
+                if size and not is_validation_document(doc_id, params.val_fraction):
+                    sizes[lang or UNKNOWN_LANGUAGE] += size
+    return sizes
+
+
+@dataclass
+class TokenizerSample:
+    """What the tokenizer was trained on, tallied while the sample streams past."""
+
+    rates: dict[str, float]
+    documents: Counter[str] = field(default_factory=Counter)
+    bytes: Counter[str] = field(default_factory=Counter)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "bytes": sum(self.bytes.values()),
+            "documents": sum(self.documents.values()),
+            "rates": {lang: round(rate, 6) for lang, rate in sorted(self.rates.items())},
+            "bytes_by_language": dict(sorted(self.bytes.items())),
+            "documents_by_language": dict(sorted(self.documents.items())),
+        }
+
+
+def tokenizer_sample_texts(
+    files: list[Path], params: ShardParams, sampling: LanguageSampling, sample: TokenizerSample
+) -> Iterator[str]:
+    """The texts the tokenizer trains on: train-split documents, each repeated as often as
+    `sampling` draws it at its language's rate (val never shapes the vocabulary)."""
+    for batch in iter_document_batches(files, params.batch_size):
+        for doc_id, text, lang, size in zip(
+            batch.ids, batch.texts, batch.langs, batch.text_bytes.tolist(), strict=True
+        ):
+            rate = sample.rates.get(lang, 0.0)
+            if not rate or is_validation_document(doc_id, params.val_fraction):
+                continue
+            copies = sampling.copies(doc_id, rate)
+            sample.documents[lang] += copies
+            sample.bytes[lang] += copies * size
+            for _ in range(copies):
+                yield text
 
 
 # --- tokenizing one split into a temporary token stream ----------------------------------------
@@ -182,81 +275,119 @@ class SplitStream:
     dtype: np.dtype
     handle: BinaryIO | None = None
     doc_ids: list[str] = field(default_factory=list)
-    lengths: list[int] = field(default_factory=list)
+    lengths: list[np.ndarray] = field(default_factory=list)
     keys: list[int] = field(default_factory=list)
     text_bytes: int = 0
     tokens_by_language: Counter = field(default_factory=Counter)
+    bytes_by_language: Counter = field(default_factory=Counter)
+    documents_by_language: Counter = field(default_factory=Counter)
 
     def append(
         self,
         ids: list[str],
-        token_lists: list[list[int]],
-        texts_bytes: list[int],
-        langs: list[str | None],
+        tokens: np.ndarray,
+        lengths: np.ndarray,
+        text_bytes: np.ndarray,
+        langs: list[str],
         keys: list[int],
     ) -> None:
+        """Add documents whose tokens lie end to end in `tokens`, `lengths[i]` for `ids[i]`."""
         if self.handle is None:
             self.handle = open(self.token_file, "wb")
-        lengths = [len(tokens) for tokens in token_lists]
-        flat = np.fromiter(chain.from_iterable(token_lists), dtype=self.dtype, count=sum(lengths))
-        self.handle.write(flat.tobytes())
+        self.handle.write(tokens.astype(self.dtype, copy=False).tobytes())
         self.doc_ids += ids
-        self.lengths += lengths
+        self.lengths.append(lengths)
         self.keys += keys
-        self.text_bytes += sum(texts_bytes)
-        for lang, length in zip(langs, lengths, strict=True):
-            self.tokens_by_language[lang or UNKNOWN_LANGUAGE] += length
+        self.text_bytes += int(text_bytes.sum())
+        for lang, length, size in zip(langs, lengths.tolist(), text_bytes.tolist(), strict=True):
+            self.tokens_by_language[lang] += length
+            self.bytes_by_language[lang] += size
+            self.documents_by_language[lang] += 1
 
     def close(self) -> None:
         if self.handle is not None:
             self.handle.close()
 
+    def document_lengths(self) -> np.ndarray:
+        return np.concatenate(self.lengths) if self.lengths else np.zeros(0, dtype=np.int64)
+
     @property
     def tokens(self) -> int:
-        return sum(self.lengths)
+        return int(sum(int(lengths.sum()) for lengths in self.lengths))
 
 
 def tokenize_into_streams(
     files: list[Path], tokenizer: Tokenizer, params: ShardParams, streams: dict[str, SplitStream]
 ) -> int:
-    """Tokenize every non-empty document into its split's stream; returns how many there were."""
+    """Tokenize every non-empty document into its split's stream; returns how many there were.
+
+    Three stages overlap: a thread reads the next batch of documents, this thread encodes the
+    current one (in Rust, on the tokenizer's thread pool, without the GIL), and another thread
+    turns the previous batch's encodings into arrays and appends them to the streams. So the
+    Python work hides behind encoding instead of leaving the thread pool idle.
+    """
+    eot_id = special_token_ids(tokenizer).eot_id
     documents = 0
+    appending: deque[Future[None]] = deque()
     try:
-        for ids, texts, langs in iter_document_batches(files, params.batch_size):
-            documents += len(ids)
-            token_lists = encode_documents(tokenizer, texts)
-            split_of = [
-                "val" if is_validation_document(doc_id, params.val_fraction) else "train"
-                for doc_id in ids
-            ]
-            for split, stream in streams.items():
-                if chosen := [k for k, name in enumerate(split_of) if name == split]:
-                    stream.append(
-                        ids=[ids[k] for k in chosen],
-                        token_lists=[token_lists[k] for k in chosen],
-                        texts_bytes=[len(texts[k].encode("utf-8")) for k in chosen],
-                        langs=[langs[k] for k in chosen],
-                        keys=[shuffle_key(ids[k], params.seed) for k in chosen],
-                    )
+        with ThreadPoolExecutor(1, thread_name_prefix="lmforge-append") as appender:
+            for batch in read_ahead(iter_document_batches(files, params.batch_size)):
+                encodings = tokenizer.encode_batch_fast(batch.texts)
+                appending.append(
+                    appender.submit(append_batch, batch, encodings, eot_id, params, streams)
+                )
+                documents += len(batch.ids)
+                while len(appending) > 1:  # at most one batch waits: memory stays flat
+                    appending.popleft().result()
+            while appending:
+                appending.popleft().result()
     finally:
         for stream in streams.values():
             stream.close()
     return documents
 
 
-# --- writing shards ----------------------------------------------------------------------------
-
-
-def write_shard(
-    path: Path, schema: pa.Schema, doc_ids: list[str], lengths: list[int], values: np.ndarray
+def append_batch(
+    batch: DocumentBatch,
+    encodings: list[Encoding],
+    eot_id: int,
+    params: ShardParams,
+    streams: dict[str, SplitStream],
 ) -> None:
-    """One Arrow IPC file holding one record batch: readers can memory-map the token buffer."""
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    tokens = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
-    batch = pa.record_batch([pa.array(doc_ids, pa.string()), tokens], schema=schema)
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-        writer.write_batch(batch)
+    """Append one encoded batch to the streams of the splits its documents belong to."""
+    dtype = next(iter(streams.values())).dtype
+    tokens, lengths = flatten_encodings(encodings, eot_id, dtype)
+    is_val = np.fromiter(
+        (is_validation_document(doc_id, params.val_fraction) for doc_id in batch.ids),
+        dtype=bool,
+        count=len(batch.ids),
+    )
+    for split, stream in streams.items():
+        chosen = is_val if split == "val" else ~is_val
+        if not chosen.any():
+            continue
+        picked = np.flatnonzero(chosen).tolist()
+        stream.append(
+            ids=[batch.ids[k] for k in picked],
+            tokens=tokens[np.repeat(chosen, lengths)],
+            lengths=lengths[chosen],
+            text_bytes=batch.text_bytes[chosen],
+            langs=[batch.langs[k] for k in picked],
+            keys=[shuffle_key(batch.ids[k], params.seed) for k in picked],
+        )
+
+
+def read_ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """The items of `items`, produced by a background thread up to `depth` items ahead."""
+    end = object()
+    with ThreadPoolExecutor(1, thread_name_prefix="lmforge-read") as reader:
+        ahead = deque(reader.submit(next, items, end) for _ in range(depth))
+        while (item := ahead.popleft().result()) is not end:
+            ahead.append(reader.submit(next, items, end))
+            yield item
+
+
+# --- writing shards ----------------------------------------------------------------------------
 
 
 Piece = tuple[int, int, int]  # (document index, start, stop) in a split's token file
@@ -289,13 +420,13 @@ def write_split_shards(
     tokens (the last one shorter); returns the number of shard files."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tokens = np.memmap(stream.token_file, dtype=stream.dtype, mode="r")
-    lengths = np.asarray(stream.lengths, dtype=np.int64)
+    lengths = stream.document_lengths()
     starts = np.cumsum(lengths) - lengths
     order = np.argsort(np.asarray(stream.keys, dtype=np.uint64), kind="stable")
     shards = 0
     for pieces in pack_into_shards(order, starts, lengths, shard_tokens):
         write_shard(
-            out_dir / f"shard-{shards:05d}.arrow",
+            out_dir / shard_name(shards),
             schema,
             [stream.doc_ids[doc] for doc, _, _ in pieces],
             [stop - start for _, start, stop in pieces],
@@ -320,17 +451,24 @@ def build_shards(
     seed: int = ShardParams.seed,
     tokenizer_path: str | Path | None = None,
     batch_size: int = ShardParams.batch_size,
+    sample_bytes: int = ShardParams.sample_bytes,
+    language_temperature: float = ShardParams.language_temperature,
+    language_weights: Mapping[str, float] | None = None,
+    max_repeats: int = ShardParams.max_repeats,
+    sample_seed: int = ShardParams.sample_seed,
 ) -> dict[str, Any]:
     """Tokenize the data stage output `data_dir` into a shards directory `out_dir`.
 
-    Trains a byte-level BPE on the train split's documents (or copies `tokenizer_path`), splits
-    documents into train/val by a hash of their id, shuffles each split with `seed`, and writes
-    shards per the "Token shards" contract, atomically (`out_dir` appears only when complete).
-    Returns the manifest written to `out_dir/manifest.json`.
+    Trains a byte-level BPE on a sample of the train split drawn with per-language shares (see
+    `ShardParams` and `LanguageSampling`), or copies `tokenizer_path`; splits documents into
+    train/val by a hash of their id, shuffles each split with `seed`, and writes shards per the
+    "Token shards" contract, atomically (`out_dir` appears only when complete). Returns the
+    manifest written to `out_dir/manifest.json`; its `tokenizer_sample` records what the
+    tokenizer was trained on, its `splits` the tokens and bytes per split and language.
 
     Raises ManifestError if `data_dir` is not a finished data stage output, ShardError if it holds
     no documents or either split would be empty, TokenizerError for an unusable tokenizer_path,
-    ValueError for invalid parameters.
+    ValueError for invalid parameters (before any work).
     """
     data_dir = Path(data_dir)
     params = ShardParams(
@@ -341,23 +479,35 @@ def build_shards(
         seed=seed,
         tokenizer_path=str(tokenizer_path) if tokenizer_path is not None else None,
         batch_size=batch_size,
+        sample_bytes=sample_bytes,
+        language_temperature=language_temperature,
+        language_weights=dict(language_weights) if language_weights is not None else None,
+        max_repeats=max_repeats,
+        sample_seed=sample_seed,
     )
     files = document_files(data_dir)
     inputs: list[str | Path] = [data_dir] + ([Path(tokenizer_path)] if tokenizer_path else [])
 
     with stage_output(out_dir, STAGE, asdict(params), inputs=inputs) as stage:
         tokenizer_file = stage.path / TOKENIZER_FILE
+        sample: TokenizerSample | None = None
         if tokenizer_path is not None:
             tokenizer = load_tokenizer(tokenizer_path)
             shutil.copyfile(tokenizer_path, tokenizer_file)  # byte-identical: same sha256
         else:
+            sampling = params.language_sampling()
+            sample = TokenizerSample(sampling.rates(train_bytes_by_language(files, params)))
             tokenizer = train_tokenizer(
-                train_split_texts(files, params), TokenizerConfig(vocab_size, min_frequency)
+                tokenizer_sample_texts(files, params, sampling, sample),
+                TokenizerConfig(vocab_size, min_frequency),
             )
             tokenizer.save(str(tokenizer_file))
+            log.info("tokenizer trained on %s", sample.summary())
         vocab, special = tokenizer_vocab_size(tokenizer), special_token_ids(tokenizer)
         dtype = token_dtype(vocab)
-        log.info("tokenizer ready: %d tokens, shards hold %s", vocab, dtype)
+        threads = encode_parallelism()
+        log.info("tokenizer ready: %d tokens, shards hold %s; encoding on %s", vocab, dtype,
+                 threads)
 
         work_dir = stage.path / ".tokens"  # removed before the manifest lists the outputs
         work_dir.mkdir()
@@ -381,6 +531,8 @@ def build_shards(
                 "documents": len(stream.doc_ids),
                 "shards": shards,
                 "tokens_by_language": dict(sorted(stream.tokens_by_language.items())),
+                "bytes_by_language": dict(sorted(stream.bytes_by_language.items())),
+                "documents_by_language": dict(sorted(stream.documents_by_language.items())),
             }
         shutil.rmtree(work_dir)
 
@@ -401,6 +553,7 @@ def build_shards(
                 "eot_id": special.eot_id,
                 "pad_id": special.pad_id,
             },
+            tokenizer_sample=sample.summary() if sample is not None else None,
             token_dtype=dtype.name,
             splits=splits,
             source_manifest_sha256=manifest_digest(data_dir),
@@ -408,12 +561,12 @@ def build_shards(
     return read_manifest(out_dir)
 
 
-def train_split_texts(files: list[Path], params: ShardParams) -> Iterator[str]:
-    """The texts of the train split, streamed, for tokenizer training (val never shapes it)."""
-    for ids, texts, _ in iter_document_batches(files, params.batch_size):
-        for doc_id, text in zip(ids, texts, strict=True):
-            if not is_validation_document(doc_id, params.val_fraction):
-                yield text
+def encode_parallelism() -> str:
+    """How the Rust tokenizer will parallelise `encode_batch`, from the variables it reads."""
+    if os.environ.get("TOKENIZERS_PARALLELISM", "").lower() in ("0", "false", "off", "no"):
+        return "1 thread (TOKENIZERS_PARALLELISM is off)"
+    threads = os.environ.get("RAYON_NUM_THREADS") or os.environ.get("RAYON_RS_NUM_CPUS")
+    return f"{threads} threads (RAYON_NUM_THREADS)" if threads else f"{os.cpu_count()} threads"
 
 
 # --- checking a shards directory ---------------------------------------------------------------
@@ -442,7 +595,7 @@ def verify_shards(shards_dir: str | Path) -> dict[str, Any]:
         )
     expected = shard_schema(vocab, eot_id)
     for split in SPLITS:
-        paths = sorted((shards_dir / split).glob(SHARD_GLOB))
+        paths = sorted((shards_dir / split).glob(SHARD_PATTERN))
         if len(paths) != manifest["splits"][split]["shards"]:
             raise ShardError(
                 f"{shards_dir / split} holds {len(paths)} shards, the manifest lists "
@@ -465,10 +618,9 @@ def verify_shards(shards_dir: str | Path) -> dict[str, Any]:
 
 def _read_shard_schema(path: Path) -> pa.Schema:
     try:
-        with pa.memory_map(str(path)) as source:
-            return pa.ipc.open_file(source).schema
-    except (pa.ArrowInvalid, OSError) as error:
-        raise ShardError(f"{path} is not a readable Arrow IPC file: {error}") from error
+        return read_shard_schema(path)
+    except TokenDataError as error:
+        raise ShardError(str(error)) from error
 
 
 def _meta(schema: pa.Schema, key: bytes) -> str | None:

@@ -1,4 +1,5 @@
-"""Byte-level BPE tokenizer: train one from documents, load a saved one, encode documents.
+"""Byte-level BPE tokenizer: draw its training sample across languages, train it, load a saved
+one, encode documents.
 
 Every byte is in the initial alphabet, so any UTF-8 text encodes without an unknown token and
 decodes back to exactly the same text. Two special tokens exist: `<|endoftext|>` (id 0), which
@@ -9,11 +10,16 @@ length. Documents never produce special tokens from their text: a page that lite
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+import numpy as np
+
+from tokenizers import Encoding, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from lmforge.manifest import sha256_file
 
@@ -71,6 +77,104 @@ def to_valid_utf8(text: str) -> str:
         # replaces the rest.
         return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
     return text
+
+
+@dataclass(frozen=True)
+class LanguageSampling:
+    """Which documents the tokenizer trains on, so that one dominant language does not take
+    over the vocabulary.
+
+    Language l, with B_l bytes of text, gets a target share q_l of the sample: `weights[l]`
+    normalised when weights are given (a language they do not list is left out), else
+    q_l proportional to B_l^(1/temperature): temperature 1 keeps the data's mix, larger values
+    flatten it toward one share per language (mT5 and XLM-R train on 1/temperature = 0.3-0.7).
+    The sample holds min(max_bytes, all bytes); a share is filled by drawing a subset of the
+    language's documents, or, for a small language, by repeating them up to `max_repeats` times.
+    A share that cannot be filled is given to the other languages. Which documents are drawn
+    is a pure function of their ids and `seed` (see `document_copies`).
+    """
+
+    temperature: float = 3.0
+    weights: Mapping[str, float] | None = None
+    max_bytes: int = 1 << 28
+    max_repeats: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"language temperature must be positive, got {self.temperature}")
+        if self.max_bytes < 1:
+            raise ValueError(f"tokenizer sample max_bytes must be positive, got {self.max_bytes}")
+        if self.max_repeats < 1:
+            raise ValueError(f"max_repeats must be at least 1, got {self.max_repeats}")
+        if not 0 <= self.seed < 2**64:
+            raise ValueError(f"tokenizer sample seed must be in 0..2**64-1, got {self.seed}")
+        if self.weights is not None:
+            bad = {k: w for k, w in self.weights.items() if not (math.isfinite(w) and w >= 0)}
+            if bad:
+                raise ValueError(f"language weights must be finite and >= 0, got {bad}")
+            if not any(w > 0 for w in self.weights.values()):
+                raise ValueError(f"language weights {dict(self.weights)} give no language a share")
+
+    def rates(self, bytes_by_language: Mapping[str, int]) -> dict[str, float]:
+        """Expected copies of each document of every language in the sample: 0 leaves the
+        language out, 0.25 draws one document in four, 3.0 repeats each three times.
+
+        Raises ValueError when no language with text has a positive weight."""
+        present = {lang: size for lang, size in bytes_by_language.items() if size > 0}
+        if self.weights is None:
+            shares = {lang: size ** (1 / self.temperature) for lang, size in present.items()}
+        else:
+            shares = {lang: float(self.weights.get(lang, 0.0)) for lang in present}
+            if not any(shares.values()):
+                raise ValueError(
+                    f"language weights {dict(self.weights)} name none of the languages with "
+                    f"text ({', '.join(sorted(present))})"
+                )
+        budget = float(min(self.max_bytes, sum(present.values())))
+        sampled = fill_shares(
+            budget,
+            {lang: share for lang, share in shares.items() if share > 0},
+            {lang: self.max_repeats * size for lang, size in present.items()},
+        )
+        return {lang: sampled.get(lang, 0.0) / size for lang, size in present.items()}
+
+    def copies(self, doc_id: str, rate: float) -> int:
+        """How many times the document `doc_id` enters the sample at its language's rate."""
+        return document_copies(doc_id, rate, self.seed)
+
+
+def fill_shares(
+    budget: float, shares: Mapping[str, float], capacity: Mapping[str, float]
+) -> dict[str, float]:
+    """Split `budget` in proportion to `shares`, no key getting more than its `capacity`: a key
+    that would overflow is filled to capacity and the rest is split again among the others."""
+    filled: dict[str, float] = {}
+    open_keys = dict(shares)
+    while open_keys and budget > 0:
+        total = sum(open_keys.values())
+        full = [k for k, share in open_keys.items() if budget * share / total >= capacity[k]]
+        if not full:
+            filled.update({k: budget * share / total for k, share in open_keys.items()})
+            break
+        for key in full:
+            filled[key] = float(capacity[key])
+            budget -= capacity[key]
+            del open_keys[key]
+    return filled
+
+
+def document_copies(doc_id: str, rate: float, seed: int) -> int:
+    """How many times a document enters the tokenizer sample at `rate` expected copies:
+    floor(rate), plus one more with probability frac(rate), drawn from a seeded hash of its id
+    so that the choice is reproducible and does not change when other documents are added."""
+    whole = math.floor(rate)
+    salt = seed.to_bytes(16, "big")
+    digest = hashlib.blake2b(
+        doc_id.encode("utf-8"), digest_size=8, person=b"lmforge/sample", salt=salt
+    )
+    uniform = int.from_bytes(digest.digest(), "big") / 2**64
+    return whole + (uniform < rate - whole)
 
 
 def _with_document_behaviour(tokenizer: Tokenizer) -> Tokenizer:
@@ -147,6 +251,28 @@ def encode_documents(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
     eot_id = special_token_ids(tokenizer).eot_id
     # encode_batch_fast skips the character offsets, which sharding never uses.
     return [encoding.ids + [eot_id] for encoding in tokenizer.encode_batch_fast(texts)]
+
+
+def encode_documents_flat(
+    tokenizer: Tokenizer, texts: list[str], dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray]:
+    """The same tokens as `encode_documents`, laid end to end in one `dtype` array, and each
+    document's length (its `<|endoftext|>` included) as int64: what shard writing needs."""
+    eot_id = special_token_ids(tokenizer).eot_id
+    return flatten_encodings(tokenizer.encode_batch_fast(texts), eot_id, dtype)
+
+
+def flatten_encodings(
+    encodings: list[Encoding], eot_id: int, dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray]:
+    """Encodings' ids, each followed by `eot_id`, in one `dtype` array, and their lengths.
+
+    Copies the ids into numpy once, without a Python list per document with the EOT appended.
+    """
+    ids = [encoding.ids for encoding in encodings]
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
+    return np.insert(flat, np.cumsum(lengths), eot_id), lengths + 1
 
 
 def decode_document(tokenizer: Tokenizer, ids: Iterable[int]) -> str:

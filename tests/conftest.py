@@ -13,9 +13,12 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-# Prefect binds its console log handler to the streams of the moment it is first imported: do it
-# now, under pytest's session-wide capture, not inside a test's short-lived `capsys`.
-import prefect  # noqa: E402,F401
+# Prefect binds its console log handler to the streams of the moment its logging is set up (the
+# first flow definition): do it now, under pytest's session-wide capture, not inside a test's
+# short-lived `capsys`, whose closed stream would break every later flow run in the process.
+import prefect.logging.configuration  # noqa: E402
+
+prefect.logging.configuration.ensure_logging_setup()
 
 
 @pytest.fixture(scope="session")

@@ -1,37 +1,29 @@
 """Tiny token-shard directories in the shards contract's exact format, for model tests.
 
-Layout: SHARDS/tokenizer.json, SHARDS/{train,val}/shard-NNNNN.arrow (Arrow IPC file format, one
-record batch per shard, schema `doc_id: string, tokens: list<uint16|uint32>` with metadata
-`lmforge.vocab_size` and `lmforge.eot_id`), SHARDS/manifest.json with a `tokenizer` entry.
+Layout: SHARDS/tokenizer.json, SHARDS/{train,val}/shard-NNNNN.arrow, SHARDS/manifest.json with a
+`tokenizer` entry. Shards are written by `lmforge.model.shard_format`, the module that owns the
+format; the packing of documents into shards here is an independent, simpler oracle.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow as pa
 from tokenizers import Tokenizer, models
 
-from lmforge.manifest import stage_output
+from lmforge.manifest import sha256_file, stage_output
+from lmforge.model.shard_format import shard_name, shard_schema, write_shard
 
 
-def shard_schema(vocab_size: int, eot_id: int) -> pa.Schema:
-    token_type = pa.uint16() if vocab_size <= 1 << 16 else pa.uint32()
-    return pa.schema(
-        [("doc_id", pa.string()), ("tokens", pa.list_(token_type))],
-        metadata={"lmforge.vocab_size": str(vocab_size), "lmforge.eot_id": str(eot_id)},
+def write_rows(path: Path, rows: list[tuple[str, list[int]]], schema) -> None:
+    """One shard file holding `rows` (doc_id, tokens)."""
+    write_shard(
+        path,
+        schema,
+        [doc_id for doc_id, _ in rows],
+        [len(tokens) for _, tokens in rows],
+        [token for _, tokens in rows for token in tokens],
     )
-
-
-def write_shard(path: Path, rows: list[tuple[str, list[int]]], schema: pa.Schema) -> None:
-    """One shard file holding `rows` (doc_id, tokens) as a single record batch."""
-    batch = pa.record_batch(
-        [pa.array([doc_id for doc_id, _ in rows], pa.string()),
-         pa.array([tokens for _, tokens in rows], schema.field("tokens").type)],
-        schema=schema,
-    )
-    with pa.ipc.new_file(str(path), schema) as writer:
-        writer.write_batch(batch)
 
 
 def write_split(
@@ -61,7 +53,7 @@ def write_split(
             if room is not None:
                 room -= len(piece)
     for index, rows in enumerate(shards):
-        write_shard(split_dir / f"shard-{index:05d}.arrow", rows, schema)
+        write_rows(split_dir / shard_name(index), rows, schema)
     return stream
 
 
@@ -87,7 +79,11 @@ def write_shards_dir(
         for name, documents in (("train", train), ("val", val)):
             stream = write_split(stage.path / name, documents, vocab_size, eot_id, shard_tokens)
             splits[name] = {"tokens": len(stream), "documents": len(documents)}
-        tokenizer_entry = {"eot_id": eot_id, "pad_id": 1}
+        tokenizer_entry = {
+            "sha256": sha256_file(stage.path / "tokenizer.json"),
+            "eot_id": eot_id,
+            "pad_id": 1,
+        }
         if manifest_vocab_size:
             tokenizer_entry["vocab_size"] = vocab_size
         stage.extra = {"tokenizer": tokenizer_entry, "splits": splits}

@@ -14,11 +14,12 @@ from lmforge.manifest import (
     sha256_file,
     stage_output,
 )
+from lmforge.model.shard_format import token_dtype
 from lmforge.tasks.shards import (
     ShardError,
     build_shards,
     is_validation_document,
-    token_dtype,
+    read_ahead,
     verify_shards,
 )
 from lmforge.tasks.tokenizer import (
@@ -163,6 +164,15 @@ def test_manifest_records_tokenizer_split_counts_languages_and_source(built):
         assert counts["bytes"] == sum(len(d["text"].encode("utf-8")) for d in chosen)
         assert sum(counts["tokens_by_language"].values()) == counts["tokens"]
         assert set(counts["tokens_by_language"]) == {d["lang"] or "und" for d in chosen}
+        for lang in counts["tokens_by_language"]:
+            in_lang = [d for d in chosen if (d["lang"] or "und") == lang]
+            assert counts["documents_by_language"][lang] == len(in_lang)
+            assert counts["bytes_by_language"][lang] == sum(
+                len(d["text"].encode("utf-8")) for d in in_lang
+            )
+    sample = manifest["tokenizer_sample"]
+    assert sample["bytes"] == sum(sample["bytes_by_language"].values()) > 0
+    assert set(sample["rates"]) == set(manifest["splits"]["train"]["tokens_by_language"])
     assert manifest["counts"]["documents_in_data"] == len(documents)
 
 
@@ -225,6 +235,7 @@ def test_vocabularies_beyond_65536_tokens_are_stored_as_uint32(tmp_path):
         data, tmp_path / "shards", **{**SMALL, "tokenizer_path": tmp_path / "big.json"}
     )
     assert manifest["token_dtype"] == "uint32"
+    assert manifest["tokenizer_sample"] is None  # reused, not trained
     assert manifest["tokenizer"]["sha256"] == sha256_file(tmp_path / "big.json")
     assert manifest["inputs"][1]["sha256"] == sha256_file(tmp_path / "big.json")
     _, table = read_split(tmp_path / "shards", "train")[0]
@@ -317,3 +328,59 @@ def test_invalid_parameters_are_rejected_before_any_work(built, tmp_path):
     with pytest.raises(ValueError, match="shard_tokens"):
         build_shards(data, tmp_path / "shards", shard_tokens=0)
     assert not (tmp_path / "shards").exists()
+
+
+def test_language_weights_decide_which_language_the_vocabulary_is_learned_from(tmp_path):
+    documents = make_documents(200)
+    for doc in documents:
+        doc["lang"] = "en"
+    documents += [
+        {"id": f"de-{i}", "lang": "de", "text": "Straßenbahnhaltestelle Fahrkartenautomat " * 8}
+        for i in range(6)
+    ]
+    data = make_data_dir(tmp_path / "data", documents)
+    word = " Straßenbahnhaltestelle"
+
+    def tokens_of_word(**sampling):
+        out = tmp_path / "-".join(f"{k}{v}" for k, v in sampling.items())
+        manifest = build_shards(data, out, **{**SMALL, "val_fraction": 0.05, **sampling})
+        return len(load_tokenizer(out / "tokenizer.json").encode(word).ids), manifest
+
+    english_only, manifest = tokens_of_word(language_weights={"en": 1})
+    german_only, _ = tokens_of_word(language_weights={"de": 1})
+    assert manifest["tokenizer_sample"]["bytes_by_language"].get("de", 0) == 0
+    assert german_only < english_only
+    assert german_only <= 3
+
+
+def test_the_tokenizer_sample_respects_its_byte_cap(built, tmp_path):
+    _, data, _, full = built
+    capped = build_shards(data, tmp_path / "capped", **{**SMALL, "sample_bytes": 4000})
+    sample, unrestricted = capped["tokenizer_sample"], full["tokenizer_sample"]
+    expected = sum(
+        rate * capped["splits"]["train"]["bytes_by_language"][lang]
+        for lang, rate in sample["rates"].items()
+    )
+    assert expected == pytest.approx(4000, rel=1e-3)
+    assert 2000 < sample["bytes"] < 6000 < unrestricted["bytes"]  # documents drawn at random
+
+
+def test_flow_parameters_accept_language_weights_from_the_command_line():
+    from lmforge.flows.params import ShardParams as FlowShardParams
+
+    params = FlowShardParams(language_weights="en=2, de=0.5", tokenizer_path="tok.json")
+    assert params.language_weights == {"en": 2.0, "de": 0.5}
+    assert FlowShardParams(language_weights={"ja": 1}).language_weights == {"ja": 1.0}
+    with pytest.raises(ValueError, match="is not LANG=WEIGHT"):
+        FlowShardParams(language_weights="en")
+
+
+def test_read_ahead_yields_every_item_in_order_and_passes_errors_on():
+    assert list(read_ahead(iter(range(7)), depth=3)) == list(range(7))
+
+    def failing():
+        yield 1
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        list(read_ahead(failing()))

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -10,7 +12,8 @@ from lmforge.model.data import (
     sequential_windows,
     shards_vocab_size,
 )
-from shard_fixtures import shard_schema, write_shard, write_shards_dir, write_split
+from lmforge.model.shard_format import shard_schema
+from shard_fixtures import write_rows, write_shards_dir, write_split
 
 VOCAB = 1000
 
@@ -75,7 +78,7 @@ def test_shard_with_another_schema_is_rejected(tmp_path):
     split_dir.mkdir()
     schema = pa.schema([("doc_id", pa.string()), ("tokens", pa.list_(pa.int64()))],
                        metadata={"lmforge.vocab_size": "10", "lmforge.eot_id": "0"})
-    write_shard(split_dir / "shard-00000.arrow", [("a", [1, 2, 3])], schema)
+    write_rows(split_dir / "shard-00000.arrow", [("a", [1, 2, 3])], schema)
     with pytest.raises(TokenDataError, match="tokens: list<item: int64>.*needs"):
         open_token_split(split_dir)
 
@@ -84,7 +87,7 @@ def test_shard_without_vocabulary_metadata_is_rejected(tmp_path):
     split_dir = tmp_path / "train"
     split_dir.mkdir()
     schema = shard_schema(VOCAB, 0).remove_metadata()
-    write_shard(split_dir / "shard-00000.arrow", [("a", [1, 2, 0])], schema)
+    write_rows(split_dir / "shard-00000.arrow", [("a", [1, 2, 0])], schema)
     with pytest.raises(TokenDataError, match="lacks integer schema metadata lmforge.vocab_size"):
         open_token_split(split_dir)
 
@@ -100,8 +103,8 @@ def test_file_that_is_not_arrow_is_rejected(tmp_path):
 def test_shards_from_different_tokenizers_are_rejected(tmp_path):
     split_dir = tmp_path / "train"
     split_dir.mkdir()
-    write_shard(split_dir / "shard-00000.arrow", [("a", [1, 0])], shard_schema(100, 0))
-    write_shard(split_dir / "shard-00001.arrow", [("b", [1, 0])], shard_schema(200, 0))
+    write_rows(split_dir / "shard-00000.arrow", [("a", [1, 0])], shard_schema(100, 0))
+    write_rows(split_dir / "shard-00001.arrow", [("b", [1, 0])], shard_schema(200, 0))
     with pytest.raises(TokenDataError, match="disagree on vocab_size"):
         open_token_split(split_dir)
 
@@ -193,3 +196,84 @@ def test_invalid_rank_is_rejected(split_with_stream):
     split, _ = split_with_stream
     with pytest.raises(ValueError, match="rank must lie in \\[0, world_size=2\\)"):
         TrainBatches(split, 4, 8, seed=0, rank=2, world_size=2)
+
+
+def test_windows_are_the_batch_before_the_shift(split_with_stream):
+    split, stream = split_with_stream
+    batches = TrainBatches(split, batch_size=3, seq_len=8, seed=2)
+    windows = batches.windows(4)
+    assert windows.shape == (3, 9) and windows.dtype == np.int64
+    x, y = batches.batch(4)
+    assert torch.equal(x, torch.from_numpy(windows[:, :-1]))
+    assert torch.equal(y, torch.from_numpy(windows[:, 1:]))
+    for row, index in zip(windows, batches.window_indices(4)):
+        assert row.tolist() == stream[index * 8 : index * 8 + 9].tolist()
+
+
+def test_batch_order_is_the_seeded_permutation_of_each_epoch_laid_end_to_end(split_with_stream):
+    # Pins the order itself, so that checkpoints written by earlier versions resume identically.
+    split, _ = split_with_stream
+    batches = TrainBatches(split, batch_size=4, seq_len=8, seed=5, rank=1, world_size=2)
+    n = batches.num_windows
+    for step in (0, 3, n // 8, 2 * n // 8 + 1):
+        positions = np.arange(step * 8 + 4, step * 8 + 8)
+        expected = [np.random.default_rng([5, p // n]).permutation(n)[p % n] for p in positions]
+        assert batches.window_indices(step).tolist() == expected
+
+
+@pytest.fixture
+def shards_dir(tmp_path):
+    return write_shards_dir(
+        tmp_path / "shards", random_documents(30), random_documents(5, seed=1), VOCAB,
+        shard_tokens=100,
+    )
+
+
+def test_a_shard_whose_digest_does_not_match_the_manifest_is_named(shards_dir):
+    shard = shards_dir / "train" / "shard-00001.arrow"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01  # same size, the file still parses
+    shard.write_bytes(bytes(data))
+    with pytest.raises(TokenDataError, match=r"train/shard-00001\.arrow is corrupt: its sha256"):
+        open_token_split(shards_dir / "train")
+    open_token_split(shards_dir / "train", verify=False)  # opted out: sizes still match
+
+
+def test_a_truncated_missing_or_foreign_shard_is_named_without_hashing(shards_dir):
+    shard = shards_dir / "train" / "shard-00002.arrow"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(TokenDataError, match=r"shard-00002\.arrow is corrupt: it has \d+ bytes"):
+        open_token_split(shards_dir / "train", verify=False)
+    shard.unlink()
+    with pytest.raises(TokenDataError, match=r"shard-00002\.arrow is listed in .* but missing"):
+        open_token_split(shards_dir / "train", verify=False)
+    write_split(shards_dir / "other", [[5, 6]], VOCAB)
+    (shards_dir / "other" / "shard-00000.arrow").rename(shards_dir / "val" / "shard-00099.arrow")
+    with pytest.raises(TokenDataError, match=r"val/shard-00099\.arrow is not listed in"):
+        open_token_split(shards_dir / "val", verify=False)
+
+
+def test_a_replaced_tokenizer_is_named(shards_dir):
+    (shards_dir / "tokenizer.json").write_text("{}")
+    with pytest.raises(TokenDataError, match=r"tokenizer\.json is not the tokenizer the shards"):
+        open_token_split(shards_dir / "val")
+
+
+def test_shards_written_for_another_vocabulary_than_the_manifest_records_are_refused(tmp_path):
+    shards = write_shards_dir(tmp_path / "shards", [[1, 2]], [[3]], vocab_size=VOCAB)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    manifest["tokenizer"]["vocab_size"] = 500
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TokenDataError, match=r"written for vocab_size=1000 .* 500 tokens"):
+        open_token_split(shards / "train")
+
+
+def test_a_token_outside_the_vocabulary_is_caught_before_training_and_names_the_shard(tmp_path):
+    split_dir = tmp_path / "train"
+    split_dir.mkdir()
+    schema = shard_schema(50, 0)
+    write_rows(split_dir / "shard-00000.arrow", [("a", [1, 2, 3, 4, 0])], schema)
+    write_rows(split_dir / "shard-00001.arrow", [("b", [5, 6, 60_000, 7, 0])], schema)
+    batches = TrainBatches(open_token_split(split_dir), batch_size=9, seq_len=1, seed=0)
+    with pytest.raises(TokenDataError, match=r"shard-00001\.arrow holds token id 60000"):
+        batches.batch(0)

@@ -1,15 +1,19 @@
 import json
 
+import numpy as np
 import pytest
 
 from lmforge.manifest import sha256_file
 from lmforge.tasks.tokenizer import (
     EOT_TOKEN,
     PAD_TOKEN,
+    LanguageSampling,
     TokenizerConfig,
     TokenizerError,
     decode_document,
+    document_copies,
     encode_documents,
+    encode_documents_flat,
     load_tokenizer,
     special_token_ids,
     to_valid_utf8,
@@ -140,3 +144,62 @@ def test_loading_garbage_names_the_file(tmp_path):
     path.write_text("{not json")
     with pytest.raises(TokenizerError, match="garbage.json"):
         load_tokenizer(path)
+
+
+def test_flat_encoding_is_the_documents_tokens_end_to_end(tokenizer):
+    texts = [HARD_TEXTS["cjk"], "", HARD_TEXTS["emoji"], CORPUS[0]]
+    tokens, lengths = encode_documents_flat(tokenizer, texts, np.dtype(np.uint16))
+    expected = encode_documents(tokenizer, texts)
+    assert tokens.dtype == np.uint16 and lengths.tolist() == [len(ids) for ids in expected]
+    assert tokens.tolist() == [token for ids in expected for token in ids]
+
+
+BYTES = {"en": 9_000, "de": 900, "ja": 100}
+
+
+def test_temperature_one_without_a_byte_cap_keeps_every_document_once():
+    rates = LanguageSampling(temperature=1.0).rates(BYTES)
+    assert rates == pytest.approx({"en": 1.0, "de": 1.0, "ja": 1.0})
+
+
+def test_a_higher_temperature_moves_bytes_from_the_dominant_language_to_small_ones():
+    sampling = LanguageSampling(temperature=3.0, max_bytes=5_000, max_repeats=4)
+    rates = sampling.rates(BYTES)
+    sampled = {lang: rates[lang] * size for lang, size in BYTES.items()}
+    assert sum(sampled.values()) == pytest.approx(5_000)
+    natural = {lang: size / sum(BYTES.values()) for lang, size in BYTES.items()}
+    share = {lang: size / 5_000 for lang, size in sampled.items()}
+    assert share["en"] < natural["en"] and share["ja"] > natural["ja"]
+    # q ~ bytes^(1/3) between the languages that are not capped
+    assert share["en"] / share["de"] == pytest.approx(10 ** (1 / 3))
+    assert rates["en"] < 1
+
+
+def test_a_share_beyond_max_repeats_is_capped_and_given_to_the_other_languages():
+    rates = LanguageSampling(weights={"en": 1, "ja": 1}, max_repeats=4).rates(BYTES)
+    # The budget is all 10,000 bytes; ja can give at most 4 x 100, en takes the rest.
+    assert rates["ja"] == pytest.approx(4.0)
+    assert rates["en"] == pytest.approx(9_600 / 9_000)
+    assert rates["de"] == 0.0  # not named by the weights: left out
+
+
+def test_language_weights_must_name_a_language_with_text():
+    with pytest.raises(ValueError, match="name none of the languages with text"):
+        LanguageSampling(weights={"fr": 1.0}).rates(BYTES)
+    with pytest.raises(ValueError, match="give no language a share"):
+        LanguageSampling(weights={"en": 0.0})
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        LanguageSampling(temperature=0)
+    with pytest.raises(ValueError, match="max_repeats"):
+        LanguageSampling(max_repeats=0)
+
+
+def test_document_copies_are_seeded_per_document_and_average_to_the_rate():
+    ids = [f"doc-{i}" for i in range(4000)]
+    copies = [document_copies(doc_id, 1.25, seed=0) for doc_id in ids]
+    assert set(copies) == {1, 2}
+    assert sum(copies) / len(ids) == pytest.approx(1.25, abs=0.03)
+    assert copies == [document_copies(doc_id, 1.25, seed=0) for doc_id in ids]
+    assert copies != [document_copies(doc_id, 1.25, seed=1) for doc_id in ids]
+    assert {document_copies(doc_id, 3.0, seed=0) for doc_id in ids[:50]} == {3}
+    assert {document_copies(doc_id, 0.0, seed=0) for doc_id in ids[:50]} == {0}

@@ -1,0 +1,373 @@
+"""Fine-tune a pretrained GPT as a text classifier: `finetune_classifier(ClassifierConfig(...))`.
+
+Examples come from a labelled CSV/JSONL file, or from a data-stage directory (`DATA/docs/*.parquet`)
+with labels derived from each document's URL:
+
+- `section`: the directory the page sits in (`https://docs.example.org/3/library/io.html` ->
+  `library`). On the built-in sample this tells language-reference topics from library module
+  pages, on every host (mirrors use other paths, but the same section names);
+- `site`: the host the page came from (the `source` column), e.g. per documentation project.
+
+A stratified share of each class is held out; the result reports accuracy and macro-F1 on it next
+to the majority-class baseline, and the output directory (written atomically, with a manifest)
+holds the classifier, its labels, metrics.json and confusion_matrix.png.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+
+from lmforge.manifest import read_manifest, stage_output
+from lmforge.model.checkpoint import load_model
+from lmforge.model.classifier import SequenceClassifier, save_classifier
+from lmforge.model.schedule import LRSchedule
+from lmforge.model.train import autocast_context, build_optimizer, resolve_device
+from lmforge.tasks import plots
+from lmforge.tasks.finetune_data import FinetuneDataError, LabelledText, load_labelled_texts
+from lmforge.tasks.shards import TOKENIZER_FILE
+from lmforge.tasks.tokenizer import load_tokenizer, special_token_ids, tokenizer_vocab_size
+
+LabelSource = Literal["section", "site"]
+LogCallback = Callable[[int, Mapping[str, float]], None]
+
+
+@dataclass
+class ClassifierConfig:
+    """One classification fine-tuning run.
+
+    base_model: a training output (model.safetensors, model_config.json, tokenizer.json).
+    data: a CSV/JSONL file with `text_field` and `label_field`, or a data-stage directory whose
+    labels come from `label_from`. max_len: tokens per text (the start is kept; None: the model's
+    max_seq_len). trainable_blocks: train only the head, final norm and the last N blocks (None:
+    everything). Classes with fewer than min_class_examples are left out (reported in counts).
+    Raises ValueError on construction for values out of range.
+    """
+
+    base_model: str
+    data: str
+    out_dir: str
+    label_from: LabelSource = "section"
+    text_field: str = "text"
+    label_field: str = "label"
+    max_len: int | None = 256
+    epochs: int = 3
+    batch_size: int = 16
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    grad_clip: float = 1.0
+    trainable_blocks: int | None = None
+    val_fraction: float = 0.2
+    min_class_examples: int = 2
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 5
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"ClassifierConfig.{name} must be at least 1, got {getattr(self, name)}"
+                )
+        if self.max_len is not None and self.max_len < 2:
+            raise ValueError(f"ClassifierConfig.max_len must be at least 2, got {self.max_len}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(
+                f"ClassifierConfig.val_fraction must be in (0, 1), got {self.val_fraction}"
+            )
+        if self.min_class_examples < 2:
+            raise ValueError(
+                "ClassifierConfig.min_class_examples must be at least 2 (one to train, one to test)"
+            )
+        if self.label_from not in ("section", "site"):
+            raise ValueError(f"label_from must be 'section' or 'site', got {self.label_from!r}")
+        if not 0 <= self.warmup_fraction < 1 or self.lr <= 0:
+            raise ValueError("ClassifierConfig needs lr > 0 and warmup_fraction in [0, 1)")
+
+
+@dataclass
+class ClassifierResult:
+    """Held-out scores of the fine-tuned classifier; `history` holds the logged metrics."""
+
+    out_dir: Path
+    labels: list[str]
+    accuracy: float
+    macro_f1: float
+    majority_accuracy: float
+    val_loss: float
+    confusion: list[list[int]]
+    per_class_f1: dict[str, float]
+    train_examples: int
+    val_examples: int
+    steps: int
+    trainable_parameters: int
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "majority_accuracy": self.majority_accuracy,
+            "val_loss": self.val_loss,
+        }
+
+
+# --- examples ------------------------------------------------------------------------------------
+
+
+def url_section(url: str) -> str | None:
+    """The directory a page sits in: `/3/library/io.html` -> `library`; None at the site root."""
+    parts = [part for part in urlsplit(url).path.split("/") if part]
+    return parts[-2] if len(parts) >= 2 else None
+
+
+def documents_with_labels(data_dir: str | Path, label_from: LabelSource) -> list[LabelledText]:
+    """Texts of a data-stage output with labels derived from their URLs (see the module doc);
+    documents whose URL gives no label are left out."""
+    docs = Path(data_dir) / "docs"
+    if not docs.is_dir():
+        raise FinetuneDataError(f"{data_dir} has no docs/ directory: it is not a data-stage output")
+    table = pq.read_table(docs, columns=["url", "text", "source"])
+    examples = []
+    for url, text, source in zip(*(table.column(c).to_pylist() for c in ("url", "text", "source"))):
+        label = url_section(url) if label_from == "section" else source
+        if label and text:
+            examples.append(LabelledText(text, label))
+    if not examples:
+        raise FinetuneDataError(f"no document in {docs} has a {label_from} label")
+    return examples
+
+
+def load_examples(config: ClassifierConfig) -> list[LabelledText]:
+    data = Path(config.data)
+    if data.is_dir():
+        return documents_with_labels(data, config.label_from)
+    return load_labelled_texts(data, config.text_field, config.label_field)
+
+
+def stratified_split(
+    examples: Sequence[LabelledText], val_fraction: float, seed: int
+) -> tuple[list[LabelledText], list[LabelledText]]:
+    """Hold out `val_fraction` of every class (at least one example each, and at least one left
+    to train on), shuffled reproducibly by `seed`."""
+    by_label: dict[str, list[LabelledText]] = {}
+    for example in examples:
+        by_label.setdefault(example.label, []).append(example)
+    rng = random.Random(seed)
+    train, val = [], []
+    for label in sorted(by_label):
+        group = by_label[label][:]
+        rng.shuffle(group)
+        held = min(len(group) - 1, max(1, round(val_fraction * len(group))))
+        val += group[:held]
+        train += group[held:]
+    rng.shuffle(train)
+    return train, val
+
+
+def classification_metrics(
+    true: Sequence[int], predicted: Sequence[int], num_classes: int
+) -> tuple[float, float, list[list[int]], list[float]]:
+    """Accuracy, macro-F1 (unweighted mean over all classes), the confusion matrix
+    (`[true][predicted]` counts) and each class's F1."""
+    confusion = [[0] * num_classes for _ in range(num_classes)]
+    for t, p in zip(true, predicted):
+        confusion[t][p] += 1
+    f1 = []
+    for c in range(num_classes):
+        hits = confusion[c][c]
+        predicted_c = sum(row[c] for row in confusion)
+        actual_c = sum(confusion[c])
+        f1.append(2 * hits / (predicted_c + actual_c) if predicted_c + actual_c else 0.0)
+    accuracy = sum(confusion[c][c] for c in range(num_classes)) / max(1, len(true))
+    return accuracy, sum(f1) / num_classes, confusion, f1
+
+
+# --- training ------------------------------------------------------------------------------------
+
+
+def encode_texts(tokenizer, texts: Sequence[str], max_len: int) -> list[list[int]]:
+    """The first max_len - 1 tokens of each text, then `<|endoftext|>`: the head reads the
+    position where pretraining saw every document end."""
+    eot_id = special_token_ids(tokenizer).eot_id
+    return [enc.ids[: max_len - 1] + [eot_id] for enc in tokenizer.encode_batch_fast(list(texts))]
+
+
+def batch_tensor(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> torch.Tensor:
+    width = max(len(row) for row in rows)
+    padded = [list(row) + [pad_id] * (width - len(row)) for row in rows]
+    return torch.tensor(padded, dtype=torch.long, device=device)
+
+
+@torch.no_grad()
+def predict(
+    classifier: SequenceClassifier,
+    rows: Sequence[Sequence[int]],
+    targets: Sequence[int],
+    batch_size: int,
+    device: torch.device,
+    autocast,
+) -> tuple[list[int], float]:
+    """Predicted class of each row and the mean cross-entropy against `targets`."""
+    classifier.eval()
+    predicted, loss_sum = [], 0.0
+    for first in range(0, len(rows), batch_size):
+        x = batch_tensor(rows[first : first + batch_size], classifier.pad_id, device)
+        y = torch.tensor(targets[first : first + batch_size], device=device)
+        with autocast:
+            logits = classifier(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        predicted += logits.argmax(dim=-1).tolist()
+    classifier.train()
+    return predicted, loss_sum / max(1, len(rows))
+
+
+def finetune_classifier(
+    config: ClassifierConfig, on_log: LogCallback | None = None
+) -> ClassifierResult:
+    """Train a classification head (and the chosen blocks) on `config.data`; write `out_dir`.
+
+    on_log(step, metrics) gets {"loss", "lr"} every log_every steps and {"val_loss",
+    "val_accuracy"} after every epoch. Raises FinetuneDataError for unusable data (fewer than
+    two classes left, unreadable files), FileNotFoundError/ManifestError for a base model that
+    is not a finished training output.
+    """
+    wall_start = time.perf_counter()
+    history: list[dict[str, float]] = []
+
+    def log(step: int, metrics: dict[str, float]) -> None:
+        history.append({"step": step, **metrics})
+        if on_log is not None:
+            on_log(step, metrics)
+
+    base_dir = Path(config.base_model)
+    read_manifest(base_dir)  # a base model is a finished training output: fail early otherwise
+    tokenizer = load_tokenizer(base_dir / TOKENIZER_FILE)
+    pad_id = special_token_ids(tokenizer).pad_id
+    examples = load_examples(config)
+    counts = Counter(example.label for example in examples)
+    rare = {label: n for label, n in counts.items() if n < config.min_class_examples}
+    examples = [example for example in examples if example.label not in rare]
+    labels = sorted({example.label for example in examples})
+    if len(labels) < 2:
+        raise FinetuneDataError(
+            f"{config.data}: need at least two classes with {config.min_class_examples}+ examples; "
+            f"found {dict(counts)}"
+        )
+    train_set, val_set = stratified_split(examples, config.val_fraction, config.seed)
+    index = {label: i for i, label in enumerate(labels)}
+
+    device = resolve_device(config.device)
+    autocast = autocast_context(device, "auto")
+    torch.manual_seed(config.seed)
+    base = load_model(base_dir, device=device)
+    if tokenizer_vocab_size(tokenizer) > base.config.vocab_size:
+        raise FinetuneDataError(f"{base_dir}: tokenizer.json does not belong to the model")
+    max_len = min(config.max_len or base.config.max_seq_len, base.config.max_seq_len)
+    train_rows = encode_texts(tokenizer, [e.text for e in train_set], max_len)
+    val_rows = encode_texts(tokenizer, [e.text for e in val_set], max_len)
+    train_y = [index[e.label] for e in train_set]
+    val_y = [index[e.label] for e in val_set]
+
+    classifier = SequenceClassifier(base, len(labels), pad_id).to(device)
+    trainable = classifier.freeze_all_but_last(config.trainable_blocks)
+    classifier.train()
+    optimizer = build_optimizer(classifier, config.lr, config.weight_decay, (0.9, 0.95), device)
+    steps_per_epoch = math.ceil(len(train_rows) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    schedule = LRSchedule(config.lr, config.lr / 10, int(config.warmup_fraction * total), total)
+    generator = torch.Generator().manual_seed(config.seed)
+    step = 0
+    for _ in range(config.epochs):
+        order = torch.randperm(len(train_rows), generator=generator).tolist()
+        for first in range(0, len(order), config.batch_size):
+            chosen = order[first : first + config.batch_size]
+            x = batch_tensor([train_rows[i] for i in chosen], pad_id, device)
+            y = torch.tensor([train_y[i] for i in chosen], device=device)
+            lr = schedule(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast:
+                logits = classifier(x)
+            loss = F.cross_entropy(logits.float(), y)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(classifier.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step % config.log_every == 0 or step == total:
+                log(step, {"loss": loss.item(), "lr": lr})
+        predicted, val_loss = predict(
+            classifier, val_rows, val_y, config.batch_size, device, autocast
+        )
+        accuracy = sum(p == t for p, t in zip(predicted, val_y)) / len(val_y)
+        log(step, {"val_loss": val_loss, "val_accuracy": accuracy})
+
+    accuracy, macro_f1, confusion, f1 = classification_metrics(val_y, predicted, len(labels))
+    majority = Counter(train_y).most_common(1)[0][0]  # the baseline learns only the train prior
+    result = ClassifierResult(
+        out_dir=Path(config.out_dir),
+        labels=labels,
+        accuracy=accuracy,
+        macro_f1=macro_f1,
+        majority_accuracy=sum(t == majority for t in val_y) / len(val_y),
+        val_loss=val_loss,
+        confusion=confusion,
+        per_class_f1=dict(zip(labels, f1)),
+        train_examples=len(train_set),
+        val_examples=len(val_set),
+        steps=step,
+        trainable_parameters=trainable,
+        seconds=0.0,
+        history=history,
+    )
+    write_classifier_output(config, result, classifier, base_dir, rare)
+    result.seconds = time.perf_counter() - wall_start
+    return result
+
+
+def write_classifier_output(
+    config: ClassifierConfig,
+    result: ClassifierResult,
+    classifier: SequenceClassifier,
+    base_dir: Path,
+    rare: dict[str, int],
+) -> None:
+    """The stage directory: classifier, tokenizer, metrics.json, confusion_matrix.png, manifest."""
+    metrics: dict[str, Any] = {
+        **result.metrics(),
+        "labels": result.labels,
+        "confusion": result.confusion,
+        "per_class_f1": result.per_class_f1,
+    }
+    with stage_output(
+        config.out_dir, "finetune_classifier", asdict(config), inputs=[base_dir, config.data]
+    ) as stage:
+        save_classifier(classifier, stage.path, result.labels)
+        shutil.copyfile(base_dir / TOKENIZER_FILE, stage.path / TOKENIZER_FILE)
+        (stage.path / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        plots.confusion_matrix(result.confusion, result.labels, stage.path / "confusion_matrix.png")
+        stage.counts.update(result.metrics())
+        stage.counts.update(
+            train_examples=result.train_examples,
+            val_examples=result.val_examples,
+            steps=result.steps,
+            trainable_parameters=result.trainable_parameters,
+        )
+        stage.extra.update(labels=result.labels, classes_left_out=rare)

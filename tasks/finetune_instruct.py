@@ -1,0 +1,343 @@
+"""Supervised instruction fine-tuning of a pretrained GPT: `finetune_instruct(InstructConfig(...))`.
+
+Records (Alpaca-style or chat messages, see `lmforge.tasks.finetune_data`) are rendered with the
+prompt template, tokenized with loss on response tokens only, optionally packed into full rows,
+and trained on either every weight or, with `lora_rank > 0`, LoRA adapters only (merged into the
+weights at the end). A held-out share of the records measures the response-token loss before
+and after training and gets greedy responses generated for its prompts.
+
+Output directory (atomic, with a manifest): the fine-tuned model (`model.safetensors`,
+`model_config.json`, `tokenizer.json` — loadable by `load_model`), `lora_adapter.safetensors`
+and `lora.json` when LoRA was used, `samples.jsonl` (prompt, reference, response) and
+`metrics.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+
+from lmforge.manifest import read_manifest, stage_output
+from lmforge.model.checkpoint import load_model, save_model
+from lmforge.model.gpt import GPT
+from lmforge.model.lora import DEFAULT_TARGETS, LoRAConfig, apply_lora, lora_state_dict, merge_lora
+from lmforge.model.schedule import LRSchedule
+from lmforge.model.train import autocast_context, build_optimizer, resolve_device
+from lmforge.tasks.finetune_data import (
+    IGNORE_INDEX,
+    FinetuneDataError,
+    Segment,
+    TokenizedExample,
+    load_instruction_records,
+    pack_examples,
+    pad_batch,
+    prompt_of,
+    reference_of,
+    tokenize_example,
+)
+from lmforge.tasks.shards import TOKENIZER_FILE
+from lmforge.tasks.tokenizer import load_tokenizer, special_token_ids
+
+LogCallback = Callable[[int, Mapping[str, float]], None]
+ADAPTER_FILE = "lora_adapter.safetensors"
+LORA_CONFIG_FILE = "lora.json"
+
+
+@dataclass
+class InstructConfig:
+    """One instruction fine-tuning run.
+
+    max_len: tokens per example, and per packed row (None: the model's max_seq_len); longer
+    examples are cut at the end. lora_rank 0 trains every weight; > 0 trains LoRA adapters on
+    `lora_targets` only. val_fraction of the records (at least one) is held out; up to
+    num_samples of them get generated responses of at most max_new_tokens.
+    Raises ValueError on construction for values out of range.
+    """
+
+    base_model: str
+    data: str
+    out_dir: str
+    max_len: int | None = None
+    pack: bool = True
+    epochs: int = 3
+    batch_size: int = 8
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_fraction: float = 0.1
+    grad_clip: float = 1.0
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = DEFAULT_TARGETS
+    val_fraction: float = 0.1
+    num_samples: int = 5
+    max_new_tokens: int = 64
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 5
+
+    def __post_init__(self) -> None:
+        self.lora_targets = tuple(self.lora_targets)
+        for name in ("epochs", "batch_size", "log_every", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"InstructConfig.{name} must be at least 1, got {getattr(self, name)}"
+                )
+        if self.max_len is not None and self.max_len < 8:
+            raise ValueError(f"InstructConfig.max_len must be at least 8, got {self.max_len}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(
+                f"InstructConfig.val_fraction must be in (0, 1), got {self.val_fraction}"
+            )
+        if self.lora_rank < 0 or self.num_samples < 0:
+            raise ValueError("InstructConfig.lora_rank and num_samples must be >= 0")
+        if self.lr <= 0 or not 0 <= self.warmup_fraction < 1:
+            raise ValueError("InstructConfig needs lr > 0 and warmup_fraction in [0, 1)")
+        if self.lora_rank:
+            self.lora_config()  # validates alpha, dropout and targets
+
+    def lora_config(self) -> LoRAConfig:
+        return LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets)
+
+
+@dataclass
+class InstructResult:
+    """Response-token losses on the held-out records before and after, and generated samples."""
+
+    out_dir: Path
+    val_loss_before: float
+    val_loss_after: float
+    train_examples: int
+    val_examples: int
+    train_rows: int
+    trained_tokens: int
+    steps: int
+    trainable_parameters: int
+    total_parameters: int
+    lora_layers: list[str]
+    samples: list[dict[str, str]]
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "val_response_loss_before": self.val_loss_before,
+            "val_response_loss": self.val_loss_after,
+            "trainable_parameters": float(self.trainable_parameters),
+        }
+
+
+def response_loss(
+    model: GPT,
+    rows: Sequence[TokenizedExample],
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    autocast,
+) -> float:
+    """Mean cross-entropy per response token over `rows` (prompt and padding carry no loss)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for first in range(0, len(rows), batch_size):
+            inputs, labels = pad_batch(rows[first : first + batch_size], pad_id)
+            x = torch.tensor(inputs, device=device)
+            y = torch.tensor(labels, device=device)
+            with autocast:
+                logits = model(x)
+            total += F.cross_entropy(
+                logits.float().flatten(0, 1),
+                y.flatten(),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            ).item()
+            count += int((y != IGNORE_INDEX).sum())
+    model.train(was_training)
+    return total / max(1, count)
+
+
+def generate_responses(
+    model: GPT,
+    tokenizer,
+    records: Sequence[list[Segment]],
+    max_new_tokens: int,
+    device: torch.device,
+) -> list[dict[str, str]]:
+    """Greedy responses to each record's prompt, stopping at `<|endoftext|>`."""
+    eot_id = special_token_ids(tokenizer).eot_id
+    window = model.config.max_seq_len
+    samples = []
+    model.eval()
+    for segments in records:
+        prompt = prompt_of(segments)
+        # Keep the prompt's end (where the response starts) when it is too long for the window.
+        ids = tokenizer.encode(prompt).ids[-max(1, window - max_new_tokens) :]
+        idx = torch.tensor([ids], device=device)
+        out = model.generate(idx, max_new_tokens, temperature=0.0, eos_id=eot_id)[0, len(ids) :]
+        new = [token for token in out.tolist() if token != eot_id]
+        samples.append(
+            {
+                "prompt": prompt,
+                "reference": reference_of(segments),
+                "response": tokenizer.decode(new),
+            }
+        )
+    return samples
+
+
+def finetune_instruct(config: InstructConfig, on_log: LogCallback | None = None) -> InstructResult:
+    """Fine-tune `config.base_model` on `config.data`; write `config.out_dir` (see module doc).
+
+    on_log(step, metrics) gets {"loss", "lr"} every log_every steps and {"val_response_loss"}
+    after every epoch. Raises FinetuneDataError for unusable data (and when no record keeps a
+    response token within max_len), FileNotFoundError/ManifestError for a base model that is
+    not a finished training output, ValueError for LoRA targets that match no layer.
+    """
+    wall_start = time.perf_counter()
+    history: list[dict[str, float]] = []
+
+    def log(step: int, metrics: dict[str, float]) -> None:
+        history.append({"step": step, **metrics})
+        if on_log is not None:
+            on_log(step, metrics)
+
+    base_dir = Path(config.base_model)
+    read_manifest(base_dir)
+    tokenizer = load_tokenizer(base_dir / TOKENIZER_FILE)
+    pad_id = special_token_ids(tokenizer).pad_id
+    records = load_instruction_records(config.data)
+    if len(records) < 2:
+        raise FinetuneDataError(f"{config.data}: need at least 2 records (one is held out)")
+    order = list(range(len(records)))
+    random.Random(config.seed).shuffle(order)
+    held = min(len(records) - 1, max(1, round(config.val_fraction * len(records))))
+    val_records = [records[i] for i in order[:held]]
+    train_records = [records[i] for i in order[held:]]
+
+    device = resolve_device(config.device)
+    autocast = autocast_context(device, "auto")
+    torch.manual_seed(config.seed)
+    model = load_model(base_dir, device=device)
+    max_len = min(config.max_len or model.config.max_seq_len, model.config.max_seq_len)
+    train_examples = [e for r in train_records if (e := tokenize_example(tokenizer, r, max_len))]
+    val_examples = [e for r in val_records if (e := tokenize_example(tokenizer, r, max_len))]
+    if not train_examples or not val_examples:
+        raise FinetuneDataError(
+            f"{config.data}: no response token survives in the training or held-out records at "
+            f"max_len={max_len}; shorten the prompts or raise max_len"
+        )
+    rows = pack_examples(train_examples, max_len) if config.pack else train_examples
+
+    adapted: list[str] = []
+    if config.lora_rank:
+        adapted = apply_lora(model, config.lora_config())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total_parameters = sum(p.numel() for p in model.parameters())
+    val_before = response_loss(model, val_examples, config.batch_size, pad_id, device, autocast)
+    log(0, {"val_response_loss": val_before})
+
+    model.train()
+    optimizer = build_optimizer(model, config.lr, config.weight_decay, (0.9, 0.95), device)
+    total = math.ceil(len(rows) / config.batch_size) * config.epochs
+    schedule = LRSchedule(config.lr, config.lr / 10, int(config.warmup_fraction * total), total)
+    generator = torch.Generator().manual_seed(config.seed)
+    step = 0
+    val_after = val_before
+    for _ in range(config.epochs):
+        shuffled = torch.randperm(len(rows), generator=generator).tolist()
+        for first in range(0, len(shuffled), config.batch_size):
+            inputs, labels = pad_batch(
+                [rows[i] for i in shuffled[first : first + config.batch_size]], pad_id
+            )
+            x = torch.tensor(inputs, device=device)
+            y = torch.tensor(labels, device=device)
+            lr = schedule(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast:
+                logits = model(x)
+            loss = F.cross_entropy(
+                logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX
+            )
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad], config.grad_clip
+                )
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step % config.log_every == 0 or step == total:
+                log(step, {"loss": loss.item(), "lr": lr})
+        val_after = response_loss(model, val_examples, config.batch_size, pad_id, device, autocast)
+        log(step, {"val_response_loss": val_after})
+
+    adapter = lora_state_dict(model)
+    if config.lora_rank:
+        merge_lora(model)
+    samples = generate_responses(
+        model, tokenizer, val_records[: config.num_samples], config.max_new_tokens, device
+    )
+    result = InstructResult(
+        out_dir=Path(config.out_dir),
+        val_loss_before=val_before,
+        val_loss_after=val_after,
+        train_examples=len(train_examples),
+        val_examples=len(val_examples),
+        train_rows=len(rows),
+        trained_tokens=sum(e.trained_tokens for e in train_examples),
+        steps=step,
+        trainable_parameters=trainable,
+        total_parameters=total_parameters,
+        lora_layers=adapted,
+        samples=samples,
+        seconds=0.0,
+        history=history,
+    )
+    write_instruct_output(config, result, model, base_dir, adapter)
+    result.seconds = time.perf_counter() - wall_start
+    return result
+
+
+def write_instruct_output(
+    config: InstructConfig,
+    result: InstructResult,
+    model: GPT,
+    base_dir: Path,
+    adapter: dict[str, torch.Tensor],
+) -> None:
+    """The stage directory: merged model, tokenizer, adapter (LoRA), samples, metrics, manifest."""
+    with stage_output(
+        config.out_dir, "finetune_instruct", asdict(config), inputs=[base_dir, config.data]
+    ) as stage:
+        save_model(model, stage.path)
+        shutil.copyfile(base_dir / TOKENIZER_FILE, stage.path / TOKENIZER_FILE)
+        if adapter:
+            safetensors.torch.save_file(adapter, str(stage.path / ADAPTER_FILE))
+            lora: dict[str, Any] = {**config.lora_config().to_dict(), "layers": result.lora_layers}
+            (stage.path / LORA_CONFIG_FILE).write_text(json.dumps(lora, indent=2) + "\n")
+        with open(stage.path / "samples.jsonl", "w", encoding="utf-8") as handle:
+            for sample in result.samples:
+                handle.write(json.dumps(sample, ensure_ascii=False) + "\n")
+        (stage.path / "metrics.json").write_text(json.dumps(result.metrics(), indent=2) + "\n")
+        stage.counts.update(result.metrics())
+        stage.counts.update(
+            train_examples=result.train_examples,
+            val_examples=result.val_examples,
+            train_rows=result.train_rows,
+            trained_tokens=result.trained_tokens,
+            steps=result.steps,
+            total_parameters=result.total_parameters,
+        )

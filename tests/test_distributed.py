@@ -1,0 +1,203 @@
+"""Distributed training on two CPU processes (gloo) matches one process with the same global
+batch; an interrupted run (SIGKILL) resumes from its last checkpoint; MFU and the parallelism
+helpers behave. The torchrun tests start real processes: marked slow (~10 s each)."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import asdict
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lmforge.model.checkpoint import latest_checkpoint, load_model
+from lmforge.model.config import ModelConfig
+from lmforge.model.gpt import GPT
+from lmforge.model.launch import METRICS_MARKER
+from lmforge.model.mfu import gpu_peak_flops, measure_matmul_peak, model_flops_utilization
+from lmforge.model.parallel import apply_activation_checkpointing, stage_layers
+from lmforge.model.train import TrainConfig, train
+from lmforge.tasks.pretrain import TorchrunOptions, run_pretraining, torchrun_command
+from shard_fixtures import write_shards_dir
+
+VOCAB = 64
+MICRO_MODEL = {"n_layer": 2, "n_head": 2, "d_model": 32, "max_seq_len": 32}
+# Two processes reduce gradients in a different order than one: float32 rounding, nothing more.
+LOSS_TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    pattern = list(range(2, 26))
+    root = tmp_path_factory.mktemp("shards") / "shards"
+    # 4 validation documents of 72 tokens: the validation batches are full for every strategy.
+    return write_shards_dir(
+        root, [pattern * 3 for _ in range(40)], [pattern * 3 for _ in range(4)],
+        vocab_size=VOCAB, shard_tokens=1000,
+    )
+
+
+def config(shards, out, **overrides) -> TrainConfig:
+    values = dict(
+        shards_dir=str(shards), out_dir=str(out), model_overrides=MICRO_MODEL, max_steps=8,
+        batch_size=4, seq_len=16, lr=1e-2, warmup_steps=2, eval_every=4, eval_batches=2,
+        log_every=1, checkpoint_every=4, device="cpu", progress=False,
+    )
+    return TrainConfig(**{**values, **overrides})
+
+
+def collect(run_fn, cfg, **kwargs):
+    logs = []
+    result = run_fn(cfg, on_log=lambda step, metrics: logs.append((step, dict(metrics))), **kwargs)
+    return result, logs
+
+
+def series(logs, key):
+    return [metrics[key] for _, metrics in logs if key in metrics]
+
+
+@pytest.fixture(scope="module")
+def single_runs(shards, tmp_path_factory):
+    """One process at global batch 8 (the data-parallel reference) and 4 (the pipeline's)."""
+    root = tmp_path_factory.mktemp("single")
+    return {
+        batch: collect(train, config(shards, root / f"b{batch}", batch_size=batch))
+        for batch in (8, 4)
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "strategy, per_rank_batch, reference_batch",
+    [("ddp", 4, 8), ("fsdp", 4, 8), ("pipeline", 4, 4)],
+)
+def test_two_processes_reach_the_losses_of_one_with_the_same_global_batch(
+    shards, tmp_path, single_runs, strategy, per_rank_batch, reference_batch
+):
+    reference, reference_logs = single_runs[reference_batch]
+    cfg = config(shards, tmp_path / strategy, strategy=strategy, batch_size=per_rank_batch)
+    result, logs = collect(run_pretraining, cfg, launch=TorchrunOptions(nproc=2))
+
+    assert result.completed and result.steps == 8 and result.tokens == reference.tokens
+    for key in ("loss", "grad_norm", "val_loss"):
+        assert series(logs, key) == pytest.approx(series(reference_logs, key), abs=LOSS_TOLERANCE)
+    assert 0 < series(logs, "mfu")[-1] < 1
+    # Rank 0 gathered the whole model (shards or stages) into ordinary files.
+    saved, expected = load_file(tmp_path / strategy / "model.safetensors"), load_file(
+        reference.out_dir / "model.safetensors"
+    )
+    assert saved.keys() == expected.keys()
+    assert all(torch.allclose(saved[k], expected[k], atol=1e-4) for k in saved)
+    assert load_model(tmp_path / strategy).config.n_layer == 2
+
+
+@pytest.mark.slow
+def test_a_sharded_checkpoint_resumes_in_a_single_process(shards, tmp_path, single_runs):
+    out = tmp_path / "fsdp-then-single"
+    first, first_logs = collect(
+        run_pretraining, config(shards, out, strategy="fsdp", stop_after=4),
+        launch=TorchrunOptions(nproc=2),
+    )
+    assert not first.completed and first.checkpoint.name == "step-000004"
+    second, second_logs = collect(train, config(shards, out, batch_size=8, resume=True))
+    reference_logs = single_runs[8][1]
+    assert series(first_logs, "loss") + series(second_logs, "loss") == pytest.approx(
+        series(reference_logs, "loss"), abs=LOSS_TOLERANCE
+    )
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_training_resumes_from_its_last_checkpoint(shards, tmp_path):
+    settings = dict(max_steps=40, checkpoint_every=5, eval_every=20, keep_checkpoints=2)
+    straight = train(config(shards, tmp_path / "straight", **settings))
+
+    out = tmp_path / "killed"
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(asdict(config(shards, out, **settings))))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lmforge.model.launch", str(config_file)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    for line in process.stdout:
+        if line.startswith(METRICS_MARKER) and latest_checkpoint(out) is not None:
+            process.send_signal(signal.SIGKILL)  # no chance to clean up or finish a write
+            break
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (out / "manifest.json").exists()
+    killed_at = int(latest_checkpoint(out).name.split("-")[1])
+    assert 0 < killed_at < 40
+
+    resumed = train(config(shards, out, resume=True, **settings))
+    assert resumed.completed and resumed.steps == 40
+    assert resumed.final_train_loss == straight.final_train_loss
+    final, expected = load_file(out / "model.safetensors"), load_file(
+        straight.out_dir / "model.safetensors"
+    )
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def test_activation_checkpointing_keeps_losses_and_weight_names(shards, tmp_path):
+    plain, plain_logs = collect(train, config(shards, tmp_path / "plain", max_steps=3))
+    checkpointed, ckpt_logs = collect(
+        train, config(shards, tmp_path / "ckpt", max_steps=3, activation_checkpointing=True)
+    )
+    assert series(ckpt_logs, "loss") == pytest.approx(series(plain_logs, "loss"), abs=1e-6)
+    assert load_file(tmp_path / "ckpt" / "model.safetensors").keys() == load_file(
+        tmp_path / "plain" / "model.safetensors"
+    ).keys()
+
+
+def test_activation_checkpointing_recomputes_blocks_only_when_gradients_are_needed():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=VOCAB, **MICRO_MODEL))
+    idx = torch.randint(0, VOCAB, (2, 8))
+    expected = model(idx)
+    apply_activation_checkpointing(model)
+    assert torch.equal(model(idx), expected)
+    with torch.no_grad():
+        assert torch.equal(model(idx), expected)
+
+
+def test_pipeline_stages_split_blocks_evenly_and_refuse_more_stages_than_blocks():
+    assert [stage_layers(5, s, 2) for s in range(2)] == [(0, 3), (3, 5)]
+    assert [stage_layers(4, s, 4) for s in range(4)] == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    with pytest.raises(ValueError, match="cannot split 2 blocks into 3 pipeline stages"):
+        stage_layers(2, 0, 3)
+
+
+def test_strategies_that_need_torchrun_are_refused_in_one_process(shards, tmp_path):
+    with pytest.raises(ValueError, match="'pipeline' needs at least 2 processes"):
+        train(config(shards, tmp_path / "out", strategy="pipeline"))
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        config(shards, tmp_path / "out", strategy="tp")
+    with pytest.raises(ValueError, match="multiple of microbatches=3"):
+        config(shards, tmp_path / "out", strategy="pipeline", microbatches=3)
+
+
+def test_torchrun_command_is_standalone_on_one_machine_and_rendezvous_on_several(tmp_path):
+    local = torchrun_command(tmp_path / "c.json", TorchrunOptions(nproc=2))
+    assert "--nproc-per-node=2" in local and "--standalone" in local
+    assert local[-3:] == ["-m", "lmforge.model.launch", str(tmp_path / "c.json")]
+    multi = torchrun_command(
+        tmp_path / "c.json",
+        TorchrunOptions(nproc=8, nnodes=2, node_rank=1, rdzv_endpoint="node0:29500"),
+    )
+    assert {"--nnodes=2", "--node-rank=1", "--rdzv-endpoint=node0:29500"} <= set(multi)
+    assert "--standalone" not in multi
+    with pytest.raises(ValueError, match="rdzv_endpoint"):
+        TorchrunOptions(nnodes=2)
+
+
+def test_mfu_divides_achieved_by_peak_flops_and_knows_common_gpus():
+    assert model_flops_utilization(1e6, 1e5, 1e12, devices=2) == pytest.approx(0.05)
+    assert gpu_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert gpu_peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert gpu_peak_flops("NVIDIA A100-SXM4-40GB") == 312e12
+    assert gpu_peak_flops("Some Future Accelerator") is None
+    peak = measure_matmul_peak(size=128, seconds=0.05)
+    assert math.isfinite(peak) and peak > 1e8  # any CPU multiplies faster than 0.1 GFLOP/s

@@ -4,7 +4,8 @@ MFU against a matmul peak also measured in this run.
 
     python bench/train_throughput.py          # needs `transformers` (a separate venv; not core)
 
-One training step = forward, cross-entropy, backward, AdamW step. The two models alternate in
+One training step = forward, cross-entropy, backward, AdamW step (lmforge's as `lmforge train`
+runs it on a CPU: the LM head and loss fused in cache-sized chunks, `model/loss.py`). The two models alternate in
 rounds so that a neighbour's load hits both alike; the median round is reported.
 """
 
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import GPT
+from lmforge.model.loss import linear_cross_entropy
 from lmforge.model.mfu import measure_matmul_peak
 
 SHAPES = {
@@ -45,8 +47,11 @@ def step_fn(model: torch.nn.Module, hf: bool):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        logits = model(x).logits if hf else model(x)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        if hf:
+            loss = F.cross_entropy(model(x).logits.float().flatten(0, 1), y.flatten())
+        else:  # what `lmforge train` does on a CPU: the fused, chunked head + loss
+            hidden = model.hidden_states(x).flatten(0, 1)
+            loss = linear_cross_entropy(hidden, model.lm_head.weight, y.flatten())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

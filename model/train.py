@@ -44,6 +44,7 @@ from lmforge.model.data import (
     shards_vocab_size,
 )
 from lmforge.model.gpt import GPT
+from lmforge.model.loss import linear_cross_entropy
 from lmforge.model.mfu import model_flops_utilization, peak_flops
 from lmforge.model.parallel import (
     STRATEGIES,
@@ -261,6 +262,12 @@ def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult
         load_optimizer_state(owner, optimizer, state["optimizer"], sharded=fsdp)
         set_rng_state(state["rng"], device)
 
+    # The chunked head+loss pass is cache-friendly on a CPU; it calls the model's own methods, so
+    # only where no wrapper (DDP, FSDP, pipeline) must see the forward, and not under compile.
+    fused_loss = (
+        config.strategy == "single" and device.type == "cpu" and not config.compile
+    )
+
     def batch_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean loss of one batch without gradients, on every rank."""
         if runner is not None:
@@ -310,9 +317,13 @@ def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult
             if fsdp:
                 owner.set_requires_gradient_sync(last_micro)  # reduce-scatter once per step
             no_sync = forward.no_sync() if isinstance(forward, DDP) and not last_micro else None
-            with no_sync or contextlib.nullcontext(), autocast:
-                logits = forward(x)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            if fused_loss:
+                hidden = owner.hidden_states(x).flatten(0, 1)
+                loss = linear_cross_entropy(hidden, owner.lm_head.weight, y.flatten())
+            else:
+                with no_sync or contextlib.nullcontext(), autocast:
+                    logits = forward(x)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
             with no_sync or contextlib.nullcontext():
                 (loss / config.grad_accum).backward()
             loss_sum += loss.detach()

@@ -182,7 +182,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_options(instruct, FinetuneInstructParams, required=("data",))
     instruct.set_defaults(handler=run_finetune_instruct)
+
+    export_parser = commands.add_parser("export", help="export a checkpoint for other tools")
+    export = export_parser.add_subparsers(dest="export_command", metavar="COMMAND", required=True)
+    export_hf = export.add_parser(
+        "hf",
+        help="Hugging Face Llama folder (config.json, model.safetensors, tokenizer files)",
+        description="Write a checkpoint as a Hugging Face Llama folder that transformers' "
+        "AutoModelForCausalLM and AutoTokenizer load. Architectures Llama cannot express "
+        "(LayerNorm, GELU, learned positions, QK-norm) are refused.",
+    )
+    export_hf.add_argument("--checkpoint", required=True, metavar="DIR", help=CHECKPOINT_HELP)
+    export_hf.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    export_hf.add_argument("--tokenizer", metavar="PATH", help=TOKENIZER_HELP)
+    export_hf.set_defaults(handler=run_export_hf)
+
+    generate = commands.add_parser(
+        "generate",
+        help="stream a continuation of a prompt from a checkpoint",
+        description="Continue --prompt with a checkpoint, printing each piece of text as soon as "
+        "it is decoded; stops at <|endoftext|> or after --max-new-tokens tokens.",
+    )
+    generate.add_argument("--checkpoint", required=True, metavar="DIR", help=CHECKPOINT_HELP)
+    generate.add_argument("--prompt", required=True, help="text to continue")
+    generate.add_argument("--tokenizer", metavar="PATH", help=TOKENIZER_HELP)
+    generate.add_argument(
+        "--max-new-tokens", type=int, default=128, help="most tokens to generate (default: 128)"
+    )
+    generate.add_argument(
+        "--temperature", type=float, default=0.8, help="0 is greedy decoding (default: 0.8)"
+    )
+    generate.add_argument(
+        "--top-k", type=int, default=50, help="sample among the k likeliest tokens (default: 50)"
+    )
+    generate.add_argument(
+        "--top-p", type=float, help="sample among the likeliest tokens reaching this probability"
+    )
+    generate.add_argument("--seed", type=int, help="random seed for reproducible sampling")
+    generate.add_argument(
+        "--device", help="torch device, e.g. cpu or cuda (default: cuda when available)"
+    )
+    generate.set_defaults(handler=run_generate)
     return parser
+
+
+CHECKPOINT_HELP = "a training output directory or one of its checkpoints/step-NNNNNN directories"
+TOKENIZER_HELP = "tokenizer.json to use (default: the checkpoint's own, else its training run's)"
 
 
 def print_json(value: Any) -> None:
@@ -272,6 +317,42 @@ def run_finetune_instruct(args: argparse.Namespace) -> int:
     from lmforge.flows.params import FinetuneInstructParams
 
     print_json(finetune_instruct(params_from(args, FinetuneInstructParams)))
+    return 0
+
+
+def run_export_hf(args: argparse.Namespace) -> int:
+    from lmforge.tasks.export_hf import export_hf
+
+    out = export_hf(args.checkpoint, args.out, tokenizer=args.tokenizer)
+    print(f"Wrote a Hugging Face Llama model to {out}; load it with")
+    print(f"  transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    return 0
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from lmforge.model.checkpoint import load_model
+    from lmforge.tasks.generate import checkpoint_tokenizer_file, stream_generate
+    from lmforge.tasks.tokenizer import load_tokenizer
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = load_tokenizer(checkpoint_tokenizer_file(args.checkpoint, args.tokenizer))
+    model = load_model(args.checkpoint, device=device)
+    pieces = stream_generate(
+        model,
+        tokenizer,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+    print(args.prompt, end="", flush=True)
+    for piece in pieces:
+        print(piece, end="", flush=True)
+    print()
     return 0
 
 

@@ -1,0 +1,192 @@
+"""Export a checkpoint as a Hugging Face Llama folder that `transformers` loads unchanged.
+
+lmforge's default recipe (RMSNorm pre-norm, SwiGLU, RoPE with the rotate-half pairing, no
+biases, optional grouped-query attention and tied head) is exactly Llama's, so the export only
+renames and unfuses weights: `qkv` -> q/k/v_proj, `gate_up` -> gate/up_proj. Any other recipe
+(LayerNorm, GELU, learned positions, QK-norm) would load into Llama and compute something else,
+so it is refused with an error instead. Written without importing transformers: config.json,
+generation_config.json, model.safetensors and the tokenizer files are plain JSON and tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from lmforge.manifest import replace_directory
+from lmforge.model.checkpoint import load_model
+from lmforge.model.config import ModelConfig
+from lmforge.model.gpt import GPT
+from lmforge.tasks.generate import checkpoint_tokenizer_file
+from lmforge.tasks.tokenizer import (
+    EOT_TOKEN,
+    PAD_TOKEN,
+    load_tokenizer,
+    special_token_ids,
+    tokenizer_vocab_size,
+)
+
+
+class ExportError(ValueError):
+    """The checkpoint uses a feature the target format cannot express."""
+
+
+def llama_incompatibilities(config: ModelConfig) -> list[str]:
+    """Why `config` is not a Llama architecture; empty when it is."""
+    problems = []
+    if config.norm != "rmsnorm":
+        problems.append(f"norm={config.norm!r} (Llama uses RMSNorm)")
+    if config.mlp != "swiglu":
+        problems.append(f"mlp={config.mlp!r} (Llama uses a SwiGLU feed-forward)")
+    if config.position != "rope":
+        problems.append(f"position={config.position!r} (Llama uses rotary positions)")
+    if config.qk_norm:
+        problems.append("qk_norm=True (Llama has no query/key normalisation)")
+    return problems
+
+
+def llama_config(config: ModelConfig, eos_id: int, pad_id: int) -> dict[str, Any]:
+    """The `config.json` of a LlamaForCausalLM with the shape of `config`."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "intermediate_size": config.d_ff,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.n_kv_head,
+        "head_dim": config.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": config.max_seq_len,
+        "rms_norm_eps": config.norm_eps,
+        # transformers < 5 reads rope_theta, >= 5 reads rope_parameters: write both.
+        "rope_theta": config.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "tie_word_embeddings": config.tie_embeddings,
+        "initializer_range": config.init_std,
+        # Documents start after <|endoftext|> in training, so it is both BOS and EOS.
+        "bos_token_id": eos_id,
+        "eos_token_id": eos_id,
+        "pad_token_id": pad_id,
+        "torch_dtype": "float32",
+        "use_cache": True,
+    }
+
+
+def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """`model`'s weights under Llama's names, fused projections split, each tensor contiguous."""
+    config = model.config
+    kv_width = config.n_kv_head * config.head_dim
+    weights = {"model.embed_tokens.weight": model.tok_emb.weight}
+    for i, block in enumerate(model.blocks):
+        prefix = f"model.layers.{i}."
+        q, k, v = block.attn.qkv.weight.split([config.d_model, kv_width, kv_width], dim=0)
+        gate, up = block.mlp.gate_up.weight.chunk(2, dim=0)
+        weights.update(
+            {
+                prefix + "input_layernorm.weight": block.attn_norm.weight,
+                prefix + "self_attn.q_proj.weight": q,
+                prefix + "self_attn.k_proj.weight": k,
+                prefix + "self_attn.v_proj.weight": v,
+                prefix + "self_attn.o_proj.weight": block.attn.out_proj.weight,
+                prefix + "post_attention_layernorm.weight": block.mlp_norm.weight,
+                prefix + "mlp.gate_proj.weight": gate,
+                prefix + "mlp.up_proj.weight": up,
+                prefix + "mlp.down_proj.weight": block.mlp.down.weight,
+            }
+        )
+    weights["model.norm.weight"] = model.norm.weight
+    if not config.tie_embeddings:  # tied: transformers rebuilds lm_head from embed_tokens
+        weights["lm_head.weight"] = model.lm_head.weight
+    return {name: t.detach().to("cpu").contiguous() for name, t in weights.items()}
+
+
+def tokenizer_config(eos_token: str, pad_token: str, model_max_length: int) -> dict[str, Any]:
+    """The `tokenizer_config.json` that makes AutoTokenizer load `tokenizer.json` as is."""
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": eos_token,
+        "eos_token": eos_token,
+        "pad_token": pad_token,
+        "model_max_length": model_max_length,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+    }
+
+
+def export_hf(
+    checkpoint: str | Path, out: str | Path, tokenizer: str | Path | None = None
+) -> Path:
+    """Write a Hugging Face Llama folder for `checkpoint` into `out` and return `out`.
+
+    `out` receives config.json, generation_config.json, model.safetensors (float32, as trained),
+    tokenizer.json (copied unchanged), tokenizer_config.json and special_tokens_map.json. The
+    tokenizer defaults to the checkpoint's own (see `checkpoint_tokenizer_file`). The folder is
+    written under a temporary name and renamed, replacing an existing `out`.
+
+    Raises ExportError when the architecture is not Llama's or the tokenizer has more tokens than
+    the model's vocabulary, FileNotFoundError when the checkpoint or tokenizer is missing.
+    """
+    model = load_model(checkpoint)
+    problems = llama_incompatibilities(model.config)
+    if problems:
+        raise ExportError(
+            f"{checkpoint} cannot be exported as a Hugging Face Llama model: "
+            + "; ".join(problems)
+            + ". Only the default lmforge recipe (rmsnorm, swiglu, rope, no qk_norm) maps onto "
+            "Llama exactly."
+        )
+    tokenizer_path = checkpoint_tokenizer_file(checkpoint, tokenizer)
+    loaded = load_tokenizer(tokenizer_path)
+    if tokenizer_vocab_size(loaded) > model.config.vocab_size:
+        raise ExportError(
+            f"{tokenizer_path} has {tokenizer_vocab_size(loaded)} tokens but the model only "
+            f"{model.config.vocab_size}: it is not this checkpoint's tokenizer"
+        )
+    special = special_token_ids(loaded)
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        safetensors.torch.save_file(
+            llama_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"}
+        )
+        _write_json(tmp / "config.json", llama_config(model.config, special.eot_id, special.pad_id))
+        _write_json(
+            tmp / "generation_config.json",
+            {
+                "bos_token_id": special.eot_id,
+                "eos_token_id": special.eot_id,
+                "pad_token_id": special.pad_id,
+            },
+        )
+        shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+        _write_json(
+            tmp / "tokenizer_config.json",
+            tokenizer_config(EOT_TOKEN, PAD_TOKEN, model.config.max_seq_len),
+        )
+        _write_json(
+            tmp / "special_tokens_map.json",
+            {"bos_token": EOT_TOKEN, "eos_token": EOT_TOKEN, "pad_token": PAD_TOKEN},
+        )
+        replace_directory(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n")

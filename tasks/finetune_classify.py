@@ -21,7 +21,7 @@ import random
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,11 +38,11 @@ from lmforge.model.schedule import LRSchedule
 from lmforge.model.train import autocast_context, build_optimizer, resolve_device
 from lmforge.tasks import plots
 from lmforge.tasks.finetune_data import FinetuneDataError, LabelledText, load_labelled_texts
+from lmforge.tasks.finetune_steps import LogCallback, MetricsHistory, optimizer_step
 from lmforge.tasks.shards import TOKENIZER_FILE
 from lmforge.tasks.tokenizer import load_tokenizer, special_token_ids, tokenizer_vocab_size
 
 LabelSource = Literal["section", "site"]
-LogCallback = Callable[[int, Mapping[str, float]], None]
 
 
 @dataclass
@@ -248,12 +248,7 @@ def finetune_classifier(
     is not a finished training output.
     """
     wall_start = time.perf_counter()
-    history: list[dict[str, float]] = []
-
-    def log(step: int, metrics: dict[str, float]) -> None:
-        history.append({"step": step, **metrics})
-        if on_log is not None:
-            on_log(step, metrics)
+    log = MetricsHistory(on_log)
 
     base_dir = Path(config.base_model)
     read_manifest(base_dir)  # a base model is a finished training output: fail early otherwise
@@ -300,16 +295,10 @@ def finetune_classifier(
             x = batch_tensor([train_rows[i] for i in chosen], pad_id, device)
             y = torch.tensor([train_y[i] for i in chosen], device=device)
             lr = schedule(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             with autocast:
                 logits = classifier(x)
             loss = F.cross_entropy(logits.float(), y)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(classifier.parameters(), config.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(optimizer, loss, lr, classifier.parameters(), config.grad_clip)
             step += 1
             if step % config.log_every == 0 or step == total:
                 log(step, {"loss": loss.item(), "lr": lr})
@@ -335,7 +324,7 @@ def finetune_classifier(
         steps=step,
         trainable_parameters=trainable,
         seconds=0.0,
-        history=history,
+        history=log.records,
     )
     write_classifier_output(config, result, classifier, base_dir, rare)
     result.seconds = time.perf_counter() - wall_start

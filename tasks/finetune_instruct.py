@@ -19,7 +19,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,10 +46,10 @@ from lmforge.tasks.finetune_data import (
     reference_of,
     tokenize_example,
 )
+from lmforge.tasks.finetune_steps import LogCallback, MetricsHistory, optimizer_step
 from lmforge.tasks.shards import TOKENIZER_FILE
 from lmforge.tasks.tokenizer import load_tokenizer, special_token_ids
 
-LogCallback = Callable[[int, Mapping[str, float]], None]
 ADAPTER_FILE = "lora_adapter.safetensors"
 LORA_CONFIG_FILE = "lora.json"
 
@@ -206,12 +206,7 @@ def finetune_instruct(config: InstructConfig, on_log: LogCallback | None = None)
     not a finished training output, ValueError for LoRA targets that match no layer.
     """
     wall_start = time.perf_counter()
-    history: list[dict[str, float]] = []
-
-    def log(step: int, metrics: dict[str, float]) -> None:
-        history.append({"step": step, **metrics})
-        if on_log is not None:
-            on_log(step, metrics)
+    log = MetricsHistory(on_log)
 
     base_dir = Path(config.base_model)
     read_manifest(base_dir)
@@ -264,20 +259,13 @@ def finetune_instruct(config: InstructConfig, on_log: LogCallback | None = None)
             x = torch.tensor(inputs, device=device)
             y = torch.tensor(labels, device=device)
             lr = schedule(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             with autocast:
                 logits = model(x)
             loss = F.cross_entropy(
                 logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX
             )
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(
-                    [p for p in model.parameters() if p.requires_grad], config.grad_clip
-                )
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            trainable_parameters = [p for p in model.parameters() if p.requires_grad]
+            optimizer_step(optimizer, loss, lr, trainable_parameters, config.grad_clip)
             step += 1
             if step % config.log_every == 0 or step == total:
                 log(step, {"loss": loss.item(), "lr": lr})
@@ -304,7 +292,7 @@ def finetune_instruct(config: InstructConfig, on_log: LogCallback | None = None)
         lora_layers=adapted,
         samples=samples,
         seconds=0.0,
-        history=history,
+        history=log.records,
     )
     write_instruct_output(config, result, model, base_dir, adapter)
     result.seconds = time.perf_counter() - wall_start

@@ -223,6 +223,40 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", help="torch device, e.g. cpu or cuda (default: cuda when available)"
     )
     generate.set_defaults(handler=run_generate)
+
+    deploy = commands.add_parser(
+        "deploy",
+        help="register the flows as Prefect deployments that a process worker runs",
+        description="Register pipeline, data_refresh, build_shards, pretrain and evaluate as "
+        "deployments on a process work pool (created if missing) of the Prefect server at "
+        "PREFECT_API_URL, so the UI's Run button shows their parameter forms. data_refresh gets "
+        "a cron schedule, paused unless --schedule-active. Start a worker with "
+        "`prefect worker start --pool POOL`.",
+    )
+    deploy.add_argument(
+        "--work-pool", default="lmforge", metavar="POOL", help="process work pool (default: lmforge)"
+    )
+    deploy.add_argument(
+        "--cron",
+        default="0 3 * * 0",
+        help="data_refresh schedule, a cron string (default: '0 3 * * 0', Sundays 03:00)",
+    )
+    deploy.add_argument(
+        "--timezone", default="UTC", help="time zone of --cron, IANA name (default: UTC)"
+    )
+    deploy.add_argument(
+        "--working-dir",
+        default=".",
+        metavar="DIR",
+        help="directory the worker runs flows in, where relative paths such as work/ resolve "
+        "(default: the current directory)",
+    )
+    deploy.add_argument(
+        "--schedule-active",
+        action="store_true",
+        help="turn the data_refresh schedule on now (default: paused until turned on in the UI)",
+    )
+    deploy.set_defaults(handler=run_deploy)
     return parser
 
 
@@ -353,6 +387,34 @@ def run_generate(args: argparse.Namespace) -> int:
     for piece in pieces:
         print(piece, end="", flush=True)
     print()
+    return 0
+
+
+def run_deploy(args: argparse.Namespace) -> int:
+    from prefect.settings import PREFECT_API_URL
+
+    from lmforge.flows.deployments import check_schedule, register_deployments
+
+    check_schedule(args.cron, args.timezone)
+    if not PREFECT_API_URL.value():
+        # Deployments registered on a throwaway ephemeral server would vanish with this process.
+        raise ValueError(
+            "no Prefect server: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api) to the "
+            "server the UI and the workers use"
+        )
+    ids = register_deployments(
+        args.work_pool,
+        schedule_cron=args.cron,
+        schedule_active=args.schedule_active,
+        timezone=args.timezone,
+        working_dir=args.working_dir,
+    )
+    state = "active" if args.schedule_active else "paused"
+    print(f"Registered {len(ids)} deployments on work pool {args.work_pool!r} "
+          f"(data_refresh schedule {args.cron!r} {args.timezone}, {state}).")
+    print(f"Start a worker:  prefect worker start --pool {args.work_pool}")
+    print("Trigger a run:   the Run button in the Prefect UI, or "
+          "prefect deployment run pipeline/lmforge")
     return 0
 
 

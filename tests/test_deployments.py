@@ -1,0 +1,133 @@
+"""Deployments on a real Prefect server: registered with UI forms, triggered like the Run button,
+executed by a process worker."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+POOL = "lmforge-test"
+FLOWS = ("pipeline", "data_refresh", "build_shards", "pretrain", "evaluate")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Where the worker starts flow runs: relative parameters resolve here."""
+    return tmp_path_factory.mktemp("workspace")
+
+
+@pytest.fixture(scope="module")
+def registered(prefect_api, workspace):
+    from lmforge.flows.deployments import register_deployments
+
+    return register_deployments(POOL, working_dir=workspace)
+
+
+def read_deployment(name: str):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_deployment_by_name(name)
+
+
+def test_five_deployments_on_the_process_pool_with_module_entrypoints(registered, workspace):
+    assert len(registered) == 5
+    for flow_name in FLOWS:
+        deployment = read_deployment(f"{flow_name}/lmforge")
+        assert deployment.work_pool_name == POOL
+        assert deployment.job_variables == {"working_dir": str(workspace)}
+        assert deployment.entrypoint == f"lmforge.flows.{flow_name}.{flow_name}"
+
+
+def test_parameter_forms_carry_the_pydantic_descriptions(registered):
+    schema = read_deployment("pipeline/lmforge").parameter_openapi_schema
+    fields = schema["definitions"]["PipelineParams"]["properties"]
+    assert fields["work_dir"]["description"] == "Every stage writes a subdirectory here."
+    assert fields["max_steps"]["minimum"] == 1
+    train = read_deployment("pretrain/lmforge").parameter_openapi_schema
+    assert "Optimizer steps" in train["definitions"]["TrainParams"]["properties"]["max_steps"]["description"]
+
+
+def test_data_refresh_has_a_weekly_cron_schedule_that_starts_paused(registered):
+    schedules = read_deployment("data_refresh/lmforge").schedules
+    assert len(schedules) == 1
+    assert schedules[0].schedule.cron == "0 3 * * 0"
+    assert schedules[0].active is False
+    assert read_deployment("pipeline/lmforge").schedules == []
+
+
+def test_reregistering_updates_the_schedule_in_place(registered, workspace):
+    from lmforge.flows.deployments import register_deployments
+
+    again = register_deployments(
+        POOL, schedule_cron="30 4 * * 1", schedule_active=True, working_dir=workspace
+    )
+    assert again == registered
+    schedules = read_deployment("data_refresh/lmforge").schedules
+    assert [(s.schedule.cron, s.active) for s in schedules] == [("30 4 * * 1", True)]
+    register_deployments(POOL, working_dir=workspace)  # back to the defaults for the other tests
+
+
+def test_cli_deploy_registers_on_the_named_pool(registered, workspace, capsys):
+    from lmforge.cli import main
+
+    argv = ["deploy", "--work-pool", POOL, "--cron", "0 5 * * 6", "--working-dir", str(workspace)]
+    assert main(argv) == 0
+    assert f"Registered 5 deployments on work pool {POOL!r}" in capsys.readouterr().out
+    schedules = read_deployment("data_refresh/lmforge").schedules
+    assert [(s.schedule.cron, s.active) for s in schedules] == [("0 5 * * 6", False)]
+
+
+def test_cli_deploy_rejects_a_bad_cron_string(capsys):
+    from lmforge.cli import main
+
+    assert main(["deploy", "--cron", "every sunday"]) == 2
+    assert "invalid data_refresh schedule" in capsys.readouterr().err
+
+
+def test_a_pipeline_run_triggered_through_the_api_completes_on_a_process_worker(
+    registered, workspace, tmp_path
+):
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
+    from lmforge.flows.params import PipelineParams
+
+    # A relative work_dir, as in the UI form's default: it resolves in the deployment's working_dir.
+    params = PipelineParams(
+        work_dir="work", max_steps=2, batch_size=2, seq_len=32, vocab_size=400
+    )
+    # What the UI's Run button does: a flow run of the deployment, scheduled now, nobody waiting.
+    flow_run = run_deployment(
+        name="pipeline/lmforge", parameters={"params": params.model_dump()}, timeout=0
+    )
+    tracking_db = tmp_path / "mlflow.db"
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tracking_db}",
+    }
+    worker = subprocess.run(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type", "process",
+         "--run-once"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240,
+    )
+    with get_client(sync_client=True) as client:
+        deadline = time.monotonic() + 30
+        state = client.read_flow_run(flow_run.id).state
+        while not state.is_final() and time.monotonic() < deadline:
+            time.sleep(1)
+            state = client.read_flow_run(flow_run.id).state
+    assert state.is_completed(), f"{state!r}\nworker output:\n{worker.stdout[-3000:]}{worker.stderr[-3000:]}"
+    with sqlite3.connect(tracking_db) as db:
+        names = {row[0] for row in db.execute("SELECT name FROM runs")}
+    assert {"pipeline", "data_refresh", "build_shards", "pretrain", "evaluate"} <= names
+    assert (workspace / "work" / "eval" / "results.json").is_file()

@@ -364,13 +364,12 @@ def run_export_hf(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    import torch
-
     from lmforge.model.checkpoint import load_model
+    from lmforge.model.train import resolve_device
     from lmforge.tasks.generate import checkpoint_tokenizer_file, stream_generate
     from lmforge.tasks.tokenizer import load_tokenizer
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device or "auto")
     tokenizer = load_tokenizer(checkpoint_tokenizer_file(args.checkpoint, args.tokenizer))
     model = load_model(args.checkpoint, device=device)
     pieces = stream_generate(

@@ -20,6 +20,7 @@ from tokenizers import Tokenizer
 from lmforge.manifest import read_manifest
 from lmforge.model.checkpoint import load_model
 from lmforge.model.data import TokenSplit, open_token_split, sequential_windows
+from lmforge.model.train import resolve_device
 from lmforge.tasks.blimp import MinimalPair, load_blimp
 from lmforge.tasks.shards import TOKENIZER_FILE
 from lmforge.tasks.tokenizer import (
@@ -41,13 +42,6 @@ class EvaluationError(ValueError):
 def model_device(model: torch.nn.Module) -> torch.device:
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
-
-
-def resolve_device(device: str) -> str:
-    """`auto` picks the GPU when there is one; any other value is passed to torch as is."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 # --- validation loss and bits per byte ---------------------------------------------------------

@@ -21,7 +21,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from lmforge.tasks.data_refresh import DataConfig, refresh_dataset
+from lmforge.tasks.data_config import DataConfig
+from lmforge.tasks.data_refresh import refresh_dataset
 from lmforge.tasks.dedup import normalised_text_key
 
 REPO = Path(__file__).resolve().parents[1]

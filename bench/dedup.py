@@ -49,7 +49,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from data_quality import dedup_scores, read_labels
-from lmforge.tasks.data_refresh import DataConfig, process_warc_file
+from lmforge.tasks.data_config import DataConfig
+from lmforge.tasks.warc_processing import process_warc_file
 from lmforge.tasks.dedup import DedupDocument, MinHashConfig, find_duplicates, shingles
 from scipy import sparse
 
@@ -321,7 +322,7 @@ def main() -> None:
               f"{exact['removed_below_threshold']} of {exact['removed_pairs']} | "
               f"{exact['removed_below_0.6']} |")  # fmt: skip
 
-    print(f"\n2. Speed: signatures + candidate pairs + clusters, one process each")
+    print("\n2. Speed: signatures + candidate pairs + clusters, one process each")
     print("| peer | work s | docs/s | wall s (with start-up) | peak RSS MiB |\n|---|---|---|---|---|")
     for name, (_, seconds, wall, rss) in results.items():
         print(f"| {name} | {seconds:.2f} | {len(ids) / seconds:,.0f} | {wall:.2f} | {rss / 1024:.0f} |")

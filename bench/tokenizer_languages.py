@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lmforge.tasks.data_refresh import DataConfig, refresh_dataset
+from lmforge.tasks.data_config import DataConfig
+from lmforge.tasks.data_refresh import refresh_dataset
 from lmforge.tasks.shards import ShardParams, build_shards
 
 REPO = Path(__file__).resolve().parents[1]

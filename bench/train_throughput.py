@@ -77,7 +77,7 @@ def main() -> None:
     torch.manual_seed(0)
     peak = measure_matmul_peak(size=1024, seconds=2.0)
     print(f"threads {torch.get_num_threads()}, measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
-    print(f"| shape | params | lmforge tok/s | HF Llama tok/s | ratio | lmforge MFU | HF MFU |")
+    print("| shape | params | lmforge tok/s | HF Llama tok/s | ratio | lmforge MFU | HF MFU |")
     print("|---|---|---|---|---|---|---|")
     for name, shape in SHAPES.items():
         config = ModelConfig(vocab_size=args.vocab, **shape)

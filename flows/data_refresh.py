@@ -13,15 +13,11 @@ from lmforge.flows.reports import publish_table, publish_markdown
 from lmforge.flows.runners import make_task_runner
 from lmforge.flows.tracking import configure_tracking, log_stage_manifest, stage_run
 from lmforge.tasks import plots
-from lmforge.tasks.data_refresh import (
-    DataConfig,
-    DuplicateReport,
-    FileResult,
-    find_duplicates,
-    process_warc_file,
-    resolve_inputs,
-    write_dataset,
-)
+from lmforge.tasks.data_config import DataConfig
+from lmforge.tasks.data_refresh import resolve_inputs
+from lmforge.tasks.dataset_writer import find_duplicates, write_dataset
+from lmforge.tasks.dedup import DuplicateReport
+from lmforge.tasks.warc_processing import FileResult, process_warc_file
 from lmforge.tasks.sample_corpus import build_sample_corpus
 
 

@@ -18,15 +18,10 @@ from data_stage_fixtures import (
     REPEATED_LINES,
     html_page,
 )
-from lmforge.tasks.data_refresh import (
-    AccountingError,
-    DataConfig,
-    find_duplicates,
-    process_warc_file,
-    refresh_dataset,
-    resolve_inputs,
-    write_dataset,
-)
+from lmforge.tasks.data_config import DataConfig
+from lmforge.tasks.data_refresh import refresh_dataset, resolve_inputs
+from lmforge.tasks.dataset_writer import AccountingError, find_duplicates, write_dataset
+from lmforge.tasks.warc_processing import process_warc_file
 from lmforge.tasks.filters import GopherQualityFilter
 from lmforge.tasks.warc_writer import WarcWriter
 

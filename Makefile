@@ -14,7 +14,7 @@ export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean up down status
 
 install: $(STAMP)
 
@@ -31,6 +31,18 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Local Prefect server + MLflow server + process worker on 127.0.0.1 (state in work/services/);
+# other ports: make up UP_ARGS="--prefect-port 4300 --mlflow-port 5300"
+UP_ARGS ?=
+up: install
+	$(BIN)/lmforge up $(UP_ARGS)
+
+down:
+	$(BIN)/lmforge down
+
+status:
+	$(BIN)/lmforge status
 
 clean:
 	rm -rf $(VENV) work .pytest_cache

@@ -3,9 +3,12 @@
     python bench/data_quality.py                      # run the stage on ../shared/corpus/webdocs
     python bench/data_quality.py --data DATA          # score an existing data_refresh output
 
-Targets: junk removed >= 97%; doc pages surviving every stage before dedup >= 85%; language
-agreement on kept docs >= 95% (pages labelled `mixed` or `und` are not scored); dedup precision
-and recall against `dup_group`, counted both per removal and per pair.
+Targets: junk removed >= 97%; doc pages surviving every stage before dedup >= 85%, overall and
+per language and per source (the biggest losers listed with their reasons); language agreement
+on kept docs >= 95% (pages labelled `mixed` or `und` are not scored; the disagreeing pages are
+named); legacy-charset pages decoded exactly as their labelled charset decodes them; dedup
+precision and recall against `dup_group`, counted both per removal and per pair. With a fresh
+run it also prints every step's documents in/out and drop reasons (`merge_file_stats`).
 """
 
 from __future__ import annotations
@@ -22,8 +25,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 from lmforge.tasks.data_config import DataConfig
-from lmforge.tasks.data_refresh import refresh_dataset
+from lmforge.tasks.data_refresh import resolve_inputs
+from lmforge.tasks.data_stats import merge_file_stats
+from lmforge.tasks.dataset_writer import find_duplicates, write_dataset
+from lmforge.tasks.dataset_versions import read_documents
 from lmforge.tasks.dedup import normalised_text_key
+from lmforge.tasks.html_text import decode_page, python_codec
+from lmforge.tasks.warc import WarcResponseReader
+from lmforge.tasks.warc_processing import process_warc_file
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = REPO.parent / "shared" / "corpus" / "webdocs"
@@ -56,10 +65,10 @@ def read_labels(corpus: Path) -> tuple[dict[str, dict[str, str]], Counter[str]]:
 
 
 def read_parts(directory: Path, columns: list[str]) -> list[dict]:
-    rows: list[dict] = []
-    for part in sorted(directory.glob("part-*.parquet")):
-        rows.extend(pq.read_table(part, columns=columns).to_pylist())
-    return rows
+    """Rows of every Parquet part under `directory`, `lang=xx/` partitions included."""
+    if not any(directory.rglob("*.parquet")):
+        return []
+    return pq.read_table(directory, columns=columns).to_pylist()
 
 
 def ratio(numerator: int, denominator: int) -> float:
@@ -72,7 +81,7 @@ def score(
     responses_per_url: Counter[str],
     text_keys: dict[str, bytes] | None = None,
 ) -> dict[str, object]:
-    docs = read_parts(data / "docs", ["id", "url", "lang"])
+    docs = read_documents(data, ["id", "url", "lang"]).to_pylist()  # docs/lang=xx/ parts
     removed = read_parts(data / "removed", ["id", "url", "stage", "reason", "duplicate_of"])
     kept_urls = {row["url"] for row in docs}
     removed_by_url = {row["url"]: row for row in removed}
@@ -90,14 +99,18 @@ def score(
         return url in kept_urls or removed_by_url.get(url, {}).get("stage") == "dedup"
 
     docs_passed = sum(passed_filters(url) for url in doc_urls)
-    doc_losses = Counter(
-        f"{removed_by_url[url]['stage']}:{removed_by_url[url]['reason']}"
-        for url in doc_urls
-        if url in removed_by_url and not passed_filters(url)
-    )
+
+    def loss(url: str) -> str:
+        return f"{removed_by_url[url]['stage']}:{removed_by_url[url]['reason']}"
+
+    doc_losses = Counter(loss(url) for url in doc_urls if url in removed_by_url
+                         and not passed_filters(url))  # fmt: skip
+    by_language = kept_by_group(doc_urls, lambda u: labels[u]["lang"], passed_filters, loss)
+    by_source = kept_by_group(doc_urls, lambda u: labels[u]["source"], passed_filters, loss)
 
     scored = agree = 0
     confusions: Counter[tuple[str, str]] = Counter()
+    disagreeing: list[tuple[str, str, str]] = []
     for row in docs:
         label = labels.get(row["url"])
         if label is None or label["lang"] in ("mixed", "und") or label["kind"] != "doc":
@@ -108,6 +121,7 @@ def score(
             agree += 1
         else:
             confusions[(truth, row["lang"])] += 1
+            disagreeing.append((truth, row["lang"], row["url"]))
 
     # Dedup is scored among documents that reached it, against the labelled groups and against
     # the groups with identical texts merged (see `merge_identical_texts`).
@@ -131,6 +145,9 @@ def score(
         "junk_removed_by_stage": dict(junk_stage),
         "docs_kept_before_dedup": ratio(docs_passed, len(doc_urls)),
         "doc_losses": doc_losses,
+        "docs_kept_by_language": by_language,
+        "docs_kept_by_source": by_source,
+        "language_disagreements": sorted(disagreeing),
         "language_agreement": ratio(agree, scored),
         "language_scored": scored,
         "language_confusions": confusions,
@@ -138,6 +155,41 @@ def score(
         "dedup_reached": len(reached),
         **dedup,
     }
+
+
+def kept_by_group(doc_urls, group_of, passed, loss) -> dict[str, dict[str, object]]:
+    """Per group (a label's language or source): doc pages, how many passed the filters, and
+    the reasons of the losses."""
+    groups: dict[str, dict[str, object]] = {}
+    for url in doc_urls:
+        group = groups.setdefault(group_of(url), {"docs": 0, "kept": 0, "losses": Counter()})
+        group["docs"] += 1
+        if passed(url):
+            group["kept"] += 1
+        else:
+            group["losses"][loss(url)] += 1
+    return dict(sorted(groups.items()))
+
+
+def check_decoding(corpus: Path, labels: dict[str, dict[str, str]]) -> dict[str, list[int]]:
+    """For every `doc` page whose label names a legacy charset: does `decode_page` (header, then
+    meta, then detection) give exactly the text the labelled charset gives? Returns
+    {`charset:where`: [pages, exact]}."""
+    results: dict[str, list[int]] = {}
+    for path in sorted(corpus.glob("*.warc.gz")):
+        for response in WarcResponseReader(path):
+            label = labels.get(response.url)
+            if label is None or label["kind"] != "doc" or response.status != 200:
+                continue
+            charset, _, _ = label["encoding"].partition(":")
+            if charset in ("utf-8", ""):
+                continue
+            truth = response.body.decode(python_codec(charset), errors="replace")
+            decoded = decode_page(response.body, response.charset).html
+            counts = results.setdefault(label["encoding"], [0, 0])
+            counts[0] += 1
+            counts[1] += decoded == truth
+    return dict(sorted(results.items()))
 
 
 def dedup_scores(
@@ -229,6 +281,51 @@ def print_table(results: dict[str, object], seconds: float | None) -> None:
     print("  language confusions (label -> predicted):")
     for (truth, predicted), count in results["language_confusions"].most_common(8):
         print(f"    {truth} -> {predicted:<10} {count:>6}")
+    print("  kept docs whose language disagrees with the label:")
+    for truth, predicted, url in results["language_disagreements"][:20]:
+        print(f"    {truth} -> {predicted:<4} {url}")
+    target = TARGETS["docs_kept_before_dedup"]
+    groupings = (("language label", "docs_kept_by_language"), ("source", "docs_kept_by_source"))
+    for title, key in groupings:
+        print(f"  doc pages kept by the filters, per {title} (* below {target:.0%}):")
+        print_groups(results[key], target)
+
+
+def print_groups(groups: dict[str, dict[str, object]], target: float) -> None:
+    print(f"    {'group':<16} {'docs':>6} {'kept':>8}  biggest losses")
+    for name, group in sorted(groups.items(), key=lambda item: item[1]["kept"] / item[1]["docs"]):
+        share = group["kept"] / group["docs"]
+        losses = ", ".join(f"{reason} {n}" for reason, n in group["losses"].most_common(3))
+        flag = "*" if share < target else " "
+        print(f"   {flag}{name:<16} {group['docs']:>6} {share:>8.1%}  {losses}")
+
+
+def print_decoding(decoding: dict[str, list[int]]) -> None:
+    pages = sum(total for total, _ in decoding.values())
+    exact = sum(good for _, good in decoding.values())
+    print(f"  legacy-charset doc pages decoded exactly as their labelled charset: "
+          f"{exact} of {pages} ({ratio(exact, pages):.2%})")  # fmt: skip
+    for encoding, (total, good) in decoding.items():
+        if good < total:
+            print(f"    {encoding:<24} {good} of {total}")
+
+
+def print_steps(summary: dict[str, object]) -> None:
+    print("  per step (documents in -> out, drop reasons):")
+    for name, step in summary["steps"].items():
+        top = sorted(step["dropped"].items(), key=lambda item: -item[1])[:4]
+        reasons = ", ".join(f"{reason} {count}" for reason, count in top)
+        print(f"    {name:<18} {step['docs_in']:>6} -> {step['docs_out']:>6}  "
+              f"{step['bytes_in'] / 1e6:>8.1f} -> {step['bytes_out'] / 1e6:>7.1f} MB  {reasons}")
+
+
+def run_stage(corpus: Path, out: Path, staging: Path, config: DataConfig) -> dict[str, object]:
+    """The data stage step by step (as `refresh_dataset` runs it), keeping the per-file
+    results so that their statistics can be merged and printed."""
+    files = resolve_inputs([str(corpus / "*.warc.gz")])
+    results = [process_warc_file(path, config, staging) for path in files]
+    write_dataset(results, find_duplicates(results, config), out, config)
+    return merge_file_stats(results)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,18 +339,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.corpus} has no labels.tsv (pass --corpus)")
     labels, responses_per_url = read_labels(args.corpus)
     logging.basicConfig(level=logging.WARNING)
-    seconds = None
+    seconds = step_summary = None
     with tempfile.TemporaryDirectory(prefix="lmforge-bench-") as scratch:
         data, staging = args.data, args.staging
         if data is None:
             data = args.out or Path(scratch) / "data"
             staging = Path(scratch) / "staging"
             started = time.perf_counter()
-            refresh_dataset([str(args.corpus / "*.warc.gz")], data, DataConfig(), staging)
+            step_summary = run_stage(args.corpus, data, staging, DataConfig())
             seconds = time.perf_counter() - started
         keys = staged_text_keys(staging) if staging is not None else None
         results = score(data, labels, responses_per_url, keys)
     print_table(results, seconds)
+    if step_summary is not None:
+        print_steps(step_summary)
+    decoding = check_decoding(args.corpus, labels)
+    print_decoding(decoding)
     met = all(results[key] >= target for key, target in TARGETS.items())
     return 0 if met else 1
 

@@ -1,25 +1,32 @@
-"""Benchmark near-duplicate removal on the labelled webdocs corpus: quality and speed, lmforge
-against datatrove's MinHash pipeline measured in the same run.
+"""Benchmark near-duplicate removal on the labelled webdocs corpus: quality, speed and memory,
+lmforge against datatrove's MinHash pipeline measured in the same run.
 
     python bench/dedup.py --staging /tmp/$USER-dedup-staging \
-        --datatrove-python /tmp/dtvenv/bin/python
+        --datatrove-python /tmp/dtvenv/bin/python [--replicas 1,2,4]
 
 Input: the documents that reach dedup in the data stage. Every WARC file is run through
 `process_warc_file` (default `DataConfig`) once; `--staging DIR` keeps those candidates parquet
-files so that later runs skip extraction.
+files so that later runs skip extraction. lmforge sees them file by file, in file-name order,
+as the data stage does.
 
-Quality, table 1:
-- Against `labels.tsv` (documents sharing a `dup_group` are copies). A *removal* is correct when
-  the survivor it was removed in favour of (the kept member of its cluster) is in its
-  `dup_group`. Removal precision = correct removals / removals; removal recall = correct
-  removals / expected removals, where a group of n documents that reached dedup expects n - 1.
-  Pair precision/recall compare the pairs inside predicted clusters with the pairs inside
-  labelled groups (`bench/data_quality.py`'s `dedup_scores`, so both benchmarks agree).
-- Against exact Jaccard similarity over `lmforge.tasks.dedup.shingles` (word 5-grams, character
-  5-grams for zh/ja/ko/th), computed by brute force for *every* pair of documents (a sparse
-  document x shingle matrix times its transpose: exact, not sampled). Missed = pairs at >= 0.8
-  that do not end up in one cluster; removed pairs below 0.8 = (removed, survivor) pairs whose
-  Jaccard is below 0.8 (a cluster joined transitively, A~B~C, can legitimately hold one).
+Quality, table 1, each peer scored three ways:
+- against `labels.tsv` (documents sharing a `dup_group` are copies). A *removal* is correct
+  when the survivor it was removed in favour of is in its `dup_group`. Removal precision =
+  correct removals / removals; removal recall = correct removals / expected removals (a group
+  of n documents that reached dedup expects n - 1). Pair precision/recall compare the pairs
+  inside predicted clusters with the pairs inside labelled groups (`bench/data_quality.py`'s
+  `dedup_scores`, so both benchmarks agree);
+- against the labels with byte-identical texts merged (`merge_identical_texts`);
+- against groups derived by the labels' own definition from the text lmforge deduplicates:
+  pairs with exact Jaccard >= 0.8 over `lmforge.tasks.dedup.shingles`, computed by brute force
+  for *every* pair of documents (a sparse document x shingle matrix times its transpose),
+  closed transitively.
+The row "brute-force Jaccard >= 0.8 (ceiling)" is that perfect clustering itself: what any
+deduplicator at this threshold could reach against each grouping. Missed = pairs at >= 0.8
+that do not end up in one cluster; removed pairs below 0.8 = (removed, survivor) pairs whose
+Jaccard is below 0.8 (a cluster joined transitively, A~B~C, can legitimately hold one). It also
+checks that deduplicating the first half of the files, then the second half against the first
+half's kept documents, removes exactly what one run does.
 
 Speed, table 2: documents/second for signatures + candidate pairs + clusters (lmforge:
 `find_duplicates`, which also verifies candidates; datatrove: MinhashDedupSignature ->
@@ -30,6 +37,11 @@ its own venv (`--datatrove-python`); without it only lmforge is measured. Set it
 
     python3 -m venv /tmp/dtvenv
     /tmp/dtvenv/bin/pip install "datatrove[processing]==0.10.*" orjson "spacy>=3.7,<4"
+
+Memory, table 3: lmforge on 1, 2, 4 ... distinct replicas of the corpus (ids suffixed, every
+word marked per replica, so the duplicate structure repeats and nothing is shared across
+replicas): peak RSS growth over the process's baseline, and the size of the dedup index of the
+kept documents in memory and as Parquet; slopes per 100k documents by least squares.
 """
 
 from __future__ import annotations
@@ -48,10 +60,18 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from data_quality import dedup_scores, read_labels
+from data_quality import dedup_scores, merge_identical_texts, read_labels
 from lmforge.tasks.data_config import DataConfig
 from lmforge.tasks.warc_processing import process_warc_file
-from lmforge.tasks.dedup import DedupDocument, MinHashConfig, find_duplicates, shingles
+from lmforge.tasks.dedup import (
+    DedupDocument,
+    KeptSignatures,
+    MinHashConfig,
+    find_duplicates,
+    normalised_text_key,
+    shingles,
+)
+from lmforge.tasks.dedup_index import index_table
 from scipy import sparse
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,8 +84,9 @@ THRESHOLD = MinHashConfig().threshold
 
 
 def stage_candidates(corpus: Path, staging: Path) -> Path:
-    """All candidates (id, url, text, lang) in one parquet file, extracting the WARCs once."""
-    merged = staging / "all.candidates.parquet"
+    """All candidates (id, url, text, lang, warc_file) in one parquet file, in input order,
+    extracting each WARC only when its staged candidates are not there yet."""
+    merged = staging / "all-with-files.candidates.parquet"
     if merged.exists():
         return merged
     staging.mkdir(parents=True, exist_ok=True)
@@ -75,11 +96,14 @@ def stage_candidates(corpus: Path, staging: Path) -> Path:
     config = DataConfig()
     tables = []
     for warc in warcs:
-        started = time.perf_counter()
-        result = process_warc_file(warc, config, staging)
-        print(f"  staged {warc.name}: {result.stats['candidates']} candidates "
-              f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)  # fmt: skip
-        tables.append(pq.read_table(result.candidates_path, columns=["id", "url", "text", "lang"]))
+        staged = staging / f"{warc.name.removesuffix('.warc.gz')}.candidates.parquet"
+        if not staged.exists():
+            started = time.perf_counter()
+            result = process_warc_file(warc, config, staging)
+            print(f"  staged {warc.name}: {result.stats['candidates']} candidates "
+                  f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)  # fmt: skip
+            staged = Path(result.candidates_path)
+        tables.append(pq.read_table(staged, columns=["id", "url", "text", "lang", "warc_file"]))
     partial = merged.with_suffix(".tmp")
     pq.write_table(pa.concat_tables(tables), partial)
     partial.rename(merged)  # a crash never leaves a merged file that looks whole
@@ -87,15 +111,35 @@ def stage_candidates(corpus: Path, staging: Path) -> Path:
 
 
 class ParquetDocuments:
-    """The candidates as DedupDocuments, re-readable (find_duplicates iterates twice)."""
+    """The candidates as DedupDocuments, re-readable (find_duplicates iterates twice).
 
-    def __init__(self, path: Path):
+    `replica` > 0 gives a distinct copy of the corpus with the same duplicate structure: ids
+    get a suffix and every word a replica mark, so no shingle is shared across replicas."""
+
+    def __init__(self, path: Path, replicas: int = 1):
         self.path = path
+        self.replicas = replicas
 
     def __iter__(self) -> Iterator[DedupDocument]:
-        for batch in pq.ParquetFile(self.path).iter_batches(columns=["id", "text", "lang"]):
-            for row in batch.to_pylist():
-                yield DedupDocument(row["id"], row["text"], row["lang"])
+        for replica in range(self.replicas):
+            columns = ["id", "text", "lang", "warc_file"]
+            # Small batches: the reader must not hold the corpus's text (memory is measured).
+            for batch in pq.ParquetFile(self.path).iter_batches(batch_size=256, columns=columns):
+                for row in batch.to_pylist():
+                    text, doc_id = row["text"], row["id"]
+                    if replica:
+                        doc_id = f"{doc_id}#{replica}"
+                        text = mark_words(text, replica, row["lang"])
+                    yield DedupDocument(doc_id, text, row["lang"], f"{replica}/{row['warc_file']}")
+
+
+def mark_words(text: str, replica: int, lang: str | None) -> str:
+    """The text made distinct for a replica: a mark after every word (every character for
+    languages shingled by characters), keeping which documents are copies of which."""
+    mark = f"~{replica}"
+    if lang in MinHashConfig().char_shingle_languages:
+        return mark.join(text) + mark
+    return " ".join(word + mark for word in text.split())
 
 
 # ---------------------------------------------------------------- the two peers, in subprocesses
@@ -110,8 +154,9 @@ def memory_kib(field: str) -> int:
     return 0
 
 
-def lmforge_worker(candidates: Path, out: Path) -> None:
-    """Runs in the child: find_duplicates over the candidates, results and timings to `out`.
+def lmforge_worker(candidates: Path, out: Path, replicas: int = 1) -> None:
+    """Runs in the child: find_duplicates over the candidates (`replicas` distinct copies of
+    them), results, timings and the size of the index it would add to `out`.
 
     The per-process code point tables are built first (a fixed ~0.3 s, ~100 MiB cost, charged
     to the timed run's peak RSS anyway) and the peak is then reset, so the growth reported per
@@ -121,12 +166,22 @@ def lmforge_worker(candidates: Path, out: Path) -> None:
         clear.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
     baseline_kib = memory_kib("VmRSS")
     started = time.perf_counter()
-    report = find_duplicates(ParquetDocuments(candidates), MinHashConfig())
+    report = find_duplicates(ParquetDocuments(candidates, replicas), MinHashConfig())
     seconds = time.perf_counter() - started
     peak_kib = memory_kib("VmHWM")
+    kept = report.kept
+    n = len(kept.ids)
+    index = index_table(kept, range(n), ["en"] * n, ["docs/lang=en/part-v00001-00000.parquet"] * n,
+                        range(n), MinHashConfig())  # fmt: skip
+    index_path = out.with_suffix(".index.parquet")
+    pq.write_table(index, index_path)
     removed = [{"id": d.id, "duplicate_of": d.duplicate_of} for d in report.duplicates]
     out.write_text(json.dumps({"seconds": seconds, "baseline_rss_kib": baseline_kib,
                                "dedup_peak_rss_kib": peak_kib,
+                               "documents": report.stats["documents"],
+                               "kept": n, "index_file_bytes": index_path.stat().st_size,
+                               "index_memory_bytes": kept.keys.nbytes + kept.bands.nbytes
+                               + kept.has_bands.nbytes,
                                "stats": report.stats, "removed": removed}))  # fmt: skip
 
 
@@ -214,7 +269,9 @@ def datatrove_removals(result: dict, ids: list[str]) -> list[dict]:
 # ---------------------------------------------------------------- exact Jaccard, every pair
 
 
-def similar_pairs(candidates: Path, ids: list[str], floor: float = 0.5) -> dict[tuple[int, int], float]:
+def similar_pairs(
+    candidates: Path, ids: list[str], floor: float = 0.5
+) -> dict[tuple[int, int], float]:
     """Exact Jaccard of every document pair at or above `floor`, by brute force: the binary
     document x shingle matrix times its transpose counts each pair's shared shingles."""
     config = MinHashConfig()
@@ -224,7 +281,8 @@ def similar_pairs(candidates: Path, ids: list[str], floor: float = 0.5) -> dict[
     _, column_index = np.unique(columns, return_inverse=True)
     rows = np.repeat(np.arange(len(sets)), sizes)
     matrix = sparse.csr_matrix(
-        (np.ones(len(rows), np.int32), (rows, column_index)), shape=(len(sets), column_index.max() + 1)
+        (np.ones(len(rows), np.int32), (rows, column_index)),
+        shape=(len(sets), column_index.max() + 1),
     )
     transposed = matrix.T.tocsc()
     found: dict[tuple[int, int], float] = {}
@@ -234,7 +292,8 @@ def similar_pairs(candidates: Path, ids: list[str], floor: float = 0.5) -> dict[
         keep = a < b
         a, b, common = a[keep], b[keep], common[keep]
         similarity = common / (sizes[a] + sizes[b] - common)
-        for i, j, s in zip(a[similarity >= floor], b[similarity >= floor], similarity[similarity >= floor]):
+        close = similarity >= floor
+        for i, j, s in zip(a[close], b[close], similarity[close]):
             found[(int(i), int(j))] = float(s)
     return found
 
@@ -262,15 +321,77 @@ def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
+class KeptInMemory:
+    """`PriorDocuments` over a report's kept documents, texts held in memory (bench only: the
+    data stage reads them back from `docs/` through `DedupIndex`)."""
+
+    def __init__(self, kept: KeptSignatures, documents: dict[str, DedupDocument]):
+        self.keys, self.bands, self.has_bands = kept.keys, kept.bands, kept.has_bands
+        self._ids = kept.ids
+        self._documents = documents
+
+    def ids(self, rows: list[int]) -> list[str]:
+        return [self._ids[row] for row in rows]
+
+    def shingle_sets(self, rows: list[int]) -> dict[int, np.ndarray]:
+        config = MinHashConfig()
+        documents = {row: self._documents[self._ids[row]] for row in rows}
+        return {row: shingles(d.text, d.lang, config) for row, d in documents.items()}
+
+
+def incremental_removals(candidates: Path) -> list[dict]:
+    """Removals when the first half of the files is deduplicated first and the second half
+    later against the first half's kept documents (what two refreshes do)."""
+    documents = list(ParquetDocuments(candidates))
+    sources = sorted({d.source for d in documents})
+    older = [d for d in documents if d.source in sources[: len(sources) // 2]]
+    newer = [d for d in documents if d.source not in sources[: len(sources) // 2]]
+    first = find_duplicates(older, MinHashConfig())
+    prior = KeptInMemory(first.kept, {d.id: d for d in older})
+    second = find_duplicates(newer, MinHashConfig(), prior)
+    return [{"id": d.id, "duplicate_of": d.duplicate_of}
+            for d in first.duplicates + second.duplicates]  # fmt: skip
+
+
+def jaccard_groups(ids: list[str], similar: dict[tuple[int, int], float]) -> list[int]:
+    """Group number per document: pairs at exact Jaccard >= threshold, closed transitively -
+    the labels' own definition applied to the text lmforge deduplicates."""
+    parent = list(range(len(ids)))
+
+    def find(item: int) -> int:
+        while parent[item] != item:
+            parent[item] = parent[parent[item]]
+            item = parent[item]
+        return item
+
+    for (a, b), similarity in similar.items():
+        if similarity >= THRESHOLD:
+            root_a, root_b = find(a), find(b)
+            parent[max(root_a, root_b)] = min(root_a, root_b)
+    return [find(i) for i in range(len(ids))]
+
+
+def growth_slope(points: list[tuple[int, float]]) -> float:
+    """Least-squares slope of value against documents, per 100k documents."""
+    docs = np.array([p[0] for p in points], float)
+    values = np.array([p[1] for p in points], float)
+    if len(points) < 2 or np.ptp(docs) == 0:
+        return float("nan")
+    return float(np.polyfit(docs, values, 1)[0] * 100_000)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--staging", type=Path, help="keep staged candidates here between runs")
     parser.add_argument("--datatrove-python", default="/tmp/dtvenv/bin/python")
-    parser.add_argument("--lmforge-worker", nargs=2, type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--replicas", default="1,2,4",
+                        help="corpus copies for the memory slope (comma-separated)")
+    parser.add_argument("--lmforge-worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.lmforge_worker:
-        lmforge_worker(*args.lmforge_worker)
+        candidates, out, replicas = args.lmforge_worker
+        lmforge_worker(Path(candidates), Path(out), int(replicas))
         return
 
     with tempfile.TemporaryDirectory(prefix="bench-dedup-") as scratch_name:
@@ -282,9 +403,13 @@ def main() -> None:
         position = {doc_id: i for i, doc_id in enumerate(ids)}
         print(f"{len(ids)} candidate documents from {args.corpus}", file=sys.stderr)
 
-        out = scratch / "lmforge.json"
-        command = [sys.executable, __file__, "--lmforge-worker", str(candidates), str(out)]
-        lm, lm_wall, lm_rss = run_measured(command, out)
+        def run_lmforge(replicas: int) -> tuple[dict, float, int]:
+            out = scratch / f"lmforge-{replicas}.json"
+            command = [sys.executable, __file__, "--lmforge-worker", str(candidates), str(out),
+                       str(replicas)]  # fmt: skip
+            return run_measured(command, out)
+
+        lm, lm_wall, lm_rss = run_lmforge(1)
         results = {"lmforge": (lm["removed"], lm["seconds"], lm_wall, lm_rss)}
 
         why_not = None
@@ -294,53 +419,96 @@ def main() -> None:
             dt, dt_wall, dt_rss = run_datatrove(args.datatrove_python, candidates, scratch)
             results["datatrove"] = (datatrove_removals(dt, ids), dt["seconds"], dt_wall, dt_rss)
 
+        scaling = [(1, lm)]
+        for replicas in sorted({int(r) for r in args.replicas.split(",")} - {1}):
+            scaling.append((replicas, run_lmforge(replicas)[0]))
+            print(f"  {replicas} replicas measured", file=sys.stderr)
+
         labels, _ = read_labels(args.corpus)
         group_of = {url_of[i]: labels[url_of[i]]["dup_group"] for i in ids if url_of[i] in labels}
+        keys = {row["url"]: normalised_text_key(row["text"]) for row in
+                pq.read_table(candidates, columns=["url", "text"]).to_pylist()}  # fmt: skip
         started = time.perf_counter()
         similar = similar_pairs(candidates, ids)
         print(f"exact all-pairs Jaccard: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        incremental = incremental_removals(candidates)
 
-    rows = []
-    for name, (removals, *_rest) in results.items():
-        labelled = [{"url": url_of[r["id"]], "duplicate_of": r["duplicate_of"]} for r in removals
-                    if url_of[r["id"]] in group_of and url_of[r["duplicate_of"]] in group_of]  # fmt: skip
-        rows.append((name, len(removals), dedup_scores(group_of, labelled, url_of),
-                     jaccard_scores(removals, similar, position)))  # fmt: skip
-
-    expected = rows[0][2]["dedup_expected_removals"]
-    print(f"\n1. Quality on {len(ids)} documents ({expected} expected removals from labels.tsv; "
-          f"{rows[0][3]['true_pairs']} pairs with exact Jaccard >= {THRESHOLD})")  # fmt: skip
-    header = ("peer", "removed", "removal P", "removal R", "pair P", "pair R",
+    by_jaccard = jaccard_groups(ids, similar)
+    oracle = [{"id": ids[i], "duplicate_of": ids[g]} for i, g in enumerate(by_jaccard) if g != i]
+    results["brute-force Jaccard >= 0.8 (ceiling)"] = (oracle, None, None, None)
+    groupings = {
+        "labels.tsv": group_of,
+        "labels, identical texts merged": merge_identical_texts(group_of, keys),
+        "Jaccard >= 0.8 groups (brute force)": {url_of[ids[i]]: str(g)
+                                                for i, g in enumerate(by_jaccard)},  # fmt: skip
+    }
+    exact = {name: jaccard_scores(removals, similar, position)
+             for name, (removals, *_rest) in results.items()}  # fmt: skip
+    print(f"\n1. Quality on {len(ids)} documents ({exact['lmforge']['true_pairs']} pairs with "
+          f"exact Jaccard >= {THRESHOLD}; expected removals: labels "
+          f"{sum(len(m) - 1 for m in _members(group_of).values())}, Jaccard groups "
+          f"{len(oracle)})")  # fmt: skip
+    header = ("peer", "scored against", "removed", "removal P", "removal R", "pair P", "pair R",
               "missed >=0.8 pairs", "removed pairs <0.8", "<0.6")  # fmt: skip
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-    for name, removed, labels_score, exact in rows:
-        print(f"| {name} | {removed} | {percent(labels_score['dedup_removal_precision'])} | "
-              f"{percent(labels_score['dedup_removal_recall'])} | "
-              f"{percent(labels_score['dedup_pair_precision'])} | "
-              f"{percent(labels_score['dedup_pair_recall'])} | "
-              f"{exact['missed_true_pairs']} of {exact['true_pairs']} | "
-              f"{exact['removed_below_threshold']} of {exact['removed_pairs']} | "
-              f"{exact['removed_below_0.6']} |")  # fmt: skip
+    for name, (removals, *_rest) in results.items():
+        for against, groups in groupings.items():
+            labelled = [{"url": url_of[r["id"]], "duplicate_of": r["duplicate_of"]}
+                        for r in removals if url_of[r["id"]] in groups
+                        and url_of[r["duplicate_of"]] in groups]  # fmt: skip
+            score, ex = dedup_scores(groups, labelled, url_of), exact[name]
+            print(f"| {name} | {against} | {len(removals)} | "
+                  f"{percent(score['dedup_removal_precision'])} | "
+                  f"{percent(score['dedup_removal_recall'])} | "
+                  f"{percent(score['dedup_pair_precision'])} | "
+                  f"{percent(score['dedup_pair_recall'])} | "
+                  f"{ex['missed_true_pairs']} of {ex['true_pairs']} | "
+                  f"{ex['removed_below_threshold']} of {ex['removed_pairs']} | "
+                  f"{ex['removed_below_0.6']} |")  # fmt: skip
+    same = sorted(map(str, incremental)) == sorted(map(str, lm["removed"]))
+    print(f"\nlmforge, first half of the files then the second half against its kept documents: "
+          f"{len(incremental)} removals, {'IDENTICAL to' if same else 'DIFFERENT from'} one run "
+          f"from scratch")  # fmt: skip
 
-    print("\n2. Speed: signatures + candidate pairs + clusters, one process each")
-    print("| peer | work s | docs/s | wall s (with start-up) | peak RSS MiB |\n|---|---|---|---|---|")
+    print("\n2. Speed: signatures + candidate pairs + verification + clusters, one process each")
+    print("| peer | work s | docs/s | wall s (with start-up) | peak RSS MiB |")
+    print("|---|---|---|---|---|")
     for name, (_, seconds, wall, rss) in results.items():
-        print(f"| {name} | {seconds:.2f} | {len(ids) / seconds:,.0f} | {wall:.2f} | {rss / 1024:.0f} |")
+        if seconds is not None:
+            print(f"| {name} | {seconds:.2f} | {len(ids) / seconds:,.0f} | {wall:.2f} | "
+                  f"{rss / 1024:.0f} |")  # fmt: skip
     if "datatrove" in results:
         ratio = results["datatrove"][1] / results["lmforge"][1]
         verdict = "meets" if ratio >= SPEED_TARGET else "MISSES"
-        print(f"\nlmforge / datatrove speed: {ratio:.1f}x ({verdict} the {SPEED_TARGET:.0f}x target); "
-              f"peak RSS ratio datatrove / lmforge: {results['datatrove'][3] / lm_rss:.2f}")  # fmt: skip
+        print(f"\nlmforge / datatrove speed: {ratio:.1f}x ({verdict} the {SPEED_TARGET:.0f}x "
+              f"target); peak RSS ratio datatrove / lmforge: "
+              f"{results['datatrove'][3] / lm_rss:.2f}")  # fmt: skip
     else:
         print(f"\ndatatrove not measured: {why_not}")
-    growth_kib = max(lm["dedup_peak_rss_kib"] - lm["baseline_rss_kib"], 0)
-    per_100k = growth_kib / len(ids) * 100_000 / 1024
-    print(f"lmforge memory growth during dedup: {growth_kib / 1024:.0f} MiB for {len(ids)} docs; "
-          f"EXTRAPOLATED linearly to 100k docs: ~{per_100k:,.0f} MiB (signatures, LSH bands, the "
-          f"candidates' shingle sets, ids; excludes the fixed ~{lm['baseline_rss_kib'] / 1024:.0f} MiB "
-          f"of interpreter and tables); the raw signatures alone are "
-          f"{MinHashConfig().num_perm * 8 * 100_000 / 2**20:.0f} MiB per 100k docs")  # fmt: skip
+
+    print("\n3. lmforge memory against corpus size (distinct replicas of the corpus)")
+    print("| replicas | documents | kept | docs/s | RSS growth MiB | index in memory MiB | "
+          "index file MiB |\n|---|---|---|---|---|---|---|")
+    growth, in_memory, on_disk = [], [], []
+    for replicas, run in scaling:
+        rss = max(run["dedup_peak_rss_kib"] - run["baseline_rss_kib"], 0) / 1024
+        growth.append((run["documents"], rss))
+        in_memory.append((run["documents"], run["index_memory_bytes"] / 2**20))
+        on_disk.append((run["documents"], run["index_file_bytes"] / 2**20))
+        print(f"| {replicas} | {run['documents']} | {run['kept']} | "
+              f"{run['documents'] / run['seconds']:,.0f} | {rss:.0f} | "
+              f"{in_memory[-1][1]:.1f} | {on_disk[-1][1]:.1f} |")  # fmt: skip
+    print(f"\nslopes per 100k documents: RSS growth {growth_slope(growth):,.0f} MiB, index in "
+          f"memory {growth_slope(in_memory):.1f} MiB, index file {growth_slope(on_disk):.1f} MiB "
+          f"(fixed ~{lm['baseline_rss_kib'] / 1024:.0f} MiB of interpreter and tables excluded)")
     print(f"lmforge stats: {lm['stats']}")
+
+
+def _members(group_of: dict[str, str]) -> dict[str, list[str]]:
+    members: dict[str, list[str]] = {}
+    for url, group in group_of.items():
+        members.setdefault(group, []).append(url)
+    return members
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import mlflow
 from prefect import flow, task
 
 from lmforge.flows.params import ShardParams
-from lmforge.flows.reports import publish_markdown
+from lmforge.flows.reports import mlflow_run_markdown, publish_markdown
 from lmforge.flows.tracking import configure_tracking, log_stage_manifest, stage_run
 from lmforge.tasks.shards import build_shards as build_token_shards
 
@@ -37,14 +37,21 @@ def build_shards(params: ShardParams = ShardParams(), parent_run_id: str | None 
     """Train a byte-level BPE tokenizer on the kept documents and write train/val token shards."""
     out = Path(params.out).resolve()
     configure_tracking(out.parent, keep_existing=True)
-    with stage_run("build_shards", params.model_dump(), parent_run_id):
+    with stage_run("build_shards", params.model_dump(), parent_run_id) as run:
         manifest = build_shards_task(params)
         log_stage_manifest(out)
         mlflow.log_artifact(str(out / "tokenizer.json"), artifact_path="tokenizer")
         splits = manifest["splits"]
+        tokenizer = manifest["tokenizer"]
+        mlflow_link = mlflow_run_markdown(
+            mlflow.get_tracking_uri(), run.info.experiment_id, run.info.run_id
+        )
         publish_markdown(
             "build-shards-summary",
-            "# build_shards\n\n| split | documents | tokens | bytes/token |\n|---|---|---|---|\n"
+            f"# build_shards\n\nMLflow run: {mlflow_link}\n\n"
+            f"Tokenizer: {tokenizer['vocab_size']} tokens, sha256 `{tokenizer['sha256'][:16]}`; "
+            f"shards in `{out}`\n\n"
+            "| split | documents | tokens | bytes/token |\n|---|---|---|---|\n"
             + "".join(
                 f"| {name} | {s['documents']} | {s['tokens']} | {s['bytes'] / max(s['tokens'], 1):.2f} |\n"
                 for name, s in splits.items()

@@ -1,40 +1,140 @@
-"""`data_refresh`: WARC files in, a deduplicated, filtered Parquet dataset out."""
+"""`data_refresh`: WARC files in, a deduplicated, filtered Parquet dataset out.
+
+Per-file work is mapped over the task runner the parameters choose (local processes or Dask),
+cached by input digest + DataConfig + code version so that a rerun after a crash skips the files
+already processed, and retried with backoff. Progress, the per-step funnel and the language mix
+go to Prefect artifacts and MLflow.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import shutil
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from prefect import flow, task, unmapped
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.context import TaskRunContext
+from prefect.filesystems import LocalFileSystem
+from prefect.futures import as_completed
+from prefect.tasks import exponential_backoff
 
+import lmforge.tasks
+from lmforge import __version__
 from lmforge.flows.params import DataRefreshParams
-from lmforge.flows.reports import publish_table, publish_markdown
+from lmforge.flows.reports import publish_markdown, publish_table
 from lmforge.flows.runners import make_task_runner
 from lmforge.flows.tracking import configure_tracking, log_stage_manifest, stage_run
+from lmforge.manifest import sha256_file
 from lmforge.tasks import plots
 from lmforge.tasks.data_config import DataConfig
-from lmforge.tasks.data_refresh import resolve_inputs
+from lmforge.tasks.data_stats import merge_file_stats
 from lmforge.tasks.dataset_writer import find_duplicates, write_dataset
 from lmforge.tasks.dedup import DuplicateReport
-from lmforge.tasks.warc_processing import FileResult, process_warc_file
 from lmforge.tasks.sample_corpus import build_sample_corpus
+from lmforge.tasks.warc_processing import FileResult, process_warc_file
+
+# Called as (files done, files in total, name of the file just finished), in the flow's process.
+ProgressListener = Callable[[int, int, str], None]
+_progress_listeners: list[ProgressListener] = []
+RESULTS_DIR = ".results"
 
 
-@task(name="process-warc-file", task_run_name="process {warc_path.name}")
-def process_warc_file_task(warc_path: Path, config: DataConfig, staging_dir: Path) -> FileResult:
+@contextlib.contextmanager
+def file_progress(listener: ProgressListener) -> Iterator[None]:
+    """Call `listener` each time a WARC file finishes while the block runs (the CLI's bar)."""
+    _progress_listeners.append(listener)
+    try:
+        yield
+    finally:
+        _progress_listeners.remove(listener)
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """lmforge's version plus a digest of the data-stage code (`lmforge.tasks`), so a cached
+    per-file result is never reused by code that would process the file differently."""
+    digest = hashlib.sha256(__version__.encode())
+    root = Path(lmforge.tasks.__file__).parent
+    for path in sorted(root.rglob("*")):
+        if path.suffix in (".py", ".txt", ".json") and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    return f"{__version__}+{digest.hexdigest()[:16]}"
+
+
+def file_cache_key(warc_path: str | Path, config: DataConfig) -> str:
+    """What decides a WARC file's per-file result: its content, the DataConfig, the code."""
+    path = Path(warc_path)
+    # Remote inputs are keyed by URL: crawl files are immutable once published.
+    content = sha256_file(path) if "://" not in str(warc_path) else str(warc_path)
+    config_json = json.dumps(config.to_dict(), sort_keys=True)
+    key = hashlib.sha256("\n".join((content, config_json, code_version())).encode())
+    return f"process-warc-file-{key.hexdigest()}"
+
+
+def _cache_key(context: TaskRunContext, parameters: Mapping[str, Any]) -> str:
+    return file_cache_key(parameters["warc_path"], parameters["config"])
+
+
+def _file_task_run_name() -> str:
+    from prefect.runtime import task_run
+
+    return f"process {_file_name(task_run.parameters['warc_path'])}"
+
+
+def _file_name(location: Path | str) -> str:
+    return Path(str(location)).name  # the last path component, of a path or a URL
+
+
+@task(
+    name="process-warc-file",
+    task_run_name=_file_task_run_name,
+    cache_key_fn=_cache_key,
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+)
+def process_warc_file_task(
+    warc_path: Path | str, config: DataConfig, staging_dir: Path
+) -> FileResult:
     return process_warc_file(warc_path, config, staging_dir)
 
 
 @flow(name="process-warc-files")
 def process_warc_files(
-    files: list[Path], config: DataConfig, staging_dir: Path
+    files: list[Path | str], config: DataConfig, staging_dir: Path
 ) -> list[FileResult]:
-    """Per-file work, mapped over the task runner chosen by the caller."""
-    futures = process_warc_file_task.map(
-        files, config=unmapped(config), staging_dir=unmapped(staging_dir)
+    """Per-file work, mapped over the task runner chosen by the caller. Results are persisted in
+    `staging_dir/.results`, beside the staged files they describe: a rerun after a crash finds
+    both, and removing the staging directory removes the cache with it."""
+    cached_task = process_warc_file_task.with_options(result_storage=results_storage(staging_dir))
+    futures = cached_task.map(files, config=unmapped(config), staging_dir=unmapped(staging_dir))
+    progress_id = create_progress_artifact(
+        progress=0.0, key="data-refresh-files", description=f"WARC files processed of {len(files)}"
     )
+    names = {future.task_run_id: _file_name(path) for future, path in zip(futures, files)}
+    for done, future in enumerate(as_completed(futures), start=1):
+        update_progress_artifact(progress_id, progress=100.0 * done / len(files))
+        for listener in list(_progress_listeners):
+            listener(done, len(files), names[future.task_run_id])
     return futures.result()
+
+
+def results_storage(staging_dir: Path) -> str:
+    """A storage block for `staging_dir/.results`, saved on the Prefect server (results must be
+    readable by any worker, so Prefect only takes saved blocks); its name follows the path."""
+    basepath = (staging_dir / RESULTS_DIR).resolve()
+    name = "lmforge-results-" + hashlib.sha256(str(basepath).encode()).hexdigest()[:16]
+    LocalFileSystem(basepath=str(basepath)).save(name, overwrite=True)
+    return f"local-file-system/{name}"
 
 
 @task(name="find-duplicates")
@@ -49,11 +149,108 @@ def write_dataset_task(
     return write_dataset(results, duplicates, out, config)
 
 
-def input_files(params: DataRefreshParams, out: Path) -> list[Path]:
-    """The user's WARC files, or the offline sample built beside the output directory."""
-    if params.input:
-        return resolve_inputs(params.input)
+def input_files(params: DataRefreshParams, out: Path) -> list[Path | str]:
+    """The user's WARC files (paths, globs, URLs, a crawl), or the offline sample built beside
+    the output directory."""
+    if params.input or params.crawl:
+        return params.input_files()
     return build_sample_corpus(out.parent / "sample")
+
+
+def stage_metrics(rows: Sequence[Mapping[str, Any]], languages: Mapping[str, int]) -> dict:
+    """MLflow metrics from the funnel: `docs_in/STEP`, `docs_out/STEP`, `bytes_in/STEP`,
+    `bytes_out/STEP`, `removed/STEP/REASON` and `lang/XX` (documents kept per language)."""
+    metrics: dict[str, float] = {}
+    for row in rows:
+        step = _metric_name(row["step"])
+        for field in ("docs_in", "docs_out", "bytes_in", "bytes_out"):
+            if row.get(field) is not None:
+                metrics[f"{field}/{step}"] = float(row[field])
+        for reason, n in row["reasons"].items():
+            metrics[f"removed/{step}/{_metric_name(reason.split(':', 1)[-1])}"] = float(n)
+    for lang, n in languages.items():
+        metrics[f"lang/{_metric_name(lang)}"] = float(n)
+    return metrics
+
+
+def _metric_name(text: str) -> str:
+    # MLflow allows alphanumerics, _ - . space / in metric names.
+    return "".join(c if c.isalnum() or c in "_-./" else "_" for c in str(text))
+
+
+def report_markdown(
+    rows: Sequence[Mapping[str, Any]], counts: Mapping[str, Any], files: int, out: Path,
+    mlflow_link: str,
+) -> str:  # fmt: skip
+    """The flow run's summary for people: funnel, languages, where the data and the run are."""
+    lines = [
+        "# data_refresh",
+        "",
+        f"**{counts['kept']:,} of {counts['responses']:,} responses kept** from {files} WARC "
+        f"files. Output: `{out}`. MLflow run: {mlflow_link}",
+        "",
+        "## Funnel",
+        "",
+        "| step | docs in | docs out | removed | bytes in | bytes out | top reasons |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        top = sorted(row["reasons"].items(), key=lambda kv: -kv[1])[:3]
+        reasons = ", ".join(f"{reason} {n}" for reason, n in top)
+        lines.append(
+            f"| {row['step']} | {row['docs_in']:,} | {row['docs_out']:,} | {row['removed']:,} "
+            f"| {_bytes(row['bytes_in'])} | {_bytes(row['bytes_out'])} | {reasons} |"
+        )
+    languages = counts.get("languages", {})
+    lines += ["", "## Languages kept", "", "| language | documents | share |", "|---|---:|---:|"]
+    total = sum(languages.values()) or 1
+    for lang, n in sorted(languages.items(), key=lambda kv: (-kv[1], kv[0]))[:30]:
+        lines.append(f"| {lang} | {n:,} | {100 * n / total:.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def _bytes(value: int | None) -> str:
+    return "" if value is None else f"{value / 1e6:,.2f} MB"
+
+
+def mlflow_run_link(run: mlflow.ActiveRun) -> str:
+    """A clickable link to the run on a tracking server, else how to open a local store."""
+    uri = mlflow.get_tracking_uri()
+    experiment, run_id = run.info.experiment_id, run.info.run_id
+    if uri.startswith("http"):
+        url = f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+        return f"[{run_id}]({url})"
+    return f"`{run_id}` (open with `mlflow ui --backend-store-uri {uri}`)"
+
+
+def log_stats(
+    manifest: Mapping[str, Any],
+    results: Sequence[FileResult],
+    config: DataConfig,
+    run: mlflow.ActiveRun,
+    out: Path,
+) -> None:
+    """Funnel and languages as MLflow metrics and PNG artifacts, a Prefect table artifact and a
+    markdown report artifact on the flow run. Per-step numbers come from the files' own
+    statistics (`merge_file_stats`), the dedup step from the manifest."""
+    steps = merge_file_stats(results).get("steps")
+    files = len(results)
+    counts = manifest["counts"]
+    filter_order = [f.name for f in config.filters()]
+    rows = plots.funnel_rows(counts, filter_order=filter_order, steps=steps)
+    languages = counts.get("languages", {})
+    mlflow.log_metrics(stage_metrics(rows, languages))
+    with plots.figure_files() as figures:
+        plots.removal_funnel(
+            counts, figures / "funnel.png", filter_order=filter_order, steps=steps
+        )
+        plots.language_histogram(languages, figures / "languages.png")
+        mlflow.log_artifacts(str(figures), artifact_path="plots")
+    table = [{k: v for k, v in row.items() if k != "reasons"} for row in rows]
+    publish_table("data-refresh-funnel", table, "Documents and bytes into and out of each step")
+    publish_markdown(
+        "data-refresh-report", report_markdown(rows, counts, files, out, mlflow_run_link(run))
+    )
 
 
 @flow(name="data_refresh", log_prints=True)
@@ -65,29 +262,20 @@ def data_refresh(
     out = Path(params.out).resolve()
     configure_tracking(out.parent, keep_existing=True)
     files = input_files(params, out)
-    config = DataConfig(
-        languages=tuple(params.languages) if params.languages else None,
-        min_lang_score=params.min_lang_score,
-    )
+    config = params.data_config()
+    runner = make_task_runner(params.runner, params.workers, params.dask_address)
     staging = out.parent / f".{out.name}.staging"
     staging.mkdir(parents=True, exist_ok=True)
-    with stage_run("data_refresh", {**params.model_dump(), "files": len(files)}, parent_run_id):
-        runner = make_task_runner("threads", params.workers)
+    run_params = {**params.model_dump(), "files": len(files)}
+    with stage_run("data_refresh", run_params, parent_run_id) as run:
+        mlflow.set_tag("lmforge.code_version", code_version())
         results = process_warc_files.with_options(task_runner=runner)(files, config, staging)
         duplicates = find_duplicates_task(results, config)
         manifest = write_dataset_task(results, duplicates, out, config)
         log_stage_manifest(out)
-        counts = manifest["counts"]
-        with plots.figure_files() as figures:
-            plots.removal_funnel(counts, figures / "funnel.png")
-            plots.language_histogram(counts.get("languages", {}), figures / "languages.png")
-            mlflow.log_artifacts(str(figures), artifact_path="plots")
-        publish_table("data-refresh-funnel", plots.funnel_rows(counts), "Documents per stage")
-        publish_markdown(
-            "data-refresh-summary",
-            f"# data_refresh\n\n{counts['kept']} of {counts['responses']} responses kept "
-            f"from {len(files)} WARC files.\n\nOutput: `{out}`",
-        )
+        log_stats(manifest, results, config, run, out)
+    # Only a finished dataset retires the staged files and their cached per-file results.
     shutil.rmtree(staging, ignore_errors=True)
+    counts = manifest["counts"]
     print(f"data_refresh: kept {counts['kept']} of {counts['responses']} responses -> {out}")
     return manifest

@@ -7,6 +7,7 @@ the flows' pydantic models, so the UI's Run button shows a form with their descr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
@@ -81,13 +82,16 @@ def register_deployments(
     schedule_active: bool = False,
     timezone: str = "UTC",
     working_dir: str | Path | None = None,
+    parameters: Mapping[str, dict] | None = None,
 ) -> list[UUID]:
     """Register (create or update) the five lmforge deployments on a process work pool.
 
     `data_refresh` gets the cron schedule `schedule_cron`, paused unless `schedule_active`
     (turn it on from the UI's deployment page). Flow runs start in `working_dir`, where relative
     parameters such as `work_dir=work/pipeline` resolve; without it a process worker runs each
-    flow in a temporary directory that it deletes afterwards. Needs a reachable Prefect API
+    flow in a temporary directory that it deletes afterwards. `parameters` (by flow name, e.g.
+    `{"pipeline": {"params": {...}}}`) become a deployment's defaults, which the UI's Quick run
+    uses and its Custom run form starts from. Needs a reachable Prefect API
     (`PREFECT_API_URL`). Returns the deployment ids in `deployment_specs()` order.
     """
     check_schedule(schedule_cron, timezone)
@@ -104,6 +108,7 @@ def register_deployments(
             name=spec.name,
             description=spec.description,
             schedules=schedules,
+            parameters=(parameters or {}).get(spec.flow.name),
             tags=["lmforge"],
             work_pool_name=work_pool,
             job_variables=job_variables,

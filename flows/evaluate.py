@@ -6,12 +6,20 @@ import json
 from pathlib import Path
 
 import mlflow
+from mlflow.tracking import MlflowClient
 from prefect import flow, task
 
 from lmforge.flows.params import EvalParams
 from lmforge.flows.reports import publish_markdown, publish_table
-from lmforge.flows.tracking import configure_tracking, log_stage_manifest, stage_run
-from lmforge.manifest import stage_output
+from lmforge.flows.registry import versions_of_run
+from lmforge.flows.tracking import (
+    configure_tracking,
+    find_stage_run,
+    log_stage_manifest,
+    stage_run,
+)
+from lmforge.manifest import MANIFEST_NAME, manifest_digest, stage_output
+from lmforge.tasks.benchmarks import benchmark_metrics, results_markdown, results_table
 from lmforge.tasks.evaluate import evaluate_checkpoint
 
 
@@ -25,7 +33,44 @@ def evaluate_task(params: EvalParams) -> dict:
         max_val_tokens=params.max_val_tokens,
         prompts=params.prompts,
         max_new_tokens=params.max_new_tokens,
+        benchmarks=params.tasks,
+        benchmark_options=benchmark_options(params),
     )
+
+
+def benchmark_options(params: EvalParams) -> dict:
+    options = {
+        "num_fewshot": params.num_fewshot,
+        "fewshot_sources": params.fewshot_from,
+        "seed": params.fewshot_seed,
+        "limit": params.benchmark_limit,
+    }
+    if params.benchmark_cache:
+        options["cache_dir"] = params.benchmark_cache
+    return options
+
+
+def model_lineage_tags(checkpoint: Path) -> dict[str, str]:
+    """Tags naming what was evaluated: the checkpoint (path, manifest digest), the training run
+    that wrote it and the registered model versions that run logged, when they can be found."""
+    tags = {"lmforge.checkpoint": str(checkpoint)}
+    if (checkpoint / MANIFEST_NAME).is_file():
+        tags["lmforge.checkpoint_manifest_sha256"] = manifest_digest(checkpoint)
+    training = find_stage_run(checkpoint)
+    if training is not None:
+        tags["lmforge.training_run_id"] = training.info.run_id
+        versions = versions_of_run(training.info.run_id)
+        if versions:
+            tags["lmforge.model_versions"] = ",".join(f"{v.name}:{v.version}" for v in versions)
+    return tags
+
+
+def link_model_versions(tags: dict[str, str], eval_run_id: str) -> None:
+    """Tag each evaluated registered version with this evaluation run, so lineage finds it."""
+    client = MlflowClient()
+    for entry in filter(None, tags.get("lmforge.model_versions", "").split(",")):
+        name, _, version = entry.rpartition(":")
+        client.set_model_version_tag(name, version, "lmforge.eval_run_id", eval_run_id)
 
 
 def scores(results: dict) -> dict[str, float]:
@@ -39,7 +84,9 @@ def evaluate(params: EvalParams = EvalParams(), parent_run_id: str | None = None
     checkpoint = Path(params.checkpoint).resolve()
     out = Path(params.out).resolve() if params.out else checkpoint.parent / "eval"
     configure_tracking(out.parent, keep_existing=True)
-    with stage_run("evaluate", params.model_dump(), parent_run_id):
+    with stage_run("evaluate", params.model_dump(), parent_run_id) as run:
+        lineage = model_lineage_tags(checkpoint)
+        mlflow.set_tags(lineage)
         results = evaluate_task(params)
         with stage_output(
             out, "evaluate", params.model_dump(), inputs=[params.checkpoint, params.shards]
@@ -54,6 +101,16 @@ def evaluate(params: EvalParams = EvalParams(), parent_run_id: str | None = None
         for paradigm, accuracy in (results.get("blimp") or {}).items():
             mlflow.log_metric(f"blimp.{paradigm}", accuracy)
         mlflow.log_dict(results, "results.json")
+        benchmarks = results.get("benchmarks") or {}
+        if benchmarks:
+            rows = results_table(benchmarks)
+            mlflow.log_metrics(benchmark_metrics(benchmarks))
+            mlflow.log_dict({"rows": rows}, "benchmarks/results_table.json")
+            mlflow.log_text(results_markdown(rows), "benchmarks/results_table.md")
+            publish_table("evaluate-benchmarks", rows, "Benchmark scores (± standard error)")
+            table = "# Benchmarks\n\n" + results_markdown(rows)
+            publish_markdown("evaluate-benchmarks-table", table)
+        link_model_versions(lineage, run.info.run_id)
         publish_table(
             "evaluate-scores",
             [{"metric": k, "value": round(v, 4)} for k, v in scores(results).items()],
@@ -62,7 +119,9 @@ def evaluate(params: EvalParams = EvalParams(), parent_run_id: str | None = None
         publish_markdown(
             "evaluate-samples",
             "# Sampled generations\n\n"
-            + "".join(f"**{s['prompt']}**{s['completion']}\n\n" for s in results.get("samples", [])),
+            + "".join(f"**{s['prompt']}**{s['completion']}\n\n" for s in results["samples"]),
         )
     print("evaluate: " + ", ".join(f"{k}={v:.4f}" for k, v in scores(results).items()))
+    for row in results_table(results.get("benchmarks") or {}):
+        print(f"  {row['task']}.{row['metric']} = {row['value']:.4f} ± {row['stderr']}")
     return results

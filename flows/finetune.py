@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import mlflow
-import mlflow.pytorch
-import numpy as np
-import torch
 from prefect import flow, task
 
 from lmforge.flows.params import FinetuneClassifierParams, FinetuneInstructParams
 from lmforge.flows.reports import publish_markdown, publish_table
-from lmforge.flows.tracking import MetricsLogger, configure_tracking, log_stage_manifest, stage_run
+from lmforge.flows.registry import example_ids, log_pt2_model
+from lmforge.flows.tracking import (
+    MetricsLogger,
+    configure_tracking,
+    find_stage_run,
+    log_stage_manifest,
+    stage_run,
+)
 from lmforge.manifest import manifest_digest
 from lmforge.model.checkpoint import load_model
 from lmforge.model.classifier import load_classifier
@@ -31,21 +34,6 @@ from lmforge.tasks.finetune_classify import ClassifierConfig, ClassifierResult
 from lmforge.tasks.finetune_classify import finetune_classifier as train_classifier
 from lmforge.tasks.finetune_instruct import InstructConfig, InstructResult
 from lmforge.tasks.finetune_instruct import finetune_instruct as train_instruct
-
-
-def find_base_run(base_model: Path) -> str | None:
-    """The newest MLflow run whose stage output is `base_model` (the pretrain run), if any."""
-    path = str(base_model.resolve())
-    if "'" in path:  # cannot be quoted in a filter string; lineage then needs parent_run_id
-        return None
-    runs = mlflow.search_runs(
-        search_all_experiments=True,
-        filter_string=f"tags.`lmforge.output_dir` = '{path}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-        output_format="list",
-    )
-    return runs[0].info.run_id if runs else None
 
 
 def base_model_lineage(
@@ -58,35 +46,12 @@ def base_model_lineage(
     """
     base = Path(base_model).resolve()
     tags = {"lmforge.base_model": str(base), "lmforge.base_model_digest": manifest_digest(base)}
-    base_run = find_base_run(base)
+    found = find_stage_run(base)
+    base_run = found.info.run_id if found else None
     if base_run:
         tags["lmforge.base_run_id"] = base_run
     parent = parent_run_id or (None if mlflow.active_run() else base_run)
     return parent, tags
-
-
-def register_model(
-    model: torch.nn.Module, example: np.ndarray, name: str, registered_name: str | None
-) -> Any:
-    """Log `model` as a pickle-free pt2 MLflow model; register it when `registered_name` is set."""
-    requirements = [f"torch>={torch.__version__.split('+')[0]}"]  # all a pt2 graph needs to load
-    return mlflow.pytorch.log_model(
-        model.cpu().eval(),
-        name=name,
-        input_example=example,
-        serialization_format="pt2",
-        pip_requirements=requirements,
-        registered_model_name=registered_name or None,
-    )
-
-
-def example_ids(max_len: int, pad_id: int | None = None) -> np.ndarray:
-    """Two rows of `<|endoftext|>` (id 0), right-padded with `pad_id` if given: two rows keep the
-    exported batch size free (an example of one row would fix it at 1)."""
-    example = np.zeros((2, max_len), dtype=np.int64)
-    if pad_id is not None:
-        example[:, max(1, max_len // 2) :] = pad_id
-    return example
 
 
 @task(name="finetune-classifier")
@@ -157,7 +122,7 @@ def finetune_classifier(
         classifier, labels = load_classifier(out)
         context = classifier.base.config.max_seq_len
         max_len = min(config.max_len or context, context)
-        info = register_model(
+        info = log_pt2_model(
             classifier,
             example_ids(max_len, classifier.pad_id),
             "classifier",
@@ -203,7 +168,7 @@ def finetune_instruct(params: FinetuneInstructParams, parent_run_id: str | None 
         result = instruct_task(config, run.info.run_id)
         log_stage_manifest(out, context="training")
         model = load_model(out)
-        info = register_model(
+        info = log_pt2_model(
             model, example_ids(model.config.max_seq_len), "model", params.registered_model_name
         )
         mlflow.log_metrics(result.metrics(), model_id=info.model_id)

@@ -5,9 +5,13 @@ Defaults here are the built-in demo's: small enough to finish on two CPU cores i
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:  # imported where used: the CLI builds its options without loading the tasks
+    from lmforge.tasks.data_config import DataConfig
 
 Preset = Literal["tiny", "small", "medium", "1b"]
 
@@ -29,7 +33,106 @@ class DataRefreshParams(StageParams):
     min_lang_score: float = Field(
         0.65, ge=0.0, le=1.0, description="Minimum fastText language score to keep a document."
     )
+    min_lang_scores: dict[str, float] | None = Field(
+        None,
+        description="Per-language minimum scores overriding min_lang_score, e.g. ja=0.5,en=0.7.",
+    )
+    crawl: str | None = Field(
+        None,
+        description="Common Crawl id (e.g. CC-MAIN-2025-08): stream WARC files of that crawl "
+        "(its warc.paths.gz listing), added to `input`.",
+    )
+    max_files: int | None = Field(
+        None, ge=1, description="Read only the first N WARC files of `crawl`."
+    )
+    crawl_base_url: str = Field(
+        "https://data.commoncrawl.org/",
+        description="Where crawl listings and WARC files are served (a mirror, or a test server).",
+    )
+    extractor: Literal["resiliparse", "trafilatura"] = Field(
+        "resiliparse",
+        description="Main-content extractor: resiliparse (fast) or trafilatura (needs the "
+        "trafilatura extra).",
+    )
+    lang_model: str | None = Field(
+        None,
+        description="fastText language-ID model file: lid.176.bin or a GlotLID model; empty uses "
+        "the bundled lid.176.ftz.",
+    )
+    blocked_domains: list[str] = Field(
+        default_factory=list,
+        description="Files of domains to drop (one per line; subdomains too), added to the "
+        "default list.",
+    )
+    blocked_urls: list[str] = Field(
+        default_factory=list, description="Files of URLs to drop (one per line)."
+    )
+    banned_url_words: list[str] = Field(
+        default_factory=list,
+        description="Files of words that drop a URL containing them as a word, added to the "
+        "default list.",
+    )
+    default_url_lists: bool = Field(
+        True, description="Use the URL block lists shipped with lmforge besides your own."
+    )
     workers: int = Field(0, ge=0, description="Files processed in parallel; 0 = one per core.")
+    runner: Literal["local", "dask", "threads"] = Field(
+        "local",
+        description="Where per-file work runs: local (a process per worker on this machine), "
+        "dask (a Dask cluster: dask_address, or a LocalCluster started for the run), or threads "
+        "(in this process; for small inputs).",
+    )
+    dask_address: str | None = Field(
+        None,
+        description="Address of a running Dask scheduler (e.g. tcp://10.0.0.5:8786) for "
+        "runner=dask; empty starts a LocalCluster with `workers` processes.",
+    )
+
+    @field_validator("min_lang_scores", mode="before")
+    @classmethod
+    def _parse_min_lang_scores(cls, value: object) -> object:
+        return parse_language_mapping(value, "min_lang_scores")
+
+    def data_config(self) -> DataConfig:
+        """The `DataConfig` these parameters describe (what decides which documents are kept)."""
+        from lmforge.tasks.data_config import DataConfig
+        from lmforge.tasks.filters import URLFilter
+        from lmforge.tasks.html_text import ExtractionConfig
+
+        return DataConfig(
+            languages=tuple(self.languages) if self.languages else None,
+            min_lang_score=self.min_lang_score,
+            min_lang_scores=self.min_lang_scores,
+            extraction=ExtractionConfig(extractor=self.extractor),
+            url_filter=URLFilter(
+                blocked_domain_files=tuple(self.blocked_domains),
+                blocked_url_files=tuple(self.blocked_urls),
+                banned_word_files=tuple(self.banned_url_words),
+                use_default_lists=self.default_url_lists,
+            ),
+            lang_model_path=self.lang_model,
+        )
+
+    def input_files(self) -> list[Path | str]:
+        """`input` and the first `max_files` files of `crawl`, resolved (local paths as Paths,
+        URLs as strings); see `lmforge.tasks.inputs.resolve_inputs` for the errors."""
+        from lmforge.tasks.inputs import resolve_inputs
+
+        return resolve_inputs(self.input, self.crawl, self.max_files, self.crawl_base_url)
+
+
+def parse_language_mapping(value: object, field: str) -> object:
+    """`en=0.7,ja=0.5` (the CLI's one string) -> {"en": "0.7", "ja": "0.5"} for pydantic to
+    type; a mapping (the UI, Python) passes through."""
+    if not isinstance(value, str):
+        return value
+    mapping = {}
+    for entry in filter(None, (part.strip() for part in value.split(","))):
+        lang, sep, number = entry.partition("=")
+        if not sep or not lang.strip():
+            raise ValueError(f"{field} entry {entry!r} is not LANG=VALUE (e.g. en=0.7,ja=0.5)")
+        mapping[lang.strip()] = number.strip()
+    return mapping
 
 
 class ShardParams(StageParams):
@@ -119,6 +222,15 @@ class TrainParams(StageParams):
     microbatches: int = Field(
         2, ge=1, description="Pipeline micro-batches per batch (strategy pipeline)."
     )
+    register_model: bool = Field(
+        True, description="Log the trained model to MLflow and register it in the Model Registry."
+    )
+    registered_model_name: str | None = Field(
+        None, description="Model Registry name; default: lmforge-<preset>."
+    )
+    model_alias: str | None = Field(
+        "candidate", description="Registry alias moved to the new version; empty: none."
+    )
 
 
 class EvalParams(StageParams):
@@ -140,6 +252,41 @@ class EvalParams(StageParams):
         description="Prompts for sampled generations.",
     )
     max_new_tokens: int = Field(48, ge=1, description="Tokens generated per prompt.")
+    tasks: dict[str, str] | None = Field(
+        None,
+        description="Benchmarks as NAME=PATH_OR_URL, comma-separated: hellaswag, arc_easy, "
+        "arc_challenge, piqa, lambada (e.g. hellaswag=hellaswag_val.jsonl,arc_easy=ARC-Easy-"
+        "Test.jsonl); a bare NAME downloads the published file.",
+    )
+    num_fewshot: int = Field(0, ge=0, description="Solved examples before each benchmark question.")
+    fewshot_from: dict[str, str] | None = Field(
+        None,
+        description="NAME=PATH_OR_URL of a train/validation file to draw few-shot examples from "
+        "(default: the task's own file, without the question).",
+    )
+    fewshot_seed: int = Field(1234, description="Seed of the few-shot example draw.")
+    benchmark_limit: int | None = Field(
+        None, ge=1, description="Score only the first N questions of each benchmark."
+    )
+    benchmark_cache: str | None = Field(
+        None, description="Directory for downloaded benchmark files (default: ~/.cache/lmforge)."
+    )
+
+    @field_validator("tasks", "fewshot_from", mode="before")
+    @classmethod
+    def _parse_task_sources(cls, value: object) -> object:
+        # The CLI hands over one string, `hellaswag=PATH,arc_easy`; the UI and Python a mapping.
+        if not isinstance(value, str):
+            return value
+        from lmforge.tasks.benchmark_formats import benchmark_task
+
+        sources = {}
+        for entry in filter(None, (part.strip() for part in value.split(","))):
+            name, sep, source = (part.strip() for part in entry.partition("="))
+            if sep and not source:
+                raise ValueError(f"benchmark {name!r} has an empty source: NAME=PATH_OR_URL")
+            sources[name] = source or benchmark_task(name).url
+        return sources
 
 
 class PipelineParams(StageParams):

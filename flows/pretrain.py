@@ -8,6 +8,7 @@ import mlflow
 from prefect import flow, task
 
 from lmforge.flows.params import TrainParams
+from lmforge.flows.registry import default_registered_name, register_checkpoint
 from lmforge.flows.reports import publish_markdown
 from lmforge.flows.tracking import (
     MetricsLogger,
@@ -44,6 +45,14 @@ def train_config(params: TrainParams) -> TrainConfig:
         grad_accum=params.grad_accum,
         microbatches=params.microbatches,
     )
+
+
+def tag_shards_input(manifest: dict) -> None:
+    """Tag the training run with the shards it read (path and manifest digest), for lineage."""
+    for item in manifest.get("inputs", []):
+        if item.get("stage") == "build_shards":
+            mlflow.set_tag("lmforge.shards", item["path"])
+            mlflow.set_tag("lmforge.shards_manifest_sha256", item.get("manifest_sha256", ""))
 
 
 def default_strategy(launch: TorchrunOptions) -> str:
@@ -95,8 +104,13 @@ def pretrain(params: TrainParams = TrainParams(), parent_run_id: str | None = No
             "seconds": round(result.seconds, 1),
         }
         if (out / "manifest.json").exists():  # absent when stopped early by stop_after
-            log_stage_manifest(out, context="training")
+            manifest = log_stage_manifest(out, context="training")
             mlflow.log_artifact(str(out / "model_config.json"), artifact_path="model")
+            tag_shards_input(manifest)
+            if params.register_model:
+                name = params.registered_model_name or default_registered_name(params.preset)
+                version = register_checkpoint(out, name, params.model_alias or None)
+                summary["registered_model"] = f"{name}:{version.version}"
         with plots.figure_files() as figures:
             plots.training_curves(history, figures / "loss.png")
             mlflow.log_artifacts(str(figures), artifact_path="plots")

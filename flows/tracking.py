@@ -101,7 +101,8 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
         if isinstance(value, Mapping):
             flat.update(flatten_params(value, prefix=f"{name}."))
         else:
-            text = json.dumps(value, default=str) if isinstance(value, (list, tuple)) else str(value)
+            is_list = isinstance(value, (list, tuple))
+            text = json.dumps(value, default=str) if is_list else str(value)
             flat[name] = text[:MAX_PARAM_CHARS]
     return flat
 
@@ -141,7 +142,8 @@ def log_dataset_input(item: Mapping[str, Any], context: str) -> None:
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(Path(path).as_uri() if "://" not in path else path)
     name = item.get("stage") or Path(path).name
-    dataset = MetaDataset(source=source, name=name, digest=digest[:DIGEST_CHARS] if digest else None)
+    short_digest = digest[:DIGEST_CHARS] if digest else None
+    dataset = MetaDataset(source=source, name=name, digest=short_digest)
     tags = {"sha256": digest} if digest else {}
     mlflow.log_input(dataset, context=context, tags=tags)
 
@@ -160,3 +162,18 @@ class MetricsLogger:
         timestamp = int(time.time() * 1000)
         batch = [Metric(k, float(v), timestamp, step) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
+
+
+def find_stage_run(output_dir: str | Path) -> mlflow.entities.Run | None:
+    """The newest MLflow run whose stage output (`lmforge.output_dir` tag) is `output_dir`."""
+    path = str(Path(output_dir).resolve())
+    if "'" in path:  # cannot be quoted in a filter string
+        return None
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.`lmforge.output_dir` = '{path}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    return runs[0] if runs else None

@@ -7,12 +7,13 @@ and the Python API share one set of names, defaults and descriptions.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from lmforge import __version__
 from lmforge.manifest import ManifestError
+from lmforge.servers import ServiceError
 
 # Offline by default: no telemetry calls from Prefect or MLflow (there may be no network at all).
 QUIET_ENVIRONMENT = {
@@ -118,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read WARC responses, extract main text, identify languages, apply quality "
         "filters, remove exact and near duplicates, write docs/ and removed/ as Parquet.",
     )
-    add_model_options(refresh, DataRefreshParams, required=("input",))
+    add_model_options(refresh, DataRefreshParams)
     refresh.set_defaults(handler=run_data_refresh)
 
     sample = data.add_parser(
@@ -182,6 +184,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_options(instruct, FinetuneInstructParams, required=("data",))
     instruct.set_defaults(handler=run_finetune_instruct)
+
+    lineage = commands.add_parser(
+        "lineage",
+        help="trace a registered model back to its evaluation, training, shards, data and WARCs",
+        description="Print the chain from a registered model version to the raw inputs: "
+        "evaluation run and scores, training run and parameters, shard manifest and tokenizer, "
+        "data run with filter statistics, input WARC files with digests — all read from MLflow "
+        "and the manifests it records.",
+    )
+    lineage.add_argument("model", metavar="MODEL", help="NAME, NAME:VERSION or NAME@ALIAS")
+    lineage.add_argument("--json", action="store_true", help="print the lineage as JSON")
+    lineage.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow store (default: MLFLOW_TRACKING_URI, else work/pipeline/mlflow.db)",
+    )
+    lineage.set_defaults(handler=run_lineage)
 
     export_parser = commands.add_parser("export", help="export a checkpoint for other tools")
     export = export_parser.add_subparsers(dest="export_command", metavar="COMMAND", required=True)
@@ -257,7 +276,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="turn the data_refresh schedule on now (default: paused until turned on in the UI)",
     )
     deploy.set_defaults(handler=run_deploy)
+    add_service_commands(commands)
     return parser
+
+
+def add_service_commands(commands: argparse._SubParsersAction) -> None:
+    """`up`, `down` and `status` of the local Prefect server, MLflow server and worker."""
+    state_help = "where pid files, logs and the servers' databases live (default: work/services)"
+    up = commands.add_parser(
+        "up",
+        help="start a local Prefect server, MLflow server and process worker on 127.0.0.1",
+        description="Start, detached, a Prefect server (UI + API), an MLflow tracking server "
+        "(SQLite store, local artifacts) and a Prefect process worker; register the deployments "
+        "so they appear in the UI; print the URLs and the variables to export. Services already "
+        "running are left alone.",
+    )
+    up.add_argument("--prefect-port", type=int, help="Prefect server port (default: 4200)")
+    up.add_argument("--mlflow-port", type=int, help="MLflow server port (default: 5000)")
+    up.add_argument("--work-pool", metavar="POOL", help="process work pool (default: lmforge)")
+    up.add_argument(
+        "--working-dir", default=".", metavar="DIR",
+        help="directory the worker runs flows in (default: the current directory)",
+    )
+    up.add_argument("--no-worker", action="store_true", help="start only the two servers")
+    up.set_defaults(handler=run_up)
+    down = commands.add_parser("down", help="stop the services `lmforge up` started")
+    down.set_defaults(handler=run_down)
+    status = commands.add_parser("status", help="show which local services run and answer")
+    status.set_defaults(handler=run_status)
+    for parser in (up, down, status):
+        parser.add_argument("--state-dir", default="work/services", metavar="DIR", help=state_help)
 
 
 CHECKPOINT_HELP = "a training output directory or one of its checkpoints/step-NNNNNN directories"
@@ -268,12 +316,50 @@ def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
-def check_inputs(patterns: Sequence[str]) -> None:
-    """Fail before a flow run starts when the input globs match nothing (the flow checks too)."""
-    if patterns:
-        from lmforge.tasks.data_refresh import resolve_inputs
+def check_inputs(
+    patterns: Sequence[str], crawl: str | None = None, max_files: int | None = None
+) -> None:
+    """Fail before a flow run starts when a local input matches nothing or the crawl id is
+    malformed (the flow checks too). Remote files are not fetched here: the run reports them."""
+    from lmforge.tasks.inputs import crawl_listing_url, is_remote, resolve_inputs
 
-        resolve_inputs(patterns)
+    if max_files is not None and crawl is None:
+        raise ValueError("--max-files limits a Common Crawl crawl: give --crawl CC-MAIN-YYYY-WW")
+    if crawl is not None:
+        crawl_listing_url(crawl)
+    local = [pattern for pattern in patterns if not is_remote(pattern)]
+    if local:
+        resolve_inputs(local)
+
+
+@contextlib.contextmanager
+def warc_progress_bar() -> Iterator[None]:
+    """A bar over finished WARC files on stderr while the data stage runs, shown only when
+    stderr is a terminal; log records go through the bar meanwhile, so lines never interleave."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    import logging
+
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from lmforge.flows.data_refresh import file_progress
+
+    bars: list[tqdm] = []
+
+    def advance(done: int, total: int, name: str) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="file", desc="WARC files", file=sys.stderr))
+        bars[0].set_postfix_str(name, refresh=False)
+        bars[0].update(done - bars[0].n)
+
+    try:
+        with logging_redirect_tqdm([logging.getLogger()]), file_progress(advance):
+            yield
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
@@ -282,7 +368,8 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
     params = params_from(args, PipelineParams)
     check_inputs(params.input)
-    summary = pipeline(params)
+    with warc_progress_bar():
+        summary = pipeline(params)
     print_json(summary)
     work = summary["work_dir"]
     print(
@@ -298,8 +385,11 @@ def run_data_refresh(args: argparse.Namespace) -> int:
     from lmforge.flows.params import DataRefreshParams
 
     params = params_from(args, DataRefreshParams)
-    check_inputs(params.input)
-    manifest = data_refresh(params)
+    if not params.input and params.crawl is None:
+        raise ValueError("nothing to read: give --input FILES/URLS or --crawl CC-MAIN-YYYY-WW")
+    check_inputs(params.input, params.crawl, params.max_files)
+    with warc_progress_bar():
+        manifest = data_refresh(params)
     print_json(manifest["counts"])
     return 0
 
@@ -351,6 +441,18 @@ def run_finetune_instruct(args: argparse.Namespace) -> int:
     from lmforge.flows.params import FinetuneInstructParams
 
     print_json(finetune_instruct(params_from(args, FinetuneInstructParams)))
+    return 0
+
+
+def run_lineage(args: argparse.Namespace) -> int:
+    from lmforge.lineage import build_lineage, format_lineage, use_tracking_uri
+
+    use_tracking_uri(args.tracking_uri)
+    lineage = build_lineage(args.model)
+    if args.json:
+        print_json(lineage)
+    else:
+        print(format_lineage(lineage))
     return 0
 
 
@@ -417,6 +519,43 @@ def run_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_up(args: argparse.Namespace) -> int:
+    from lmforge.servers import load_config, start_services
+
+    config = load_config(
+        args.state_dir, prefect_port=args.prefect_port, mlflow_port=args.mlflow_port,
+        work_pool=args.work_pool, working_dir=Path(args.working_dir),
+        start_worker=not args.no_worker,
+    )
+    start_services(config)
+    print(f"\nPrefect UI:  {config.prefect_url}\nMLflow UI:   {config.mlflow_url}")
+    print("\nSend flows to them (or `source " + str(config.state_dir / "env") + "`):")
+    for key, value in config.client_env().items():
+        print(f"  export {key}={value}")
+    print("Stop them:   lmforge down" + ("" if args.state_dir == "work/services"
+                                        else f" --state-dir {args.state_dir}"))
+    return 0
+
+
+def run_down(args: argparse.Namespace) -> int:
+    from lmforge.servers import load_config, stop_services
+
+    stopped = stop_services(load_config(args.state_dir))
+    print(f"Stopped: {', '.join(stopped)}" if stopped else "Nothing was running.")
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from lmforge.servers import load_config, service_status
+
+    status = service_status(load_config(args.state_dir))
+    for name, state in status.items():
+        word = "healthy" if state["healthy"] else "running" if state["running"] else "stopped"
+        pid = f"pid {state['pid']}" if state["pid"] else ""
+        print(f"{name:15} {word:8} {state['url']:28} {pid}")
+    return 0 if all(state["healthy"] for state in status.values()) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     for key, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
@@ -428,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return handler(args)
-    except (ValidationError, FileNotFoundError, ValueError, ManifestError) as error:
+    except (ValidationError, FileNotFoundError, ValueError, ManifestError, ServiceError) as error:
         if os.environ.get("LMFORGE_DEBUG"):
             raise
         print(f"lmforge {args.command}: error: {error}", file=sys.stderr)

@@ -8,6 +8,7 @@ what came out (files and digests), counts, the code version and the wall-clock s
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import shutil
@@ -21,6 +22,8 @@ from typing import Any
 from lmforge import __version__
 
 MANIFEST_NAME = "manifest.json"
+# Where a versioned stage directory keeps the manifests of its earlier versions.
+VERSIONS_DIR = "versions"
 
 
 class ManifestError(RuntimeError):
@@ -94,6 +97,12 @@ class StageWriter:
     counts: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     started_at: str = field(default_factory=utc_now)
+    # Versioned stages (`stage_version`): this version's number, the parent version's manifest
+    # (None for version 1), and parent outputs to leave out of the new manifest (files that
+    # are gone and were rebuilt under new names).
+    version: int = 1
+    parent: dict[str, Any] | None = None
+    retired_outputs: set[str] = field(default_factory=set)
 
     def manifest(self) -> dict[str, Any]:
         return build_manifest(
@@ -179,3 +188,102 @@ def replace_directory(new: Path, target: Path) -> None:
         shutil.rmtree(retired, ignore_errors=True)
     else:
         new.rename(target)
+
+
+def version_name(version: int) -> str:
+    """`v00003`: the tag a versioned stage puts in the names of the files of version 3."""
+    return f"v{version:05d}"
+
+
+def manifest_version(manifest: dict[str, Any]) -> int:
+    """The version a manifest describes; manifests from before versioning count as version 1."""
+    return int(manifest.get("version", 1))
+
+
+@contextlib.contextmanager
+def stage_version(
+    out_dir: str | Path,
+    stage: str,
+    params: dict[str, Any],
+    inputs: Iterable[str | Path | dict[str, Any]] = (),
+) -> Iterator[StageWriter]:
+    """Add the next version to a versioned stage directory, never rewriting earlier files.
+
+    Without a manifest in `out_dir` this is version 1, built like `stage_output` (a temporary
+    sibling renamed into place). Otherwise the current manifest is the parent (its stage must
+    be `stage`): leftovers of an unfinished version (files under sub-directories that the
+    parent does not list) are removed first, the body writes its new files into `out_dir`
+    itself (`writer.path`) under version-specific names (`version_name(writer.version)`), and
+    on success the parent's manifest is kept as `versions/vNNNNN.json` and a new manifest -
+    outputs = the parent's outputs + the new files, `version`, `parent_version` naming the
+    parent's manifest and its sha256 - replaces `manifest.json` atomically. That rename is the
+    commit: readers that go by the manifest never see a half-written version, and on error
+    the new files are removed. An exclusive lock beside `out_dir` keeps two writers apart.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = out_dir.parent / f".{out_dir.name}.lock"
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out_dir / MANIFEST_NAME).is_file():
+            with stage_output(out_dir, stage, params, inputs) as writer:
+                writer.extra.update({"version": 1, "parent_version": None})
+                yield writer
+            return
+        parent = read_manifest(out_dir)
+        if parent.get("stage") != stage:
+            raise ManifestError(
+                f"{out_dir} holds a {parent.get('stage')!r} output, not {stage!r}: "
+                "choose another output directory"
+            )
+        remove_uncommitted_files(out_dir, parent)
+        described = [item if isinstance(item, dict) else describe_input(item) for item in inputs]
+        writer = StageWriter(stage=stage, path=out_dir, params=params, inputs=described,
+                             version=manifest_version(parent) + 1, parent=parent)  # fmt: skip
+        try:
+            yield writer
+            _commit_version(out_dir, writer)
+        except BaseException:
+            remove_uncommitted_files(out_dir, parent)
+            raise
+
+
+def remove_uncommitted_files(stage_dir: Path, manifest: dict[str, Any]) -> list[Path]:
+    """Delete files under `stage_dir`'s sub-directories that `manifest` does not list (what an
+    unfinished version left behind), and directories left empty; returns the deleted files."""
+    listed = {entry["path"] for entry in manifest["outputs"]}
+    removed = []
+    for path in sorted(stage_dir.rglob("*"), reverse=True):  # children before their directory
+        relative = path.relative_to(stage_dir)
+        if len(relative.parts) < 2:
+            continue
+        if path.is_file() and str(relative) not in listed:
+            path.unlink()
+            removed.append(path)
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+    return removed
+
+
+def _commit_version(out_dir: Path, writer: StageWriter) -> None:
+    parent = writer.parent or {}
+    parent_outputs = [e for e in parent["outputs"] if e["path"] not in writer.retired_outputs]
+    parent_copy = out_dir / VERSIONS_DIR / f"{version_name(writer.version - 1)}.json"
+    parent_copy.parent.mkdir(exist_ok=True)
+    shutil.copyfile(out_dir / MANIFEST_NAME, parent_copy)
+    listed = {entry["path"] for entry in parent_outputs}
+    new_files = [
+        p for p in out_dir.rglob("*")
+        if p.is_file() and len(p.relative_to(out_dir).parts) > 1
+        and str(p.relative_to(out_dir)) not in listed
+    ]  # fmt: skip
+    manifest = build_manifest(out_dir, writer.stage, writer.params, writer.inputs, writer.counts,
+                              writer.extra, writer.started_at, files=new_files)  # fmt: skip
+    manifest["outputs"] = parent_outputs + manifest["outputs"]
+    manifest["version"] = writer.version
+    manifest["parent_version"] = {
+        "version": writer.version - 1,
+        "manifest": str(parent_copy.relative_to(out_dir)),
+        "sha256": sha256_file(parent_copy),
+    }
+    write_manifest(out_dir, manifest)

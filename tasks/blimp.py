@@ -6,9 +6,10 @@ stem (e.g. `adjunct_island.jsonl` -> `adjunct_island`). Scoring lives in `tasks/
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from lmforge.tasks.benchmark_formats import read_jsonl
 
 
 class BlimpFormatError(ValueError):
@@ -29,25 +30,14 @@ def load_paradigm(path: str | Path) -> list[MinimalPair]:
     """
     path = Path(path)
     pairs = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise BlimpFormatError(
-                    f"{path}:{line_number}: not valid JSON ({error.msg})"
-                ) from error
-            if not isinstance(record, dict):
-                raise BlimpFormatError(f"{path}:{line_number}: expected a JSON object")
-            sentences = [record.get(key) for key in ("sentence_good", "sentence_bad")]
-            if not all(isinstance(s, str) and s for s in sentences):
-                raise BlimpFormatError(
-                    f"{path}:{line_number}: needs non-empty string fields "
-                    "sentence_good and sentence_bad"
-                )
-            pairs.append(MinimalPair(good=sentences[0], bad=sentences[1]))
+    for line_number, record in read_jsonl(path, BlimpFormatError):
+        sentences = [record.get(key) for key in ("sentence_good", "sentence_bad")]
+        if not all(isinstance(s, str) and s for s in sentences):
+            raise BlimpFormatError(
+                f"{path}:{line_number}: needs non-empty string fields "
+                "sentence_good and sentence_bad"
+            )
+        pairs.append(MinimalPair(good=sentences[0], bad=sentences[1]))
     if not pairs:
         raise BlimpFormatError(f"{path} holds no minimal pairs")
     return pairs

@@ -4,6 +4,7 @@ trip so that flows, manifests and the CLI share one typed description."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,13 +16,16 @@ from lmforge.tasks.filters import (
     GopherQualityFilter,
     GopherRepetitionFilter,
     PIIFormatter,
+    URLFilter,
 )
 from lmforge.tasks.html_text import ExtractionConfig
+from lmforge.tasks.language_id import DEFAULT_VARIANT_GROUPS
 from lmforge.tasks.warc import DEFAULT_MAX_PAYLOAD_BYTES
 
 # Nested config classes by field name, to rebuild a DataConfig from its JSON form.
 _NESTED_CONFIGS: dict[str, type] = {
     "extraction": ExtractionConfig,
+    "url_filter": URLFilter,
     "gopher_repetition": GopherRepetitionFilter,
     "gopher_quality": GopherQualityFilter,
     "c4_quality": C4QualityFilter,
@@ -36,15 +40,22 @@ class DataConfig:
     """Everything that decides which documents the data stage keeps.
 
     `languages`: ISO codes to keep (None keeps all); `min_lang_score`: fastText probability
-    below which a document's language is too uncertain to keep; a filter set to None is off;
-    `pii` None keeps e-mail and IP addresses; `lang_model_path` None uses the bundled lid.176.
+    below which a document's language is too uncertain to keep, overridden per language by
+    `min_lang_scores` ({"ja": 0.5}); `extraction.extractor` picks the HTML extractor;
+    `url_filter` drops pages by URL before extraction; a filter set to None is off; `pii` None
+    keeps e-mail and IP addresses; `lang_model_path` None uses the bundled lid.176.ftz (a path
+    to lid.176.bin or a GlotLID model works too); `lang_variant_groups`: languages whose
+    probabilities add up into one score (Norwegian no/nn; see `language_id`).
     JSON round trip: `DataConfig.from_dict(json.loads(json.dumps(config.to_dict())))`.
     """
 
     languages: tuple[str, ...] | None = None
     min_lang_score: float = 0.65
+    min_lang_scores: Mapping[str, float] | None = None
+    lang_variant_groups: tuple[tuple[str, ...], ...] = DEFAULT_VARIANT_GROUPS
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     extraction: ExtractionConfig = ExtractionConfig()
+    url_filter: URLFilter | None = URLFilter()
     gopher_repetition: GopherRepetitionFilter | None = GopherRepetitionFilter()
     gopher_quality: GopherQualityFilter | None = GopherQualityFilter()
     c4_quality: C4QualityFilter | None = C4QualityFilter()
@@ -62,10 +73,23 @@ class DataConfig:
             object.__setattr__(self, "languages", languages)
         if not 0.0 <= self.min_lang_score <= 1.0:
             raise ValueError(f"min_lang_score must be in [0, 1], got {self.min_lang_score}")
+        if self.min_lang_scores is not None:
+            scores = {lang.strip().lower(): float(score)
+                      for lang, score in dict(self.min_lang_scores).items()}  # fmt: skip
+            bad = {lang: score for lang, score in scores.items() if not 0.0 <= score <= 1.0}
+            if bad:
+                raise ValueError(f"min_lang_scores must be in [0, 1], got {bad}")
+            object.__setattr__(self, "min_lang_scores", dict(sorted(scores.items())))
         if self.max_payload_bytes <= 0:
             raise ValueError(f"max_payload_bytes must be positive, got {self.max_payload_bytes}")
         if self.docs_per_part <= 0:
             raise ValueError(f"docs_per_part must be positive, got {self.docs_per_part}")
+
+    def min_score_for(self, lang: str) -> float:
+        """The minimum language-ID score a document identified as `lang` needs."""
+        if self.min_lang_scores and lang in self.min_lang_scores:
+            return self.min_lang_scores[lang]
+        return self.min_lang_score
 
     def filters(self) -> tuple[DocumentFilter, ...]:
         """The enabled quality filters, in the order they run (FineWeb's order)."""

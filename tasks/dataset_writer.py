@@ -1,9 +1,18 @@
-"""Steps 2 and 3 of the data stage, once over all files: find duplicates among the staged
-candidates, then write the final `docs/` and `removed/` parts and the manifest, after checking
-that kept + removed == responses."""
+"""Steps 2 and 3 of the data stage, once over all new files: find duplicates among the staged
+candidates and against the dataset already in the output directory, then add a dataset version
+- `docs/lang=xx/` and `removed/` parts, the version's dedup index rows and ledger - after
+checking that kept + removed == responses.
+
+A refresh into a directory that holds a dataset built with the same `DataConfig` adds a
+version (see `lmforge.tasks.dataset_versions` for the layout): input files whose sha256 is in
+the ledger are skipped, new documents are deduplicated against every document kept before, and
+old files are never rewritten. A directory holding a dataset built with other settings (or
+before datasets had versions) is replaced by a new version 1, as every refresh used to do.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -14,13 +23,43 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from lmforge.tasks.data_config import DataConfig
-from lmforge.tasks.dedup import DedupDocument, DuplicateReport
+from lmforge.tasks.dataset_versions import (
+    DOCS_DIR,
+    INDEX_DIR,
+    LANGUAGE_KEY,
+    LEDGER_DIR,
+    REMOVED_DIR,
+    add_counts,
+    has_dataset,
+    language_directory,
+    ledger,
+    write_ledger,
+)
+from lmforge.tasks.dedup import DedupDocument, DuplicateReport, KeptSignatures
 from lmforge.tasks.dedup import find_duplicates as find_duplicate_documents
+from lmforge.tasks.dedup_index import (
+    index_files,
+    index_is_usable,
+    index_table,
+    load_index,
+    rebuild_index,
+)
 from lmforge.tasks.warc_processing import DOC_SCHEMA, REMOVED_SCHEMA, FileResult
 
-from lmforge.manifest import describe_input, read_manifest, stage_output
+from lmforge.manifest import (
+    describe_input,
+    manifest_version,
+    read_manifest,
+    stage_output,
+    stage_version,
+    version_name,
+)
+
+log = logging.getLogger(__name__)
 
 STAGE_NAME = "data_refresh"
+# Kept documents are stored without `lang`: the partition directory says it.
+PARTITIONED_DOC_SCHEMA = DOC_SCHEMA.remove(DOC_SCHEMA.get_field_index(LANGUAGE_KEY))
 
 
 class AccountingError(RuntimeError):
@@ -31,13 +70,16 @@ class _CandidateDocuments:
     """The candidates of all files as DedupDocuments, re-readable (dedup iterates twice)."""
 
     def __init__(self, file_results: Sequence[FileResult]):
-        self.paths = [r.candidates_path for r in _in_order(file_results)]
+        self.files = [(r.candidates_path, r.warc_file) for r in _in_order(file_results)]
 
     def __iter__(self) -> Iterator[DedupDocument]:
-        for path in self.paths:
-            for batch in pq.ParquetFile(path).iter_batches(columns=["id", "text", "lang"]):
+        for path, warc_file in self.files:
+            # Small batches: dedup streams, it must not hold a file's text at once.
+            batch_rows = pq.ParquetFile(path).iter_batches(batch_size=512,
+                                                           columns=["id", "text", "lang"])
+            for batch in batch_rows:
                 for row in batch.to_pylist():
-                    yield DedupDocument(row["id"], row["text"], row["lang"])
+                    yield DedupDocument(row["id"], row["text"], row["lang"], warc_file)
 
 
 def _in_order(file_results: Sequence[FileResult]) -> list[FileResult]:
@@ -45,46 +87,125 @@ def _in_order(file_results: Sequence[FileResult]) -> list[FileResult]:
     return sorted(file_results, key=lambda r: r.warc_file)
 
 
-def find_duplicates(file_results: Sequence[FileResult], config: DataConfig) -> DuplicateReport:
-    """Exact and near duplicates among the candidates of all files (see `lmforge.tasks.dedup`)."""
-    return find_duplicate_documents(_CandidateDocuments(file_results), config.minhash)
+def continues_dataset(data_dir: str | os.PathLike[str] | None, config: DataConfig) -> bool:
+    """Whether a refresh into `data_dir` adds a version to the dataset there: it holds a
+    versioned `data_refresh` output built with the same settings."""
+    if data_dir is None or not has_dataset(data_dir):
+        return False
+    manifest = read_manifest(data_dir)
+    if manifest.get("stage") != STAGE_NAME or "version" not in manifest:
+        return False
+    try:
+        return DataConfig.from_dict(manifest["params"]) == config
+    except (TypeError, ValueError):
+        return False
+
+
+def new_file_results(
+    file_results: Sequence[FileResult], data_dir: str | os.PathLike[str] | None, config: DataConfig
+) -> list[FileResult]:
+    """The results, in order, whose WARC file the dataset in `data_dir` has not processed."""
+    done = ledger(data_dir) if continues_dataset(data_dir, config) else {}
+    return [r for r in _in_order(file_results) if r.sha256 not in done]
+
+
+def find_duplicates(
+    file_results: Sequence[FileResult],
+    config: DataConfig,
+    data_dir: str | os.PathLike[str] | None = None,
+) -> DuplicateReport:
+    """Exact and near duplicates among the candidates of all files (see `lmforge.tasks.dedup`).
+
+    With `data_dir` holding a dataset that this refresh continues (`continues_dataset`), files
+    it already processed are left out and the new documents are also deduplicated against its
+    kept documents, through its dedup index (rebuilt from the kept documents if missing)."""
+    results = new_file_results(file_results, data_dir, config)
+    prior, base_version = None, 0
+    if continues_dataset(data_dir, config):
+        prior = load_index(data_dir, config.minhash)
+        base_version = manifest_version(read_manifest(data_dir))
+    report = find_duplicate_documents(_CandidateDocuments(results), config.minhash, prior)
+    report.base_version = base_version
+    return report
 
 
 class _PartWriter:
-    """Writes `part-00000.parquet`, `part-00001.parquet`, ... of at most `rows_per_part` rows;
-    at least one part, so an empty result is still a readable, typed dataset."""
+    """Writes `<prefix>00000.parquet`, `<prefix>00001.parquet`, ... of at most `rows_per_part`
+    rows, created on the first row (`close(always=True)` writes an empty, typed part if none)."""
 
-    def __init__(self, directory: Path, schema: pa.Schema, rows_per_part: int):
+    def __init__(self, directory: Path, prefix: str, schema: pa.Schema, rows_per_part: int):
         self.directory = directory
+        self.prefix = prefix
         self.schema = schema
         self.rows_per_part = rows_per_part
         self.parts = 0
         self.rows_in_part = 0
+        self.path: Path | None = None
         self.writer: pq.ParquetWriter | None = None
-        directory.mkdir(parents=True, exist_ok=True)
 
-    def write(self, table: pa.Table) -> None:
+    def write(self, table: pa.Table) -> list[tuple[Path, int]]:
+        """Write the rows; returns (part path, row in part) for each."""
+        spots = []
         offset = 0
         while offset < table.num_rows:
             if self.writer is None or self.rows_in_part >= self.rows_per_part:
                 self._next_part()
             take = min(self.rows_per_part - self.rows_in_part, table.num_rows - offset)
             self.writer.write_table(table.slice(offset, take))
+            spots.extend((self.path, self.rows_in_part + i) for i in range(take))
             self.rows_in_part += take
             offset += take
+        return spots
 
     def _next_part(self) -> None:
         if self.writer is not None:
             self.writer.close()
-        path = self.directory / f"part-{self.parts:05d}.parquet"
-        self.writer = pq.ParquetWriter(path, self.schema)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / f"{self.prefix}{self.parts:05d}.parquet"
+        self.writer = pq.ParquetWriter(self.path, self.schema)
         self.parts += 1
         self.rows_in_part = 0
 
-    def close(self) -> None:
-        if self.writer is None:
+    def close(self, always: bool = False) -> None:
+        if self.writer is None and always:
             self._next_part()
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+class _DocumentParts:
+    """Kept documents into `docs/lang=xx/part-vNNNNN-MMMMM.parquet`, one writer per language."""
+
+    def __init__(self, root: Path, version: int, rows_per_part: int):
+        self.root = root
+        self.prefix = f"part-{version_name(version)}-"
+        self.rows_per_part = rows_per_part
+        self.writers: dict[str, _PartWriter] = {}
+
+    def write(self, table: pa.Table) -> list[tuple[Path, int]]:
+        """Write rows (with their `lang` column); returns (part path, row) per row, in order."""
+        langs = table.column(LANGUAGE_KEY).to_pylist()
+        spots: list[tuple[Path, int] | None] = [None] * table.num_rows
+        for lang in dict.fromkeys(langs):
+            rows = [i for i, value in enumerate(langs) if value == lang]
+            directory = language_directory(lang)
+            if directory not in self.writers:
+                self.writers[directory] = _PartWriter(
+                    self.root / DOCS_DIR / directory, self.prefix, PARTITIONED_DOC_SCHEMA,
+                    self.rows_per_part,
+                )
+            subset = table.take(pa.array(rows, pa.int64())).drop_columns([LANGUAGE_KEY])
+            for row, spot in zip(rows, self.writers[directory].write(subset), strict=True):
+                spots[row] = spot
+        return spots
+
+    def close(self, always: bool) -> None:
+        if not self.writers and always:  # an empty dataset is still a readable, typed one
+            self.writers[language_directory(None)] = _PartWriter(
+                self.root / DOCS_DIR / language_directory(None), self.prefix,
+                PARTITIONED_DOC_SCHEMA, self.rows_per_part)  # fmt: skip
+        for writer in self.writers.values():
+            writer.close(always=always)
 
 
 def write_dataset(
@@ -94,98 +215,167 @@ def write_dataset(
     config: DataConfig,
     inputs: Sequence[str | os.PathLike[str] | dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Write `out_dir/docs/part-*.parquet`, `out_dir/removed/part-*.parquet` and the manifest
-    atomically (via `stage_output`); return the manifest.
+    """Add a dataset version to `out_dir` - `docs/lang=xx/part-vNNNNN-*.parquet`,
+    `removed/part-vNNNNN-*.parquet`, `index/vNNNNN.parquet`, `ledger/vNNNNN.parquet` - and
+    commit it by replacing the manifest atomically (`stage_version`); return the manifest.
 
+    Files already in the ledger are skipped; with nothing new the current manifest is returned
+    unchanged. `duplicates` is recomputed here when it was not computed against this
+    directory's current version (e.g. `find_duplicates` was called without `data_dir`).
     `inputs` describe the WARC files in the manifest (default: the files of `file_results`,
     using the digests computed while processing them). Raises AccountingError, leaving
-    `out_dir` untouched, if kept + removed differs from the responses read or a duplicate
+    `out_dir` as it was, if kept + removed differs from the responses read or a duplicate
     names a document that is not among the candidates.
     """
-    results = _in_order(file_results)
-    described = _describe_inputs(results, inputs)
+    out_dir = Path(out_dir)
+    continuing = continues_dataset(out_dir, config)
+    if has_dataset(out_dir) and not continuing:
+        log.warning("%s holds a dataset built with other settings (or before versions): "
+                    "replacing it with a new version 1", out_dir)  # fmt: skip
+    results = new_file_results(file_results, out_dir, config)
+    base_version = manifest_version(read_manifest(out_dir)) if continuing else 0
+    if continuing and not results:
+        log.info("%s: every input file is already in the dataset; no new version", out_dir)
+        return read_manifest(out_dir)
+    candidates = sum(r.stats["candidates"] for r in results)
+    if (duplicates.base_version != base_version or duplicates.kept is None
+            or duplicates.stats.get("documents") != candidates):  # fmt: skip
+        duplicates = find_duplicates(results, config, out_dir if continuing else None)
+    done = ledger(out_dir) if continuing else {}
+    described = [item for item in _describe_inputs(results, inputs)
+                 if item.get("sha256") not in done]  # fmt: skip
+    if continuing:
+        context = stage_version(out_dir, STAGE_NAME, config.to_dict(), described)
+    else:
+        context = stage_output(out_dir, STAGE_NAME, config.to_dict(), described)
+    with context as writer:
+        _write_version(writer, results, duplicates, config, continuing)
+    return read_manifest(out_dir)
+
+
+def _write_version(writer, results: list[FileResult], duplicates: DuplicateReport,
+                   config: DataConfig, continuing: bool) -> None:  # fmt: skip
+    """The body of one version: parts, index, ledger, counts (see `write_dataset`)."""
+    root, version = writer.path, writer.version
+    if not continuing:
+        writer.extra.update({"version": 1, "parent_version": None})
+    tag = version_name(version)
     duplicate_by_id = duplicates.by_id()
+    kept_rows = duplicates.kept.row_of()
     removed_by_stage: dict[str, Counter[str]] = {}
     languages: Counter[str] = Counter()
-    kept = removed = bytes_out = 0
-    seen_duplicates = 0
-    with stage_output(out_dir, STAGE_NAME, config.to_dict(), described) as writer:
-        docs = _PartWriter(writer.path / "docs", DOC_SCHEMA, config.docs_per_part)
-        removed_parts = _PartWriter(writer.path / "removed", REMOVED_SCHEMA, config.docs_per_part)
-        for result in results:
-            for batch in pq.ParquetFile(result.candidates_path).iter_batches():
-                table = pa.Table.from_batches([batch], DOC_SCHEMA)
-                ids = table.column("id").to_pylist()
-                is_duplicate = pa.array([doc_id in duplicate_by_id for doc_id in ids])
-                keep = table.filter(pc.invert(is_duplicate))
-                docs.write(keep)
-                kept += keep.num_rows
-                languages.update(keep.column("lang").to_pylist())
-                bytes_out += sum(
-                    len(text.encode("utf-8")) for text in keep.column("text").to_pylist()
-                )
-                dropped = table.filter(is_duplicate).select(
-                    ["id", "url", "warc_file", "lang", "warc_offset"]
-                )
-                rows = []
-                for row in dropped.to_pylist():
-                    duplicate = duplicate_by_id[row["id"]]
-                    removed_by_stage.setdefault("dedup", Counter())[duplicate.reason] += 1
-                    rows.append({**row, "stage": "dedup", "reason": duplicate.reason,
-                                 "duplicate_of": duplicate.duplicate_of})  # fmt: skip
-                seen_duplicates += len(rows)
-                removed += len(rows)
-                removed_parts.write(pa.Table.from_pylist(rows, REMOVED_SCHEMA))
-            for batch in pq.ParquetFile(result.removed_path).iter_batches():
-                table = pa.Table.from_batches([batch], REMOVED_SCHEMA)
-                for stage, reason in zip(
-                    table.column("stage").to_pylist(),
-                    table.column("reason").to_pylist(),
-                    strict=True,
-                ):
-                    removed_by_stage.setdefault(stage, Counter())[reason] += 1
-                removed += table.num_rows
-                removed_parts.write(table)
-        docs.close()
-        removed_parts.close()
+    kept = removed = bytes_out = seen_duplicates = 0
+    index_spots: list[tuple[int, str, Path, int]] = []  # (kept row, lang, part, row in part)
+    docs = _DocumentParts(root, version, config.docs_per_part)
+    removed_parts = _PartWriter(root / REMOVED_DIR, f"part-{tag}-", REMOVED_SCHEMA,
+                                config.docs_per_part)  # fmt: skip
+    for result in results:
+        for batch in pq.ParquetFile(result.candidates_path).iter_batches():
+            table = pa.Table.from_batches([batch], DOC_SCHEMA)
+            ids = table.column("id").to_pylist()
+            is_duplicate = pa.array([doc_id in duplicate_by_id for doc_id in ids])
+            keep = table.filter(pc.invert(is_duplicate))
+            keep_langs = keep.column(LANGUAGE_KEY).to_pylist()
+            for doc_id, lang, (part, row) in zip(keep.column("id").to_pylist(), keep_langs,
+                                                 docs.write(keep), strict=True):  # fmt: skip
+                index_spots.append((kept_rows[doc_id], lang, part, row))
+            kept += keep.num_rows
+            languages.update(keep_langs)
+            bytes_out += sum(len(text.encode("utf-8")) for text in keep.column("text").to_pylist())
+            dropped = table.filter(is_duplicate).select(
+                ["id", "url", "warc_file", "lang", "warc_offset"]
+            )
+            rows = []
+            for row in dropped.to_pylist():
+                duplicate = duplicate_by_id[row["id"]]
+                removed_by_stage.setdefault("dedup", Counter())[duplicate.reason] += 1
+                rows.append({**row, "stage": "dedup", "reason": duplicate.reason,
+                             "duplicate_of": duplicate.duplicate_of})  # fmt: skip
+            seen_duplicates += len(rows)
+            removed += len(rows)
+            removed_parts.write(pa.Table.from_pylist(rows, REMOVED_SCHEMA))
+        for batch in pq.ParquetFile(result.removed_path).iter_batches():
+            table = pa.Table.from_batches([batch], REMOVED_SCHEMA)
+            for stage, reason in zip(table.column("stage").to_pylist(),
+                                     table.column("reason").to_pylist(), strict=True):  # fmt: skip
+                removed_by_stage.setdefault(stage, Counter())[reason] += 1
+            removed += table.num_rows
+            removed_parts.write(table)
+    docs.close(always=version == 1)
+    removed_parts.close(always=True)
 
-        responses = sum(r.stats["responses"] for r in results)
-        if seen_duplicates != len(duplicate_by_id):
-            raise AccountingError(
-                f"{len(duplicate_by_id) - seen_duplicates} duplicates name documents that are "
-                "not among the candidates: the duplicate report is from another run"
-            )
-        if kept + removed != responses:
-            raise AccountingError(
-                f"kept ({kept}) + removed ({removed}) != responses ({responses}): "
-                f"{responses - kept - removed} documents vanished or were counted twice"
-            )
-        read_errors = [
-            {"warc_file": r.warc_file, **error} for r in results for error in r.stats["read_errors"]
-        ]
-        writer.counts = {
-            "warc_files": len(results),
-            "responses": responses,
-            "kept": kept,
-            "removed": removed,
-            "removed_by_stage": {s: sum(c.values()) for s, c in sorted(removed_by_stage.items())},
-            "removed_by_reason": {
-                s: dict(sorted(c.items())) for s, c in sorted(removed_by_stage.items())
-            },
-            "read_errors": len(read_errors),
-            "languages": dict(languages.most_common()),
-            "bytes_in": sum(r.stats["payload_bytes"] for r in results),
-            "bytes_out": bytes_out,
-            "dedup": duplicates.stats,
-        }
-        writer.extra["read_errors"] = read_errors
-    return read_manifest(out_dir)
+    responses = sum(r.stats["responses"] for r in results)
+    if seen_duplicates != len(duplicate_by_id):
+        raise AccountingError(
+            f"{len(duplicate_by_id) - seen_duplicates} duplicates name documents that are "
+            "not among the candidates: the duplicate report is from another run"
+        )
+    if kept + removed != responses:
+        raise AccountingError(
+            f"kept ({kept}) + removed ({removed}) != responses ({responses}): "
+            f"{responses - kept - removed} documents vanished or were counted twice"
+        )
+    _write_index(writer, duplicates, index_spots, config, continuing)
+    write_ledger(root / LEDGER_DIR / f"{tag}.parquet", writer.inputs, version)
+
+    read_errors = [
+        {"warc_file": r.warc_file, **error} for r in results for error in r.stats["read_errors"]
+    ]
+    version_counts = {
+        "warc_files": len(results),
+        "responses": responses,
+        "kept": kept,
+        "removed": removed,
+        "removed_by_stage": {s: sum(c.values()) for s, c in sorted(removed_by_stage.items())},
+        "removed_by_reason": {
+            s: dict(sorted(c.items())) for s, c in sorted(removed_by_stage.items())
+        },
+        "read_errors": len(read_errors),
+        "languages": dict(languages.most_common()),
+        "bytes_in": sum(r.stats["payload_bytes"] for r in results),
+        "bytes_out": bytes_out,
+        "dedup": duplicates.stats,
+    }
+    parent = writer.parent or {}
+    totals = add_counts({k: v for k, v in parent.get("counts", {}).items() if k != "dedup"},
+                        {k: v for k, v in version_counts.items() if k != "dedup"})  # fmt: skip
+    totals["languages"] = dict(Counter(totals["languages"]).most_common())
+    writer.counts = {**totals, "dedup": duplicates.stats}
+    writer.inputs = parent.get("inputs", []) + writer.inputs
+    writer.extra["version_counts"] = version_counts
+    writer.extra["read_errors"] = parent.get("read_errors", []) + read_errors
+
+
+def _write_index(writer, duplicates: DuplicateReport, spots: list[tuple[int, str, Path, int]],
+                 config: DataConfig, continuing: bool) -> None:  # fmt: skip
+    """`index/vNNNNN.parquet`: rows of the documents kept by this version, numbered after the
+    earlier ones; when the earlier index files are gone (or from other settings), the rows
+    rebuilt from the kept documents come first and the old files leave the manifest."""
+    root = writer.path
+    prior = duplicates.stats.get("prior_documents", 0)
+    tables = []
+    if continuing and not index_is_usable(root, config.minhash):
+        tables.append(rebuild_index(root, config.minhash))
+        writer.retired_outputs.update(str(p.relative_to(root)) for p in index_files(root))
+    kept: KeptSignatures = duplicates.kept
+    rows = [spot[0] for spot in spots]
+    subset = KeptSignatures([kept.ids[r] for r in rows], kept.keys[rows], kept.bands[rows],
+                            kept.has_bands[rows])  # fmt: skip
+    tables.append(index_table(subset, range(prior, prior + len(rows)),
+                              [spot[1] for spot in spots],
+                              [str(spot[2].relative_to(root)) for spot in spots],
+                              [spot[3] for spot in spots], config.minhash))  # fmt: skip
+    path = root / INDEX_DIR / f"{version_name(writer.version)}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.concat_tables(tables), path)
 
 
 def _describe_inputs(
     results: Sequence[FileResult],
     inputs: Sequence[str | os.PathLike[str] | dict[str, Any]] | None,
 ) -> list[dict[str, Any]]:
+    """Each input as `{"path", "bytes", "sha256"}`, reusing the digests computed while
+    processing (inputs that are URLs are matched by their text, local paths resolved)."""
     by_path = {r.warc_path: r for r in results}
     items = inputs if inputs is not None else [r.warc_path for r in results]
     described = []
@@ -193,12 +383,10 @@ def _describe_inputs(
         if isinstance(item, dict):
             described.append(item)
             continue
-        path = Path(item).resolve()
-        result = by_path.get(str(path))
-        if result is None:
-            described.append(describe_input(path))
+        text = os.fspath(item)
+        result = by_path.get(text) or by_path.get(str(Path(text).resolve()))
+        if result is not None:
+            described.append(result.input_description())
         else:
-            described.append(
-                {"path": str(path), "bytes": path.stat().st_size, "sha256": result.sha256}
-            )
+            described.append(describe_input(text))
     return described

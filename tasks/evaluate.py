@@ -8,7 +8,7 @@ tested with stand-in models; `evaluate_checkpoint` wires them to a saved checkpo
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,17 +132,31 @@ def split_bytes_per_token(shards_manifest: dict[str, Any], split: str = "val") -
 # --- BLiMP --------------------------------------------------------------------------------------
 
 
-@torch.inference_mode()
 def sequence_log_probs(
     model: torch.nn.Module, sequences: Sequence[Sequence[int]], pad_id: int, batch_size: int
 ) -> list[float]:
-    """Total log-probability (nats) of each sequence's tokens after its first, which is context.
+    """Total log-probability (nats) of each sequence's tokens after its first, which is context."""
+    scored = continuation_scores(model, sequences, [1] * len(sequences), pad_id, batch_size)
+    return [log_prob for log_prob, _ in scored]
 
-    Sequences are grouped by length to limit padding, padded at the end (a causal model never
-    looks right, so padding changes nothing before it), and padded targets carry no loss.
+
+@torch.inference_mode()
+def continuation_scores(
+    model: torch.nn.Module,
+    sequences: Sequence[Sequence[int]],
+    context_lengths: Sequence[int],
+    pad_id: int,
+    batch_size: int,
+) -> list[tuple[float, bool]]:
+    """(log-probability in nats, greedy?) of each sequence's tokens after its first
+    `context_lengths[i]`; greedy means every one of them is the model's argmax prediction.
+
+    One forward pass per batch over context + continuation (no KV cache needed). Sequences are
+    grouped by length to limit padding, padded at the end (a causal model never looks right, so
+    padding changes nothing before it), and padded or context targets carry no loss.
     """
     device = model_device(model)
-    scores = [0.0] * len(sequences)
+    scores: list[tuple[float, bool]] = [(0.0, True)] * len(sequences)
     by_length = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     for start in range(0, len(by_length), batch_size):
         chosen = by_length[start : start + batch_size]
@@ -151,16 +165,26 @@ def sequence_log_probs(
         targets = torch.full((len(chosen), width - 1), IGNORE_INDEX, dtype=torch.long)
         for row, i in enumerate(chosen):
             sequence = torch.as_tensor(sequences[i], dtype=torch.long)
+            context = context_lengths[i]
+            if not 1 <= context < len(sequence):
+                raise EvaluationError(
+                    f"sequence {i} has {len(sequence)} tokens and a context of {context}: "
+                    "it needs at least one context and one continuation token"
+                )
             tokens[row, : len(sequence)] = sequence
-            targets[row, : len(sequence) - 1] = sequence[1:]
+            targets[row, context - 1 : len(sequence) - 1] = sequence[context:]
         logits = model(tokens[:, :-1].to(device)).float()
+        targets = targets.to(device)
         # Flattened rows, not a (B, V, T) transpose: the strided layout is ~5x slower on CPU.
         nll = F.cross_entropy(
-            logits.flatten(0, 1), targets.to(device).flatten(), ignore_index=IGNORE_INDEX,
-            reduction="none",
+            logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
         ).view(len(chosen), width - 1)
-        for index, total in zip(chosen, (-nll.sum(dim=1)).tolist(), strict=True):
-            scores[index] = total
+        scored = targets != IGNORE_INDEX
+        greedy = ((logits.argmax(dim=-1) == targets) | ~scored).all(dim=1)
+        for index, total, is_greedy in zip(
+            chosen, (-nll.sum(dim=1)).tolist(), greedy.tolist(), strict=True
+        ):
+            scores[index] = (total, is_greedy)
     return scores
 
 
@@ -257,14 +281,20 @@ def evaluate_checkpoint(
     top_k: int | None = 50,
     seed: int = 0,
     device: str = "cpu",
+    benchmarks: Mapping[str, str] | None = None,
+    benchmark_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score a saved model on the shards' val split, optionally BLiMP, and sample completions.
+    """Score a saved model on the shards' val split, optionally BLiMP and benchmarks, and sample
+    completions.
 
     `checkpoint_dir` is a training output or a `checkpoints/step-NNNNNN` directory; the
     tokenizer is its `tokenizer.json`, else the shards'. `seq_len` defaults to the model's
-    context length; `batch_size` counts validation windows, `blimp_batch_size` sentences.
+    context length; `batch_size` counts validation windows, `blimp_batch_size` sentences
+    (BLiMP sentences and benchmark continuations).
     Returns val_loss, val_ppl, val_bpb, val_tokens, samples, and blimp_acc plus
-    per-paradigm blimp when `blimp_dir` is given.
+    per-paradigm blimp when `blimp_dir` is given, and `benchmarks` (task -> metrics) for the
+    `name: path or URL` tasks of `benchmarks`, scored by `tasks.benchmarks.evaluate_benchmarks`
+    with `benchmark_options` (num_fewshot, fewshot_sources, seed, limit, cache_dir).
 
     Raises EvaluationError when the tokenizer is not the one the shards were built with, or its
     vocabulary differs from the model's; ManifestError for a shards directory without manifest.
@@ -299,6 +329,17 @@ def evaluate_checkpoint(
         paradigms = load_blimp(blimp_dir)
         results.update(
             blimp_accuracy(model, tokenizer, paradigms, blimp_batch_size, blimp_max_pairs)
+        )
+    if benchmarks:
+        from lmforge.tasks.benchmarks import evaluate_benchmarks
+
+        results["benchmarks"] = evaluate_benchmarks(
+            model,
+            tokenizer,
+            benchmarks,
+            batch_size=blimp_batch_size,
+            max_length=model.config.max_seq_len,
+            **(benchmark_options or {}),
         )
     results["samples"] = sample_generations(
         model, tokenizer, prompts, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed

@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
+
+from lmforge.tasks.dataset_versions import read_documents
 
 from lmforge.manifest import read_manifest, stage_output
 from lmforge.model.checkpoint import load_model
@@ -142,7 +143,7 @@ def documents_with_labels(data_dir: str | Path, label_from: LabelSource) -> list
     docs = Path(data_dir) / "docs"
     if not docs.is_dir():
         raise FinetuneDataError(f"{data_dir} has no docs/ directory: it is not a data-stage output")
-    table = pq.read_table(docs, columns=["url", "text", "source"])
+    table = read_documents(data_dir, ["url", "text", "source"])  # committed versions only
     examples = []
     for url, text, source in zip(*(table.column(c).to_pylist() for c in ("url", "text", "source"))):
         label = url_section(url) if label_from == "section" else source

@@ -15,7 +15,9 @@ matplotlib.use("Agg")  # headless: workers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 # The order records flow through the data stage; a funnel shows what each step removed.
-FUNNEL_STAGES = ("read", "extract", "language", "quality", "dedup")
+FUNNEL_STAGES = ("read", "extract", "url", "language", "quality", "dedup")
+# Quality reasons are `filter_name:rule`; without a given order the filters run in this one.
+QUALITY_FILTERS = ("gopher_repetition", "gopher_quality", "c4_quality", "fineweb_quality")
 
 
 @contextlib.contextmanager
@@ -25,28 +27,102 @@ def figure_files() -> Iterator[Path]:
         yield Path(tmp)
 
 
-def funnel_rows(counts: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Documents left after each step of the data stage, from a data manifest's counts."""
-    removed = counts.get("removed_by_stage", {})
+def funnel_rows(
+    counts: Mapping[str, Any],
+    filter_order: Sequence[str] = QUALITY_FILTERS,
+    steps: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Documents and bytes into and out of each step of the data stage, from a data manifest's
+    counts; the quality step is split into its filters (in `filter_order`).
+
+    Each row: `step`, `docs_in`, `docs_out`, `removed`, `bytes_in`, `bytes_out`, `reasons`
+    (`{reason: documents}`). Per-step statistics of the per-file work (`steps`, else
+    `counts["steps"]`: `{step: {docs_in, docs_out, bytes_in, bytes_out, dropped: {reason: n}}}`
+    in pipeline order, as `data_stats.merge_file_stats` gives them) are used as they are, with
+    the dataset-level dedup step appended. Without them, documents come from
+    `removed_by_reason` and bytes are known only where the stage enters (`bytes_in`) and
+    leaves (`bytes_out`), None in between.
+    """
+    steps = steps or counts.get("steps")
+    if isinstance(steps, Mapping) and steps:
+        rows = [_recorded_step(name, step) for name, step in steps.items()]
+        if "dedup" not in steps:
+            rows.append(_dedup_step(counts, rows[-1]))
+        return rows
+    by_reason = counts.get("removed_by_reason") or {
+        stage: {stage: n} for stage, n in counts.get("removed_by_stage", {}).items()
+    }
     remaining = int(counts["responses"])
-    rows = [{"step": "responses", "removed": 0, "remaining": remaining}]
-    for stage in FUNNEL_STAGES:
-        dropped = int(removed.get(stage, 0))
-        remaining -= dropped
-        rows.append({"step": stage, "removed": dropped, "remaining": remaining})
+    rows = []
+    for step, reasons in _ordered_steps(by_reason, filter_order):
+        removed = sum(int(n) for n in reasons.values())
+        rows.append({"step": step, "docs_in": remaining, "docs_out": remaining - removed,
+                     "removed": removed, "bytes_in": None, "bytes_out": None,
+                     "reasons": dict(reasons)})  # fmt: skip
+        remaining -= removed
+    if rows:
+        rows[0]["bytes_in"] = counts.get("bytes_in")
+        rows[-1]["bytes_out"] = counts.get("bytes_out")
     return rows
 
 
-def removal_funnel(counts: Mapping[str, Any], path: Path) -> Path:
-    rows = funnel_rows(counts)
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    labels = [r["step"] for r in rows]
-    ax.barh(labels, [r["remaining"] for r in rows], color="#4c72b0")
-    for y, row in enumerate(rows):
-        ax.text(row["remaining"], y, f" {row['remaining']}", va="center", fontsize=9)
-    ax.invert_yaxis()
-    ax.set_xlabel("documents remaining")
-    ax.set_title("Data funnel")
+def _recorded_step(name: str, step: Mapping[str, Any]) -> dict[str, Any]:
+    docs_in, docs_out = int(step.get("docs_in", 0)), int(step.get("docs_out", 0))
+    reasons = dict(step.get("dropped") or step.get("reasons") or {})
+    return {"step": name, "docs_in": docs_in, "docs_out": docs_out, "removed": docs_in - docs_out,
+            "bytes_in": step.get("bytes_in"), "bytes_out": step.get("bytes_out"),
+            "reasons": reasons}  # fmt: skip
+
+
+def _dedup_step(counts: Mapping[str, Any], previous: Mapping[str, Any]) -> dict[str, Any]:
+    reasons = dict(counts.get("removed_by_reason", {}).get("dedup", {}))
+    docs_in = previous["docs_out"]
+    return {"step": "dedup", "docs_in": docs_in, "docs_out": int(counts["kept"]),
+            "removed": docs_in - int(counts["kept"]), "bytes_in": previous["bytes_out"],
+            "bytes_out": counts.get("bytes_out"), "reasons": reasons}  # fmt: skip
+
+
+def _ordered_steps(
+    by_reason: Mapping[str, Mapping[str, int]], filter_order: Sequence[str]
+) -> list[tuple[str, dict[str, int]]]:
+    """(step, reasons) in pipeline order; stages this module does not know go before dedup."""
+    known = [s for s in FUNNEL_STAGES if s != "dedup"]
+    stages = known + sorted(set(by_reason) - set(FUNNEL_STAGES)) + ["dedup"]
+    steps: list[tuple[str, dict[str, int]]] = []
+    for stage in stages:
+        reasons = dict(by_reason.get(stage, {}))
+        if stage != "quality":
+            if reasons or stage in ("read", "extract", "language", "dedup"):
+                steps.append((stage, reasons))
+            continue
+        by_filter: dict[str, dict[str, int]] = {name: {} for name in filter_order}
+        for reason, n in reasons.items():
+            by_filter.setdefault(reason.split(":", 1)[0], {})[reason] = n
+        steps.extend(by_filter.items())
+    return steps
+
+
+def removal_funnel(counts: Mapping[str, Any], path: Path, **kwargs: Any) -> Path:
+    """Documents (left) and, where recorded, megabytes (right) leaving each step."""
+    rows = funnel_rows(counts, **kwargs)
+    labels = ["input"] + [r["step"] for r in rows]
+    first_in = rows[0]["docs_in"] if rows else int(counts["responses"])
+    docs = [first_in] + [r["docs_out"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.35 * len(labels) + 1.5), sharey=True)
+    left.barh(labels, docs, color="#4c72b0")
+    for y, value in enumerate(docs):
+        left.text(value, y, f" {value}", va="center", fontsize=8)
+    left.invert_yaxis()
+    left.set_xlabel("documents remaining")
+    left.set_title("Data funnel: documents")
+    megabytes = [rows[0]["bytes_in"] if rows else None] + [r["bytes_out"] for r in rows]
+    known = [(y, b / 1e6) for y, b in enumerate(megabytes) if b is not None]
+    if known:
+        right.barh([labels[y] for y, _ in known], [mb for _, mb in known], color="#dd8452")
+        for y, mb in known:
+            right.text(mb, y, f" {mb:,.1f}", va="center", fontsize=8)
+    right.set_xlabel("MB remaining (HTML payload in, UTF-8 text after extraction)")
+    right.set_title("Data funnel: bytes")
     return _save(fig, path)
 
 

@@ -41,6 +41,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tokenizers import Encoding, Tokenizer
 
+from lmforge.tasks.dataset_versions import (
+    dataset_doc_files,
+    document_batches,
+    partition_language,
+)
+
 from lmforge.manifest import (
     ManifestError,
     manifest_digest,
@@ -169,11 +175,13 @@ def document_files(data_dir: str | Path) -> list[Path]:
     not a finished data stage output or holds no documents."""
     data_dir = Path(data_dir)
     read_manifest(data_dir)  # raises ManifestError naming data_dir when it is not a stage output
-    files = sorted((data_dir / "docs").glob("*.parquet"))
+    files = dataset_doc_files(data_dir)  # only the committed versions' files
     if not files:
         raise ShardError(f"{data_dir / 'docs'} has no *.parquet files: run `lmforge data refresh`")
     for path in files:
         columns = set(pq.read_schema(path).names)
+        if partition_language(path) is not None:
+            columns.add("lang")  # a `lang=xx` directory gives the language
         if missing := [c for c in DOCUMENT_COLUMNS if c not in columns]:
             raise ShardError(f"{path} lacks the column(s) {', '.join(missing)}")
     if sum(pq.ParquetFile(path).metadata.num_rows for path in files) == 0:
@@ -196,9 +204,7 @@ def iter_document_batches(files: list[Path], batch_size: int) -> Iterator[Docume
     """The documents of `files`, `batch_size` rows at a time; rows with a null or empty text
     are dropped (counted by the caller from the totals), a missing language becomes `und`."""
     for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(
-            batch_size=batch_size, columns=DOCUMENT_COLUMNS
-        ):
+        for batch in document_batches(path, DOCUMENT_COLUMNS, batch_size):
             sizes = pc.fill_null(pc.binary_length(batch.column("text")), 0)
             batch = batch.filter(pc.greater(sizes, 0))
             if batch.num_rows:
@@ -214,9 +220,7 @@ def train_bytes_by_language(files: list[Path], params: ShardParams) -> Counter[s
     """UTF-8 bytes of text per language in the train split (reads lengths, not texts)."""
     sizes: Counter[str] = Counter()
     for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(
-            batch_size=max(params.batch_size, 8192), columns=DOCUMENT_COLUMNS
-        ):
+        for batch in document_batches(path, DOCUMENT_COLUMNS, max(params.batch_size, 8192)):
             text_bytes = pc.fill_null(pc.binary_length(batch.column("text")), 0).to_pylist()
             ids, langs = batch.column("id").to_pylist(), batch.column("lang").to_pylist()
             rows = zip(ids, langs, text_bytes, strict=True)

@@ -76,11 +76,14 @@ class WarcResponseReader:
     byte offset, appended to `errors`, and skipped; reading resumes at the next intact gzip member.
     (A plain, uncompressed WARC has no member boundaries to resume at: reading stops there.)
     A missing or unreadable path raises FileNotFoundError when the reader is created.
+    `name`: the file name responses and errors record (default: the path's name; a remote file
+    read from a local spool copy passes its own name).
     """
 
     path: Path
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     errors: list[ReadError] = field(default_factory=list)
+    name: str = ""
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -88,6 +91,7 @@ class WarcResponseReader:
             raise FileNotFoundError(f"WARC file {self.path} does not exist (check the input path)")
         if self.max_payload_bytes <= 0:
             raise ValueError(f"max_payload_bytes must be positive, got {self.max_payload_bytes}")
+        self.name = self.name or self.path.name
 
     def __iter__(self) -> Iterator[WarcResponse]:
         self.errors = []
@@ -98,7 +102,7 @@ class WarcResponseReader:
             mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data,
         ):
             # The suffix too: a file whose first member is damaged is still a gzip WARC.
-            is_gzip = data[:2] == GZIP_MAGIC[:2] or self.path.name.endswith(".gz")
+            is_gzip = data[:2] == GZIP_MAGIC[:2] or self.name.endswith(".gz")
             start: int | None = 0
             while start is not None:
                 last_yielded = -1
@@ -168,7 +172,7 @@ class WarcResponseReader:
         return WarcResponse(
             url=url.strip(),
             record_id=record_id.strip().strip("<>"),
-            warc_file=self.path.name,
+            warc_file=self.name,
             offset=offset,
             status=status,
             content_type=content_type,
@@ -181,8 +185,8 @@ class WarcResponseReader:
     def _record_error(self, offset: int, message: str) -> None:
         if any(known.offset == offset for known in self.errors):
             return  # the slow path can meet a record the fast path already reported
-        error = ReadError(self.path.name, offset, message)
-        log.warning("%s: skipped a record at byte offset %d: %s", self.path, error.offset, message)
+        error = ReadError(self.name, offset, message)
+        log.warning("%s: skipped a record at byte offset %d: %s", self.name, error.offset, message)
         self.errors.append(error)
 
 

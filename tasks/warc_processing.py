@@ -1,7 +1,8 @@
 """Step 1 of the data stage, one call per WARC file on any worker: read responses, check HTTP
-status and size, decide HTML, decode, extract the main text, identify the language, apply the
-quality filters, redact PII. Candidates and removals stream to staged Parquet files; the call
-returns a small picklable `FileResult`."""
+status and size, filter by URL, decide HTML, decode, extract the main text, identify the
+language, apply the quality filters, redact PII. Candidates and removals stream to staged Parquet
+files; every step's documents and bytes in/out and drop reasons are counted (`data_stats`); the
+call returns a small picklable `FileResult`. The file may be local or remote (`inputs`)."""
 
 from __future__ import annotations
 
@@ -17,17 +18,18 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.parquet as pq
 from lmforge.tasks.data_config import DataConfig
-from lmforge.tasks.filters import DocumentFilter, first_rejection
+from lmforge.tasks.data_stats import StepStats
+from lmforge.tasks.filters import DocumentFilter
+from lmforge.tasks.filters.text_units import TextUnits
 from lmforge.tasks.html_text import decode_page, extract_main_text, html_rejection
+from lmforge.tasks.inputs import WARC_SUFFIXES, input_name, local_input
 from lmforge.tasks.language_id import LanguageIdentifier
 from lmforge.tasks.warc import WarcResponse, WarcResponseReader
 from resiliparse.parse.html import HTMLParserException
 
-from lmforge.manifest import sha256_file
-
 log = logging.getLogger(__name__)
 
-WARC_SUFFIXES = (".warc.gz", ".warc")
+__all__ = ["DOC_SCHEMA", "REMOVED_SCHEMA", "WARC_SUFFIXES", "FileResult", "process_warc_file"]
 
 DOC_SCHEMA = pa.schema(
     [
@@ -61,8 +63,10 @@ REMOVED_SCHEMA = pa.schema(
 class FileResult:
     """What processing one WARC file produced: staged Parquet files and its statistics.
 
-    `stats`: responses, candidates, removed (`{stage: {reason: count}}`), read_errors (list of
-    `{offset, message}`), payload_bytes, text_bytes (UTF-8 bytes of candidate text), languages.
+    `warc_path`: the resolved local path or the URL it was read from; `size_bytes`, `sha256`:
+    of the file as read. `stats`: responses, candidates, removed (`{stage: {reason: count}}`),
+    read_errors (list of `{offset, message}`), payload_bytes, text_bytes (UTF-8 bytes of
+    candidate text), languages, steps and removed_by_language (see `data_stats`).
     """
 
     warc_path: str
@@ -71,11 +75,17 @@ class FileResult:
     candidates_path: str
     removed_path: str
     stats: dict[str, Any] = field(default_factory=dict)
+    size_bytes: int = 0
+
+    def input_description(self) -> dict[str, Any]:
+        """How the manifest describes this input: `{"path", "bytes", "sha256"}` (path: a local
+        path or a URL)."""
+        return {"path": self.warc_path, "bytes": self.size_bytes, "sha256": self.sha256}
 
 
-def staged_name(warc_path: Path) -> str:
-    """`crawl-00001.warc.gz` -> `crawl-00001`."""
-    name = warc_path.name
+def staged_name(warc_path: str | os.PathLike[str]) -> str:
+    """`crawl-00001.warc.gz` (a path or URL) -> `crawl-00001`."""
+    name = input_name(warc_path)
     for suffix in WARC_SUFFIXES:
         if name.endswith(suffix):
             return name[: -len(suffix)]
@@ -89,85 +99,129 @@ class _Removal:
     lang: str | None = None
 
 
-def _judge_response(
-    response: WarcResponse,
-    config: DataConfig,
-    identifier: LanguageIdentifier,
-    filters: Sequence[DocumentFilter],
-) -> _Removal | dict[str, Any]:
-    """A candidate document row, or why the response is removed."""
+class _ResponseJudge:
+    """Runs one response through the steps, counting each in `stats`; a candidate row or a
+    `_Removal` out. Removal stages: read, url, extract (html and extraction), language,
+    quality (reasons `<filter>:<rule>`)."""
+
+    def __init__(self, config: DataConfig):
+        self.config = config
+        self.identifier = LanguageIdentifier(
+            config.lang_model_path, variant_groups=config.lang_variant_groups
+        )
+        self.filters: Sequence[DocumentFilter] = config.filters()
+        steps = ["read", "url", "html", "extract", "language"]
+        self.stats = StepStats([*steps, *(f.name for f in self.filters), "pii"])
+
+    def judge(self, response: WarcResponse) -> _Removal | dict[str, Any]:
+        config, stats = self.config, self.stats
+        payload = len(response.body)
+        read_problem = _read_problem(response)
+        if read_problem is not None:
+            stats.dropped("read", read_problem, payload)
+            return _Removal("read", read_problem)
+        stats.passed("read", payload)
+        if config.url_filter is not None:
+            reason = config.url_filter.reject_reason(response.url)
+            if reason is not None:
+                stats.dropped("url", reason, payload)
+                return _Removal("url", reason)
+        stats.passed("url", payload)
+        rejection = html_rejection(response.content_type, response.body)
+        if rejection is not None:
+            stats.dropped("html", rejection, payload)
+            return _Removal("extract", rejection)
+        stats.passed("html", payload)
+        page = decode_page(response.body, response.charset)
+        try:
+            text = extract_main_text(page.html, config.extraction)
+        except HTMLParserException as error:
+            log.warning("%s at offset %d: HTML extraction failed: %s",
+                        response.warc_file, response.offset, error)  # fmt: skip
+            stats.dropped("extract", "parse_error", payload)
+            return _Removal("extract", "parse_error")
+        if not text:
+            stats.dropped("extract", "no_main_text", payload)
+            return _Removal("extract", "no_main_text")
+        text_bytes = len(text.encode("utf-8"))
+        stats.passed("extract", payload, text_bytes)
+        prediction = self.identifier.identify(text)
+        lang = prediction.lang
+        if prediction.score < config.min_score_for(lang):
+            stats.dropped("language", "low_confidence", text_bytes, lang)
+            return _Removal("language", "low_confidence", lang)
+        if config.languages is not None and lang not in config.languages:
+            stats.dropped("language", "unwanted_language", text_bytes, lang)
+            return _Removal("language", "unwanted_language", lang)
+        stats.passed("language", text_bytes)
+        units = TextUnits(text)  # computed once, shared by every filter
+        for document_filter in self.filters:
+            reason = document_filter.check(units, lang)
+            if reason is not None:
+                rule = reason.removeprefix(f"{document_filter.name}:")
+                stats.dropped(document_filter.name, rule, text_bytes, lang)
+                return _Removal("quality", reason, lang)
+            stats.passed(document_filter.name, text_bytes)
+        if config.pii is not None:
+            text = config.pii.redact(text)
+        stats.passed("pii", text_bytes, len(text.encode("utf-8")))
+        return {
+            "id": response.record_id,
+            "url": response.url,
+            "text": text,
+            "lang": lang,
+            "lang_score": prediction.score,
+            "warc_file": response.warc_file,
+            "source": urlsplit(response.url).hostname or "",
+            "warc_offset": response.offset,
+            "warc_date": response.date,
+            "charset": page.encoding,
+        }
+
+
+def _read_problem(response: WarcResponse) -> str | None:
     if response.status is None:
-        return _Removal("read", "invalid_http")
+        return "invalid_http"
     if response.status != 200:
-        return _Removal("read", f"http_{response.status}")
+        return f"http_{response.status}"
     if response.oversized:
-        return _Removal("read", "payload_too_large")
-    rejection = html_rejection(response.content_type, response.body)
-    if rejection is not None:
-        return _Removal("extract", rejection)
-    page = decode_page(response.body, response.charset)
-    try:
-        text = extract_main_text(page.html, config.extraction)
-    except HTMLParserException as error:
-        log.warning("%s at offset %d: HTML extraction failed: %s",
-                    response.warc_file, response.offset, error)  # fmt: skip
-        return _Removal("extract", "parse_error")
-    if not text:
-        return _Removal("extract", "no_main_text")
-    prediction = identifier.identify(text)
-    if prediction.score < config.min_lang_score:
-        return _Removal("language", "low_confidence", prediction.lang)
-    if config.languages is not None and prediction.lang not in config.languages:
-        return _Removal("language", "unwanted_language", prediction.lang)
-    reason = first_rejection(filters, text, prediction.lang)
-    if reason is not None:
-        return _Removal("quality", reason, prediction.lang)
-    if config.pii is not None:
-        text = config.pii.redact(text)
-    return {
-        "id": response.record_id,
-        "url": response.url,
-        "text": text,
-        "lang": prediction.lang,
-        "lang_score": prediction.score,
-        "warc_file": response.warc_file,
-        "source": urlsplit(response.url).hostname or "",
-        "warc_offset": response.offset,
-        "warc_date": response.date,
-        "charset": page.encoding,
-    }
+        return "payload_too_large"
+    return None
 
 
 def process_warc_file(
     warc_path: str | os.PathLike[str], config: DataConfig, staging_dir: str | os.PathLike[str]
 ) -> FileResult:
-    """Read, extract, language-identify and filter one WARC file (see the module docstring).
+    """Read, URL-filter, extract, language-identify and filter one WARC file (see the module
+    docstring). `warc_path` is a local path or an `http(s)://`/`s3://` URL; a remote file is
+    streamed to a spool file in `staging_dir` (retried with backoff) and deleted afterwards.
 
     Rows stream to the staged Parquet files in batches, so memory does not grow with the file.
     Deterministic: the same file and config give the same staged files on any worker.
     Damaged records are counted in `stats["read_errors"]`, never raised. Raises
-    FileNotFoundError for a missing file.
+    FileNotFoundError for a missing file or URL.
     """
-    path = Path(warc_path)
-    reader = WarcResponseReader(path, max_payload_bytes=config.max_payload_bytes)
-    identifier = LanguageIdentifier(config.lang_model_path)
-    filters = config.filters()
     staging = Path(staging_dir)
     staging.mkdir(parents=True, exist_ok=True)
-    name = staged_name(path)
+    judge = _ResponseJudge(config)
+    name = staged_name(warc_path)
     candidates_path = staging / f"{name}.candidates.parquet"
     removed_path = staging / f"{name}.removed.parquet"
     removed_counts: dict[str, Counter[str]] = {}
     languages: Counter[str] = Counter()
     responses = payload_bytes = text_bytes = 0
     with (
+        local_input(warc_path, staging) as source,
         _StagedParquet(candidates_path, DOC_SCHEMA) as candidates,
         _StagedParquet(removed_path, REMOVED_SCHEMA) as removed,
     ):
+        reader = WarcResponseReader(
+            source.path, max_payload_bytes=config.max_payload_bytes, name=input_name(warc_path)
+        )
         for response in reader:
             responses += 1
             payload_bytes += len(response.body)
-            verdict = _judge_response(response, config, identifier, filters)
+            verdict = judge.judge(response)
             if isinstance(verdict, _Removal):
                 removed_counts.setdefault(verdict.stage, Counter())[verdict.reason] += 1
                 removed.append(
@@ -194,16 +248,18 @@ def process_warc_file(
         "payload_bytes": payload_bytes,
         "text_bytes": text_bytes,
         "languages": dict(sorted(languages.items())),
+        **judge.stats.to_dict(),
     }
     log.info("%s: %d responses, %d candidates, %d read errors",
-             path.name, responses, candidates.rows, len(reader.errors))  # fmt: skip
+             reader.name, responses, candidates.rows, len(reader.errors))  # fmt: skip
     return FileResult(
-        warc_path=str(path.resolve()),
-        warc_file=path.name,
-        sha256=sha256_file(path),
+        warc_path=source.location,
+        warc_file=reader.name,
+        sha256=source.sha256,
         candidates_path=str(candidates_path),
         removed_path=str(removed_path),
         stats=stats,
+        size_bytes=source.size,
     )
 
 

@@ -37,3 +37,39 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} is not present")
     return SHARED
+
+
+# Small enough for two CPU cores: the defaults of the deployments the service tests trigger.
+TINY_PIPELINE = {"vocab_size": 300, "max_steps": 2, "batch_size": 2, "seq_len": 16}
+
+
+@pytest.fixture(scope="session")
+def lmforge_services(tmp_path_factory):
+    """`lmforge up` for real, on free ports: a Prefect server, an MLflow server and a process
+    worker on 127.0.0.1, the deployments registered with a tiny `pipeline` as their default."""
+    from lmforge.servers import ServiceConfig, start_services, stop_services
+
+    root = tmp_path_factory.mktemp("services")
+    config = ServiceConfig(
+        state_dir=root / "state",
+        prefect_port=free_port(),
+        mlflow_port=free_port(),
+        work_pool="lmforge-services-test",
+        working_dir=root / "workspace",
+        worker_poll_seconds=2,
+        deployment_parameters={"pipeline": {"params": {"work_dir": "work/ui", **TINY_PIPELINE}}},
+    )
+    try:
+        start_services(config, echo=lambda line: None)
+        yield config
+    finally:
+        stop_services(config)
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

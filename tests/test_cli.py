@@ -37,9 +37,9 @@ def test_options_are_typed_and_validated_by_the_parameter_model():
         build_parser().parse_args(["train", "--preset", "huge"])
 
 
-def test_data_refresh_requires_input():
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["data", "refresh", "--out", "x"])
+def test_data_refresh_without_input_or_crawl_says_what_to_give(capsys):
+    assert main(["data", "refresh", "--out", "x"]) == 2
+    assert "give --input FILES/URLS or --crawl" in capsys.readouterr().err
 
 
 def lmforge(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:

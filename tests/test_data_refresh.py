@@ -20,6 +20,7 @@ from data_stage_fixtures import (
 )
 from lmforge.tasks.data_config import DataConfig
 from lmforge.tasks.data_refresh import refresh_dataset, resolve_inputs
+from lmforge.tasks.dataset_versions import read_documents
 from lmforge.tasks.dataset_writer import AccountingError, find_duplicates, write_dataset
 from lmforge.tasks.warc_processing import process_warc_file
 from lmforge.tasks.filters import GopherQualityFilter
@@ -153,11 +154,10 @@ def dataset(crawl, tmp_path_factory):
     directory, ids, responses = crawl
     out = tmp_path_factory.mktemp("data") / "data"
     manifest = refresh_dataset([str(directory / "*.warc.gz")], out, DataConfig())
-    docs = {
-        row["id"]: row for row in pq.read_table(out / "docs" / "part-00000.parquet").to_pylist()
-    }
+    docs = {row["id"]: row for row in read_documents(out).to_pylist()}
     removed = {
-        row["id"]: row for row in pq.read_table(out / "removed" / "part-00000.parquet").to_pylist()
+        row["id"]: row
+        for row in pq.read_table(out / "removed" / "part-v00001-00000.parquet").to_pylist()
     }
     return out, manifest, docs, removed, ids, responses
 
@@ -245,7 +245,7 @@ def test_manifest_records_inputs_counts_params_and_the_damaged_record(dataset, c
     )
     assert counts["languages"] == {"en": 3, "de": 1, "ru": 1, "ja": 1}
     assert counts["bytes_out"] == sum(
-        len(t.encode()) for t in pq.read_table(out / "docs").column("text").to_pylist()
+        len(t.encode()) for t in read_documents(out, ["text"]).column("text").to_pylist()
     )
     assert 0 < counts["bytes_out"] < counts["bytes_in"]
     assert DataConfig.from_dict(manifest["params"]) == DataConfig()

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import random
 
 import numpy as np
+from datasketch import MinHash
 import pytest
 from data_stage_fixtures import ARTICLE_JA, ARTICLES_EN, paragraphs_text
+from lmforge.tasks import dedup
 from lmforge.tasks.dedup import (
     DedupDocument,
     MinHashConfig,
     MinHasher,
+    estimated_jaccard,
     find_duplicates,
     jaccard,
+    shingle_hashes,
     shingles,
 )
 
@@ -32,7 +35,7 @@ def similarity(a: str, b: str, lang: str = "en") -> float:
     return jaccard(shingles(a, lang, CONFIG), shingles(b, lang, CONFIG))
 
 
-def test_exact_copies_are_removed_in_favour_of_one_survivor():
+def test_exact_copies_are_removed_in_favour_of_the_first_seen():
     text = paragraphs_text(ARTICLES_EN["time"])
     docs = [
         DedupDocument("b", text),
@@ -42,10 +45,10 @@ def test_exact_copies_are_removed_in_favour_of_one_survivor():
     ]
     report = find_duplicates(docs)
 
-    survivor = "a" if len(text) >= len(docs[2].text) else "c"
     removed = {d.id: (d.duplicate_of, d.reason) for d in report.duplicates}
-    assert removed == {i: (survivor, "exact_duplicate") for i in ("a", "b", "c") if i != survivor}
+    assert removed == {"a": ("b", "exact_duplicate"), "c": ("b", "exact_duplicate")}
     assert report.stats["exact_duplicates"] == 2 and report.stats["near_duplicates"] == 0
+    assert report.kept.ids == ["b", "other"]
 
 
 def test_near_copies_are_removed_with_the_survivors_id():
@@ -56,7 +59,7 @@ def test_near_copies_are_removed_with_the_survivors_id():
     report = find_duplicates([DedupDocument("mirror", mirror), DedupDocument("orig", original)])
 
     assert [(d.id, d.duplicate_of, d.reason) for d in report.duplicates] == [
-        ("mirror", "orig", "near_duplicate")  # the longer text survives
+        ("orig", "mirror", "near_duplicate")  # the first seen survives, even if shorter
     ]
 
 
@@ -85,29 +88,39 @@ def test_lsh_candidates_below_the_threshold_are_rejected_by_exact_jaccard():
     assert report.duplicates == []
 
 
-def test_survivor_is_the_longest_text_and_ties_go_to_the_smallest_id():
-    original = paragraphs_text(LONG_DOC)
-    docs = [DedupDocument("z-long", original + " Extra closing sentence."),
-            DedupDocument("y", original), DedupDocument("x", original)]  # fmt: skip
-    assert {d.duplicate_of for d in find_duplicates(docs).duplicates} == {"z-long"}
-    tie = [DedupDocument("y", original), DedupDocument("x", original)]
-    assert find_duplicates(tie).duplicates[0].duplicate_of == "x"
+def window(start: int, words: int = 100) -> str:
+    return " ".join(f"token{i}" for i in range(start, start + words))
 
 
-def test_result_does_not_depend_on_input_order():
-    texts = [
-        paragraphs_text(LONG_DOC),
-        near_copy(LONG_DOC),
-        paragraphs_text(LONG_DOC),
-        paragraphs_text(ARTICLES_EN["time"]),
-        paragraphs_text(ARTICLES_EN["printing"]),
-    ]
-    docs = [DedupDocument(f"doc-{n}", text) for n, text in enumerate(texts)]  # fmt: skip
-    expected = find_duplicates(docs).duplicates
-    for seed in range(3):
-        shuffled = docs[:]
-        random.Random(seed).shuffle(shuffled)
-        assert find_duplicates(shuffled).duplicates == expected
+def test_a_file_is_deduplicated_against_documents_kept_in_earlier_files_only():
+    # A chain: each text shifted by 6 words from the one before (Jaccard 0.88); ends at 0.78.
+    texts = [window(0), window(6), window(12)]
+    assert similarity(texts[0], texts[2]) < 0.8 <= similarity(texts[1], texts[2])
+    in_one_file = [DedupDocument(str(n), t, source="a") for n, t in enumerate(texts)]
+    assert {d.id: d.duplicate_of for d in find_duplicates(in_one_file).duplicates} == {
+        "1": "0", "2": "0",
+    }  # fmt: skip
+    # The last text comes in a later file: it meets only what file "a" kept ("0"), not the
+    # chain through "1", which file "a" removed.
+    split = [*in_one_file[:2], DedupDocument("2", texts[2], source="b")]
+    assert {d.id for d in find_duplicates(split).duplicates} == {"1"}
+
+
+def test_a_huge_band_bucket_pairs_neighbours_only_and_still_joins_the_copies(monkeypatch):
+    monkeypatch.setattr(dedup, "BUCKET_WINDOW", 1)
+    texts = [window(0), window(1), window(2), window(3)]  # each 0.9+ to the next
+    report = find_duplicates([DedupDocument(str(n), t) for n, t in enumerate(texts)])
+    assert report.stats["candidate_pairs"] == 3  # (0,1), (1,2), (2,3): not all 6 pairs
+    assert {d.id: d.duplicate_of for d in report.duplicates} == {"1": "0", "2": "0", "3": "0"}
+
+
+def test_result_is_the_same_for_any_order_of_files_finishing():
+    texts = [paragraphs_text(LONG_DOC), near_copy(LONG_DOC), paragraphs_text(LONG_DOC),
+             paragraphs_text(ARTICLES_EN["time"])]  # fmt: skip
+    docs = [DedupDocument(f"doc-{n}", t, source=f"f{n % 2}") for n, t in enumerate(texts)]
+    first = find_duplicates(docs).duplicates
+    assert find_duplicates(list(docs)).duplicates == first
+    assert {d.duplicate_of for d in first} == {"doc-0"}
 
 
 def test_copies_join_one_cluster_transitively():
@@ -133,13 +146,34 @@ def test_japanese_is_shingled_by_characters_ignoring_spacing():
     assert [(d.id, d.reason) for d in report.duplicates] == [("b", "near_duplicate")]
 
 
-def test_signatures_estimate_jaccard():
-    a = shingles(paragraphs_text(LONG_DOC), "en", CONFIG)
-    b = shingles(near_copy(LONG_DOC), "en", CONFIG)
+def test_signatures_estimate_jaccard_and_ignore_repeated_shingles():
+    text, mirror = paragraphs_text(LONG_DOC), near_copy(LONG_DOC)
     hasher = MinHasher(CONFIG)
-    estimate = hasher.signature(a).jaccard(hasher.signature(b))
-    assert abs(estimate - jaccard(a, b)) < 0.12
-    assert np.array_equal(hasher.signature(a).hashvalues, hasher.signature(a).hashvalues)
+    a = hasher.signature(shingle_hashes(text, "en", CONFIG))
+    b = hasher.signature(shingle_hashes(mirror, "en", CONFIG))
+    assert abs(estimated_jaccard(a, b) - similarity(text, mirror)) < 0.12
+    assert np.array_equal(a, hasher.signature(shingles(text, "en", CONFIG)))
+    assert np.array_equal(hasher.bands(a), MinHasher(CONFIG).bands(a))
+    assert hasher.bands(a).shape == (CONFIG.bands,)
+
+
+def test_signatures_of_huge_documents_computed_in_chunks_equal_datasketch_minhash():
+    hashes = np.random.default_rng(0).integers(0, 2**63, 50_000, dtype=np.int64).astype(np.uint64)
+    reference = MinHash(num_perm=CONFIG.num_perm, seed=CONFIG.seed, scheme="affine64",
+                        hashfunc=int)  # fmt: skip
+    reference.update_batch(hashes.tolist())  # all 50k at once, no chunks
+    assert np.array_equal(MinHasher(CONFIG).signature(hashes), reference.hashvalues)
+
+
+def test_signature_estimates_are_unbiased_over_many_pairs():
+    rng = np.random.default_rng(1)
+    errors = []
+    for _ in range(30):
+        universe = rng.integers(0, 2**63, 400, dtype=np.int64).astype(np.uint64)
+        a, b = universe[:300], universe[100:]  # true Jaccard 200 / 400 = 0.5
+        hasher = MinHasher(CONFIG)
+        errors.append(estimated_jaccard(hasher.signature(a), hasher.signature(b)) - 0.5)
+    assert abs(np.mean(errors)) < 0.03
 
 
 def test_repeated_ids_are_refused():

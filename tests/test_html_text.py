@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from data_stage_fixtures import (
     ARTICLE_DE,
@@ -120,3 +122,26 @@ def test_extraction_options_are_honoured():
     without = extract_main_text(html, ExtractionConfig(main_content=False, list_bullets=False))
     assert "• first item" in with_bullets
     assert "•" not in without and "first item" in without
+
+
+def test_trafilatura_extraction_keeps_paragraph_breaks_and_list_lines():
+    pytest.importorskip("trafilatura")
+    html = html_page("Backups", ARTICLES_EN["backups"][:3]).replace(
+        "</article>", "<ul><li>first item of the list</li><li>second item</li></ul></article>"
+    )
+    text = extract_main_text(html, ExtractionConfig(extractor="trafilatura"))
+    blocks = text.split("\n\n")
+    assert blocks[1:4] == ARTICLES_EN["backups"][:3]
+    assert blocks[-1] == "- first item of the list\n- second item"
+    assert "Contact | Privacy" not in text and "Home" not in text
+
+
+def test_an_unknown_extractor_is_a_clear_error():
+    with pytest.raises(ValueError, match="resiliparse, trafilatura"):
+        ExtractionConfig(extractor="boilerpipe")
+
+
+def test_choosing_trafilatura_without_it_installed_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "trafilatura", None)  # import now raises ImportError
+    with pytest.raises(ImportError, match=r"lmforge\[trafilatura\]"):
+        ExtractionConfig(extractor="trafilatura")

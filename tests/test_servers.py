@@ -1,84 +1,89 @@
-"""The servers the README tells users to start do start with the pinned dependencies, and answer
-their health checks on 127.0.0.1."""
+"""`lmforge up` / `down` / `status`: the Prefect server, MLflow server and worker start for real on
+127.0.0.1 with the pinned dependencies, answer their health checks, and stop completely."""
 
 from __future__ import annotations
 
+import json
 import os
-import signal
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
+from conftest import free_port
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# `lmforge up` / `down` / `status` (lmforge/servers.py).
 
 
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 120.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            output = process.stdout.read() if process.stdout else ""
-            pytest.fail(f"server exited with {process.returncode} before {url} answered:\n{output}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return response.read().decode()
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"{url} did not answer within {timeout:.0f} s")
+def test_up_refuses_a_taken_port_and_names_it(tmp_path):
+    from lmforge.servers import ServiceConfig, ServiceError, start_services
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = ServiceConfig(state_dir=tmp_path, prefect_port=port, mlflow_port=free_port())
+        with pytest.raises(ServiceError, match=f"port {port} on 127.0.0.1 is taken"):
+            start_services(config, echo=lambda line: None)
+    assert not list(tmp_path.glob("*.pid"))  # nothing was started
 
 
-def serve(command: list[str], env: dict[str, str]) -> subprocess.Popen:
-    # Own process group: the servers start workers that must go down with them.
-    return subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
+def test_mlflow_keeps_its_store_in_the_state_dir_and_allows_only_local_hosts(tmp_path):
+    from lmforge.servers import MLFLOW, ServiceConfig, service_command
+
+    command = service_command(MLFLOW, ServiceConfig(state_dir=tmp_path, mlflow_port=5123))
+    options = dict(zip(command[::2], command[1::2])) | dict(zip(command[1::2], command[2::2]))
+    assert options["--backend-store-uri"] == f"sqlite:///{tmp_path.resolve()}/mlflow/mlflow.db"
+    assert options["--allowed-hosts"] == "127.0.0.1:5123,localhost:5123"
+    assert options["--host"] == "127.0.0.1"
+
+
+@pytest.mark.slow
+def test_status_reports_every_service_healthy(lmforge_services, capsys):
+    from lmforge.cli import main
+
+    assert main(["status", "--state-dir", str(lmforge_services.state_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines] == [
+        ["prefect-server", "healthy"], ["mlflow", "healthy"], ["worker", "healthy"]
+    ]
+    assert (lmforge_services.state_dir / "env").read_text() == (
+        f"export PREFECT_API_URL={lmforge_services.prefect_api_url}\n"
+        f"export MLFLOW_TRACKING_URI={lmforge_services.mlflow_url}\n"
     )
 
 
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+@pytest.mark.slow
+def test_up_again_leaves_running_services_alone(lmforge_services):
+    from lmforge.servers import SERVICES, read_pid, start_services
+
+    before = {name: read_pid(lmforge_services, name) for name in SERVICES}
+    start_services(lmforge_services, echo=lambda line: None)
+    assert {name: read_pid(lmforge_services, name) for name in SERVICES} == before
 
 
-def test_prefect_server_starts_and_answers_health(tmp_path):
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    process = serve([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env)
+@pytest.mark.slow
+def test_cli_up_then_down_stops_every_process_and_frees_the_ports(tmp_path, capsys):
+    from lmforge.cli import main
+    from lmforge.servers import port_is_free
+
+    prefect_port, mlflow_port = free_port(), free_port()
+    state = tmp_path / "state"
+    argv = ["up", "--state-dir", str(state), "--prefect-port", str(prefect_port),
+            "--mlflow-port", str(mlflow_port), "--work-pool", "up-down-test", "--no-worker"]
     try:
-        assert wait_healthy(f"http://127.0.0.1:{port}/api/health", process) == "true"
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert f"Prefect UI:  http://127.0.0.1:{prefect_port}" in out
+        assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{mlflow_port}" in out
+        pids = [json.loads(p.read_text())["pid"] for p in state.glob("*.pid")]
+        assert len(pids) == 2
     finally:
-        stop(process)
-
-
-def test_mlflow_server_starts_on_a_sqlite_store_and_answers_health(tmp_path):
-    port = free_port()
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    process = serve(
-        [
-            str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-            "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1",
-        ],
-        env,
-    )
-    try:
-        assert wait_healthy(f"http://127.0.0.1:{port}/health", process).strip() == "OK"
-    finally:
-        stop(process)
+        assert main(["down", "--state-dir", str(state)]) == 0
+    assert "Stopped: mlflow, prefect-server" in capsys.readouterr().out
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)
+    assert port_is_free("127.0.0.1", prefect_port) and port_is_free("127.0.0.1", mlflow_port)
+    assert main(["down", "--state-dir", str(state)]) == 0
+    assert "Nothing was running." in capsys.readouterr().out

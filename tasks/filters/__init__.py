@@ -5,6 +5,7 @@ from lmforge.tasks.filters.c4 import C4QualityFilter
 from lmforge.tasks.filters.fineweb import FineWebQualityFilter
 from lmforge.tasks.filters.gopher import GopherQualityFilter, GopherRepetitionFilter
 from lmforge.tasks.filters.pii import PIIFormatter
+from lmforge.tasks.filters.url import URLFilter
 
 __all__ = [
     "C4QualityFilter",
@@ -13,5 +14,6 @@ __all__ = [
     "GopherQualityFilter",
     "GopherRepetitionFilter",
     "PIIFormatter",
+    "URLFilter",
     "first_rejection",
 ]

@@ -1,0 +1,97 @@
+"""The MLflow Model Registry: a trained checkpoint becomes a registered model version.
+
+The model is logged with `mlflow.pytorch` in the pickle-free "pt2" format (the forward pass,
+exported with `torch.export`: token ids [batch, max_seq_len] -> next-token logits), with the
+tokenizer and the checkpoint's manifest as extra files, so `mlflow.pytorch.load_model` gives a
+module that scores text without lmforge. Each new version is tagged with the checkpoint path,
+its manifest digest and the training run, and the alias (default `candidate`) moves to it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import torch
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.tracking import MlflowClient
+
+from lmforge.manifest import MANIFEST_NAME, manifest_digest
+from lmforge.model.checkpoint import load_model
+from lmforge.tasks.shards import TOKENIZER_FILE
+
+CANDIDATE_ALIAS = "candidate"
+
+
+def default_registered_name(preset: str) -> str:
+    return f"lmforge-{preset}"
+
+
+def example_ids(max_len: int, pad_id: int | None = None) -> np.ndarray:
+    """Two rows of `<|endoftext|>` (id 0), right-padded with `pad_id` if given: two rows keep the
+    exported batch size free (an example of one row would fix it at 1)."""
+    example = np.zeros((2, max_len), dtype=np.int64)
+    if pad_id is not None:
+        example[:, max(1, max_len // 2) :] = pad_id
+    return example
+
+
+def log_pt2_model(
+    model: torch.nn.Module,
+    example: np.ndarray,
+    name: str,
+    registered_name: str | None = None,
+    extra_files: list[str] | None = None,
+):
+    """Log `model` to the active run as a pickle-free pt2 MLflow model (its forward pass exported
+    for `example`'s shape); register it as a new version of `registered_name` when set."""
+    requirements = [f"torch>={torch.__version__.split('+')[0]}"]  # all a pt2 graph needs to load
+    return mlflow.pytorch.log_model(
+        model.cpu().eval(),
+        name=name,
+        input_example=example,
+        serialization_format="pt2",
+        pip_requirements=requirements,
+        extra_files=extra_files or None,
+        registered_model_name=registered_name or None,
+    )
+
+
+def register_checkpoint(
+    checkpoint_dir: str | Path, registered_name: str, alias: str | None = CANDIDATE_ALIAS
+) -> ModelVersion:
+    """Log the model in `checkpoint_dir` (a finished training output) to the active MLflow run
+    and register it as a new version of `registered_name`; `alias` then points at that version.
+
+    Raises ManifestError when the checkpoint has no manifest (an unfinished training run).
+    """
+    checkpoint_dir = Path(checkpoint_dir).resolve()
+    digest = manifest_digest(checkpoint_dir)
+    model = load_model(checkpoint_dir).eval()
+    extra_files = [
+        str(path)
+        for path in (checkpoint_dir / TOKENIZER_FILE, checkpoint_dir / MANIFEST_NAME)
+        if path.is_file()
+    ]
+    info = log_pt2_model(
+        model, example_ids(model.config.max_seq_len), "model", registered_name, extra_files
+    )
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    tags = {
+        "lmforge.checkpoint": str(checkpoint_dir),
+        "lmforge.checkpoint_manifest_sha256": digest,
+        "lmforge.training_run_id": mlflow.active_run().info.run_id,
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(registered_name, version, key, value)
+    if alias:
+        client.set_registered_model_alias(registered_name, alias, version)
+    return client.get_model_version(registered_name, version)
+
+
+def versions_of_run(run_id: str) -> list[ModelVersion]:
+    """The registered model versions logged by run `run_id` (a training run)."""
+    return MlflowClient().search_model_versions(f"run_id = '{run_id}'")

@@ -1,0 +1,227 @@
+"""`lmforge lineage`: from a registered model version back to the WARC files it was built from.
+
+The chain follows explicit links only: the version's source run is the training run (its tags
+name the checkpoint and its manifest digest); evaluation runs carry `lmforge.training_run_id`;
+the training run carries `lmforge.shards` and the shards manifest digest; every manifest lists
+its inputs with digests; each stage's run is the one tagged with its `lmforge.output_dir`.
+Digests recorded in MLflow are checked against the manifests on disk, so a rebuilt stage shows.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from lmforge.flows.tracking import find_stage_run
+from lmforge.manifest import ManifestError, manifest_digest, read_manifest
+
+# The text view shows these filter statistics; --json has every one.
+HEADLINE_DATA_COUNTS = ("warc_files", "responses", "kept", "removed", "read_errors")
+TRAINING_PARAMS = ("preset", "max_steps", "batch_size", "seq_len", "lr", "seed", "strategy")
+
+
+class LineageError(ValueError):
+    """A model that is not registered, or a link in the chain that cannot be followed."""
+
+
+def parse_model_spec(spec: str) -> tuple[str, str | None, str | None]:
+    """`NAME`, `NAME:VERSION` or `NAME@ALIAS` -> (name, version, alias)."""
+    if "@" in spec:
+        name, _, alias = spec.partition("@")
+        return name, None, alias
+    name, sep, version = spec.rpartition(":")
+    if sep and version.isdigit():
+        return name, version, None
+    return spec, None, None
+
+
+def resolve_version(client: MlflowClient, spec: str) -> ModelVersion:
+    """The model version `spec` names; the newest version for a bare name."""
+    name, version, alias = parse_model_spec(spec)
+    try:
+        if alias:
+            return client.get_model_version_by_alias(name, alias)
+        if version:
+            return client.get_model_version(name, version)
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException as error:
+        raise LineageError(f"{spec} is not in the Model Registry ({error.message})") from error
+    if not versions:
+        raise LineageError(f"no registered model is called {name!r}")
+    return max(versions, key=lambda v: int(v.version))
+
+
+def digest_check(path: str | None, recorded: str | None) -> dict[str, Any]:
+    """The manifest digest recorded in MLflow, and whether the manifest on disk still has it."""
+    entry: dict[str, Any] = {"path": path, "manifest_sha256": recorded}
+    try:
+        entry["manifest_matches"] = bool(path) and manifest_digest(path) == recorded
+    except OSError:
+        entry["manifest_matches"] = False  # moved or deleted since it was recorded
+    return entry
+
+
+def stage_input(manifest: dict[str, Any], stage: str) -> dict[str, Any] | None:
+    return next((i for i in manifest.get("inputs", []) if i.get("stage") == stage), None)
+
+
+def evaluation_of(client: MlflowClient, version: ModelVersion, training_run_id: str) -> dict | None:
+    """The evaluation run linked from the version's tag, else the newest one of its training run."""
+    run_id = version.tags.get("lmforge.eval_run_id")
+    if run_id:
+        run = client.get_run(run_id)
+    else:
+        runs = client.search_runs(
+            [client.get_run(training_run_id).info.experiment_id],
+            filter_string=f"tags.`lmforge.training_run_id` = '{training_run_id}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if not runs:
+            return None
+        run = runs[0]
+    return {"run_id": run.info.run_id, "scores": dict(sorted(run.data.metrics.items()))}
+
+
+def build_lineage(spec: str) -> dict[str, Any]:
+    """The lineage of model version `spec` in the current MLflow store, as a dict with the keys
+    model, evaluation, training, shards, data and inputs. Raises LineageError when the model
+    is not registered or was not logged by an lmforge training run."""
+    client = MlflowClient()
+    version = resolve_version(client, spec)
+    model = {
+        "name": version.name,
+        "version": str(version.version),
+        "aliases": list(version.aliases),
+        "run_id": version.run_id,
+    }
+    training_run_id = version.tags.get("lmforge.training_run_id") or version.run_id
+    if not training_run_id:
+        raise LineageError(f"{spec} was not logged by a training run: it has no source run")
+    training_run = client.get_run(training_run_id)
+    tags = training_run.data.tags
+    checkpoint = version.tags.get("lmforge.checkpoint") or tags.get("lmforge.output_dir")
+    training = {
+        "run_id": training_run_id,
+        "params": {k: training_run.data.params[k] for k in TRAINING_PARAMS
+                   if k in training_run.data.params},
+        "metrics": {k: v for k, v in training_run.data.metrics.items()
+                    if k in ("final_train_loss", "final_val_loss", "tokens", "parameters")},
+        "checkpoint": digest_check(
+            checkpoint, version.tags.get("lmforge.checkpoint_manifest_sha256")
+        ),
+    }
+    lineage: dict[str, Any] = {
+        "model": model,
+        "evaluation": evaluation_of(client, version, training_run_id),
+        "training": training,
+    }
+    shards_path = tags.get("lmforge.shards")
+    if not shards_path:
+        raise LineageError(f"training run {training_run_id} has no lmforge.shards tag")
+    shards = digest_check(shards_path, tags.get("lmforge.shards_manifest_sha256"))
+    shards_manifest = read_recorded_manifest(shards_path)
+    shards_run = find_stage_run(shards_path)
+    shards.update(
+        run_id=shards_run.info.run_id if shards_run else None,
+        tokenizer=shards_manifest.get("tokenizer", {}),
+        splits=shards_manifest.get("splits", {}),
+    )
+    lineage["shards"] = shards
+    data_input = stage_input(shards_manifest, "data_refresh")
+    if data_input is None:
+        raise LineageError(f"the shards manifest in {shards_path} names no data_refresh input")
+    data = digest_check(data_input["path"], data_input.get("manifest_sha256"))
+    data_manifest = read_recorded_manifest(data_input["path"])
+    data_run = find_stage_run(data_input["path"])
+    data.update(
+        run_id=data_run.info.run_id if data_run else None,
+        filter_statistics=dict(sorted(data_run.data.metrics.items())) if data_run else {},
+    )
+    lineage["data"] = data
+    lineage["inputs"] = [
+        {k: item.get(k) for k in ("path", "sha256", "bytes")}
+        for item in data_manifest.get("inputs", [])
+    ]
+    return lineage
+
+
+def read_recorded_manifest(path: str) -> dict[str, Any]:
+    try:
+        return read_manifest(path)
+    except ManifestError as error:
+        raise LineageError(f"the manifest recorded in MLflow is gone: {error}") from error
+
+
+def short(digest: str | None) -> str:
+    return (digest or "?")[:12]
+
+
+def checked(entry: dict[str, Any]) -> str:
+    state = "matches the manifest" if entry["manifest_matches"] else "DIFFERS from the manifest"
+    return f"{entry['path']}  (manifest sha256 {short(entry['manifest_sha256'])}…, {state})"
+
+
+def format_lineage(lineage: dict[str, Any]) -> str:
+    """The lineage as indented text, model first, WARC files last."""
+    model, training = lineage["model"], lineage["training"]
+    aliases = f" @{', @'.join(model['aliases'])}" if model["aliases"] else ""
+    lines = [f"model       {model['name']} version {model['version']}{aliases}"]
+    evaluation = lineage["evaluation"]
+    if evaluation:
+        lines.append(f"evaluation  run {evaluation['run_id']}")
+        lines += [f"              {k} = {v:.4f}" for k, v in evaluation["scores"].items()]
+    else:
+        lines.append("evaluation  (none recorded for this training run)")
+    lines.append(f"training    run {training['run_id']}")
+    lines.append("              " + ", ".join(f"{k}={v}" for k, v in training["params"].items()))
+    if training["metrics"]:
+        metrics = training["metrics"].items()
+        lines.append("              " + ", ".join(f"{k}={v:g}" for k, v in metrics))
+    lines.append(f"  checkpoint  {checked(training['checkpoint'])}")
+    shards = lineage["shards"]
+    lines.append(f"shards      {checked(shards)}")
+    lines.append(f"              run {shards['run_id']}")
+    tokenizer = shards.get("tokenizer", {})
+    lines.append(
+        f"  tokenizer   sha256 {short(tokenizer.get('sha256'))}…, "
+        f"vocab {tokenizer.get('vocab_size')}"
+    )
+    for split, counts in shards.get("splits", {}).items():
+        sizes = (f"{counts.get(k)} {k}" for k in ("documents", "tokens", "bytes"))
+        lines.append(f"  {split:<10}  " + ", ".join(sizes))
+    data = lineage["data"]
+    lines.append(f"data        {checked(data)}")
+    lines.append(f"              run {data['run_id']}")
+    lines += [
+        f"              {k} = {v:g}"
+        for k, v in data["filter_statistics"].items()
+        if k in HEADLINE_DATA_COUNTS or k.startswith(("removed_by_stage.", "languages."))
+    ]
+    lines.append(f"inputs      {len(lineage['inputs'])} WARC files")
+    lines += [
+        f"  {Path(i['path']).name}  sha256 {short(i['sha256'])}…  {i['bytes']} bytes  {i['path']}"
+        for i in lineage["inputs"]
+    ]
+    return "\n".join(lines)
+
+
+def use_tracking_uri(uri: str | None) -> str:
+    """Point MLflow at `uri`, else MLFLOW_TRACKING_URI, else `lmforge run`'s default store."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        default = Path("work/pipeline/mlflow.db").resolve()
+        if not default.is_file():
+            raise LineageError(
+                "no MLflow store: pass --tracking-uri (e.g. sqlite:///work/pipeline/mlflow.db) "
+                "or set MLFLOW_TRACKING_URI"
+            )
+        uri = f"sqlite:///{default}"
+    mlflow.set_tracking_uri(uri)
+    return uri

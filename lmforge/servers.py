@@ -1,0 +1,323 @@
+"""Local services for operating lmforge from a browser: a Prefect server (API + UI), an MLflow
+tracking server and a Prefect process worker, all on 127.0.0.1 (`lmforge up` / `down` / `status`).
+
+Each service runs detached in its own process group, with a pid file and a log under the state
+directory, so `down` from another shell stops it and every process it started. Prefect keeps its
+SQLite database in `<state>/prefect`, MLflow its SQLite store and artifacts in `<state>/mlflow`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PREFECT = "prefect-server"
+MLFLOW = "mlflow"
+WORKER = "worker"
+# Started in this order, stopped in the reverse one (the worker talks to both servers).
+SERVICES = (PREFECT, MLFLOW, WORKER)
+QUIET = {
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+
+class ServiceError(RuntimeError):
+    """A service could not start (port taken, crashed, never healthy) or stop."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Where the local services keep their state, and where they listen."""
+
+    state_dir: Path = Path("work/services")
+    host: str = "127.0.0.1"
+    prefect_port: int = 4200
+    mlflow_port: int = 5000
+    work_pool: str = "lmforge"
+    # The worker starts flow runs here: relative parameters (work_dir=work/pipeline) resolve here.
+    working_dir: Path = Path(".")
+    start_worker: bool = True
+    # Prefect's default is 15 s: a UI-triggered run waits that long before it starts.
+    worker_poll_seconds: int = 5
+    # Default parameters of the registered deployments, by flow name (e.g. a small `pipeline`).
+    deployment_parameters: Mapping[str, dict] = field(default_factory=dict)
+    health_timeout: float = 180.0
+
+    @property
+    def prefect_url(self) -> str:
+        return f"http://{self.host}:{self.prefect_port}"
+
+    @property
+    def prefect_api_url(self) -> str:
+        return f"{self.prefect_url}/api"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{self.host}:{self.mlflow_port}"
+
+    def client_env(self) -> dict[str, str]:
+        """What a shell exports to send flows to these servers."""
+        return {"PREFECT_API_URL": self.prefect_api_url, "MLFLOW_TRACKING_URI": self.mlflow_url}
+
+
+def service_command(name: str, config: ServiceConfig) -> list[str]:
+    """The command line that runs service `name` in the foreground."""
+    state = config.state_dir.resolve()
+    if name == PREFECT:
+        return [sys.executable, "-m", "prefect", "server", "start",
+                "--host", config.host, "--port", str(config.prefect_port)]
+    if name == MLFLOW:
+        hosts = f"{config.host}:{config.mlflow_port},localhost:{config.mlflow_port}"
+        return [sys.executable, "-m", "mlflow", "server",
+                "--host", config.host, "--port", str(config.mlflow_port),
+                "--backend-store-uri", f"sqlite:///{state / 'mlflow' / 'mlflow.db'}",
+                "--artifacts-destination", str(state / "mlflow" / "artifacts"),
+                "--allowed-hosts", hosts, "--workers", "1"]
+    if name == WORKER:
+        return [sys.executable, "-m", "prefect", "worker", "start",
+                "--pool", config.work_pool, "--type", "process"]
+    raise ValueError(f"unknown service {name!r}: one of {', '.join(SERVICES)}")
+
+
+def service_env(name: str, config: ServiceConfig) -> dict[str, str]:
+    env = {**os.environ, **QUIET}
+    if name == PREFECT:
+        env.pop("PREFECT_API_URL", None)  # the server must not try to reach another one
+        env["PREFECT_HOME"] = str(config.state_dir.resolve() / "prefect")
+        # The UI (in the browser) calls the API at this address; the default is port 4200.
+        env["PREFECT_SERVER_UI_API_URL"] = config.prefect_api_url
+    elif name == WORKER:
+        env.update(config.client_env())
+        env["PREFECT_WORKER_QUERY_SECONDS"] = str(config.worker_poll_seconds)
+    return env
+
+
+def pid_file(config: ServiceConfig, name: str) -> Path:
+    return config.state_dir / f"{name}.pid"
+
+
+def log_file(config: ServiceConfig, name: str) -> Path:
+    return config.state_dir / "logs" / f"{name}.log"
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        # SO_REUSEADDR: a port in TIME_WAIT after a clean stop is free to listen on again.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def group_alive(pid: int) -> bool:
+    """Whether any process of the group that `pid` leads is still running."""
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our own exited child (no zombie)
+    except ChildProcessError:
+        pass
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_pid(config: ServiceConfig, name: str) -> int | None:
+    """The pid of a running service `name`, or None (a stale pid file is removed)."""
+    path = pid_file(config, name)
+    if not path.is_file():
+        return None
+    pid = json.loads(path.read_text())["pid"]
+    if group_alive(pid):
+        return pid
+    path.unlink(missing_ok=True)
+    return None
+
+
+def launch(name: str, config: ServiceConfig) -> int:
+    """Start service `name` detached, in a new session (its own process group); returns its pid."""
+    log = log_file(config, name)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cwd = config.working_dir.resolve() if name == WORKER else config.state_dir.resolve()
+    cwd.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as output:
+        process = subprocess.Popen(
+            service_command(name, config), env=service_env(name, config), cwd=cwd,
+            stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    pid_file(config, name).write_text(json.dumps({"pid": process.pid, "log": str(log)}))
+    return process.pid
+
+
+def wait_until(
+    check: Callable[[], bool], name: str, config: ServiceConfig, pid: int, what: str
+) -> None:
+    """Poll `check` until it holds; fail early, with the log's tail, if the service dies."""
+    deadline = time.monotonic() + config.health_timeout
+    while time.monotonic() < deadline:
+        if not group_alive(pid):
+            raise ServiceError(f"{name} exited before {what}:\n{log_tail(config, name)}")
+        if check():
+            return
+        time.sleep(0.5)
+    raise ServiceError(
+        f"{name} did not become {what} within {config.health_timeout:.0f} s (log: "
+        f"{log_file(config, name)}):\n{log_tail(config, name)}"
+    )
+
+
+def log_tail(config: ServiceConfig, name: str, lines: int = 25) -> str:
+    path = log_file(config, name)
+    if not path.is_file():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def health_url(name: str, config: ServiceConfig) -> str:
+    return f"{config.prefect_api_url}/health" if name == PREFECT else f"{config.mlflow_url}/health"
+
+
+def start_services(config: ServiceConfig, echo: Callable[[str], None] = print) -> ServiceConfig:
+    """Start whatever is not running yet, wait for health, register the deployments.
+
+    Idempotent: services whose pid file names a live process are left alone. Raises ServiceError
+    naming the port when one is taken by something else, or with the log's tail when a service
+    dies or never answers its health check.
+    """
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    ports = {PREFECT: config.prefect_port, MLFLOW: config.mlflow_port}
+    servers = [name for name in (PREFECT, MLFLOW) if read_pid(config, name) is None]
+    for name in servers:
+        if not port_is_free(config.host, ports[name]):
+            raise ServiceError(
+                f"port {ports[name]} on {config.host} is taken, so {name} cannot listen there: "
+                f"stop what uses it or pick another port (--{name.split('-')[0]}-port)"
+            )
+    pids = {name: launch(name, config) for name in servers}
+    for name, pid in pids.items():
+        wait_until(lambda n=name: answers(health_url(n, config)), name, config, pid, "healthy")
+        echo(f"{name}: started (pid {pid}, log {log_file(config, name)})")
+    register(config)
+    if config.start_worker and read_pid(config, WORKER) is None:
+        pid = launch(WORKER, config)
+        wait_until(lambda: worker_online(config), WORKER, config, pid, "online in its pool")
+        echo(f"{WORKER}: started on pool {config.work_pool!r} (pid {pid})")
+    write_env_file(config)
+    save_addresses(config)
+    return config
+
+
+def register(config: ServiceConfig) -> None:
+    """Create the work pool and (re)register the deployments on this Prefect server."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from lmforge.flows.deployments import register_deployments
+
+    with temporary_settings({PREFECT_API_URL: config.prefect_api_url}):
+        register_deployments(
+            config.work_pool,
+            working_dir=config.working_dir,
+            parameters=dict(config.deployment_parameters),
+        )
+
+
+def worker_online(config: ServiceConfig) -> bool:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: config.prefect_api_url}):
+        with get_client(sync_client=True) as client:
+            workers = client.read_workers_for_work_pool(config.work_pool)
+    return any(worker.status == "ONLINE" for worker in workers)
+
+
+def save_addresses(config: ServiceConfig) -> None:
+    """Remember host, ports and pool, so `status` and `down` need only the state directory."""
+    addresses = {"host": config.host, "prefect_port": config.prefect_port,
+                 "mlflow_port": config.mlflow_port, "work_pool": config.work_pool}
+    (config.state_dir / "services.json").write_text(json.dumps(addresses, indent=2))
+
+
+def load_config(state_dir: str | Path, **overrides) -> ServiceConfig:
+    """The configuration `up` used for `state_dir` (defaults if it never ran), with overrides."""
+    state_dir = Path(state_dir)
+    saved = state_dir / "services.json"
+    addresses = json.loads(saved.read_text()) if saved.is_file() else {}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return ServiceConfig(state_dir=state_dir, **{**addresses, **given})
+
+
+def write_env_file(config: ServiceConfig) -> Path:
+    """`<state>/env`: `source` it to point a shell's flows at these servers."""
+    path = config.state_dir / "env"
+    path.write_text("".join(f"export {k}={v}\n" for k, v in config.client_env().items()))
+    return path
+
+
+def stop_services(config: ServiceConfig, timeout: float = 20.0) -> list[str]:
+    """Stop every running service (SIGTERM to its process group, SIGKILL after `timeout`).
+
+    Idempotent: nothing running is not an error. Returns the names of the services it stopped.
+    """
+    stopped = []
+    for name in reversed(SERVICES):
+        pid = read_pid(config, name)
+        if pid is not None:
+            stop_group(pid, timeout)
+            stopped.append(name)
+        pid_file(config, name).unlink(missing_ok=True)
+    return stopped
+
+
+def stop_group(pid: int, timeout: float) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not group_alive(pid):
+                return
+            time.sleep(0.2)
+    raise ServiceError(f"process group {pid} survived SIGKILL")
+
+
+def service_status(config: ServiceConfig) -> dict[str, dict]:
+    """Per service: running (pid), healthy (answers its health check or is online) and URL."""
+    status = {}
+    for name in SERVICES:
+        pid = read_pid(config, name)
+        if name == WORKER:
+            server_up = answers(health_url(PREFECT, config))
+            healthy = pid is not None and server_up and worker_online(config)
+            url = f"pool {config.work_pool}"
+        else:
+            healthy = pid is not None and answers(health_url(name, config))
+            url = config.prefect_url if name == PREFECT else config.mlflow_url
+        status[name] = {"pid": pid, "running": pid is not None, "healthy": healthy, "url": url}
+    return status

@@ -1,0 +1,134 @@
+"""What a person does in a browser: start `pipeline` from its form in the Prefect UI, watch it
+complete, then find its parent run and the stage runs under it in the MLflow UI.
+
+Headless Debian Chromium driven by Playwright (its own browser downloads are never used).
+Screenshots go to work/test-artifacts/browser/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Offline and quiet: no GPU, no sandbox (root in CI), no calls home.
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "work" / "test-artifacts" / "browser"
+RUN_NAME = "run-from-the-browser"
+
+
+@pytest.fixture(scope="module")
+def page():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(30_000)
+        yield page
+        browser.close()
+    print(f"screenshots: {SCREENSHOTS}")
+
+
+def screenshot(page, name: str) -> None:
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def flow_run_named(services, name: str, timeout: float = 120.0):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    deadline = time.monotonic() + timeout
+    with temporary_settings({PREFECT_API_URL: services.prefect_api_url}):
+        with get_client(sync_client=True) as client:
+            while time.monotonic() < deadline:
+                runs = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+                )
+                if runs:
+                    return runs[0]
+                time.sleep(1)
+    pytest.fail(f"no flow run named {name!r} appeared after submitting the form")
+
+
+@pytest.fixture(scope="module")
+def run_from_the_form(page, lmforge_services):
+    """Deployments -> pipeline -> Run -> Custom run -> edit the form -> Submit; then the flow
+    run's page until it shows Completed. Returns the flow run."""
+    page.goto(f"{lmforge_services.prefect_url}/deployments")
+    row = page.locator("tr", has=page.get_by_role("link", name="pipeline", exact=True))
+    row.get_by_role("link", name="lmforge").click()
+    page.wait_for_url("**/deployments/deployment/**")
+    screenshot(page, "1-prefect-deployment")
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_text("Custom run", exact=True).click()
+    page.get_by_text("Every stage writes a subdirectory here.").wait_for()
+    # The Run Name field; the parameters keep the deployment's defaults (a tiny pipeline in
+    # work/ui, shared with the integration test: whichever runs second reuses the stages).
+    page.locator("input[type=text]").first.fill(RUN_NAME)
+    screenshot(page, "2-prefect-run-form")
+    page.get_by_role("button", name="Submit", exact=True).click()
+    page.wait_for_timeout(2000)
+    screenshot(page, "2b-prefect-after-submit")
+    flow_run = flow_run_named(lmforge_services, RUN_NAME)
+    page.goto(f"{lmforge_services.prefect_url}/runs/flow-run/{flow_run.id}")
+    deadline = time.monotonic() + 300
+    state = page.get_by_text(re.compile(r"^(Completed|Failed|Crashed)$")).first
+    while time.monotonic() < deadline:
+        if state.is_visible():
+            break
+        time.sleep(3)
+        page.reload()
+    screenshot(page, "3-prefect-flow-run")
+    return flow_run
+
+
+def test_a_pipeline_started_from_the_prefect_form_completes(run_from_the_form, page):
+    from playwright.sync_api import expect
+
+    expect(page.get_by_text("Completed", exact=True).first).to_be_visible()
+    assert page.get_by_text(RUN_NAME).first.is_visible()
+
+
+def test_the_mlflow_ui_shows_the_parent_run_with_its_stage_runs(
+    run_from_the_form, page, lmforge_services
+):
+    from mlflow.tracking import MlflowClient
+    from playwright.sync_api import expect
+
+    client = MlflowClient(tracking_uri=lmforge_services.mlflow_url)
+    experiment = client.get_experiment_by_name("lmforge")
+    parent = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`prefect.flow_run_id` = '{run_from_the_form.id}' "
+        "and tags.`lmforge.stage` = 'pipeline'",
+    )[0]
+    page.goto(f"{lmforge_services.mlflow_url}/#/experiments/{experiment.experiment_id}/runs")
+    expect(page.get_by_role("link", name="pipeline").first).to_be_visible(timeout=60_000)
+    # The expander beside the parent's name shows the child runs nested under it.
+    parent_cell = page.get_by_role("gridcell").filter(
+        has=page.get_by_role("link", name="pipeline", exact=True)
+    )
+    parent_cell.get_by_role("button").first.click()
+    for stage in ("data_refresh", "build_shards", "pretrain", "evaluate"):
+        expect(page.get_by_role("link", name=stage, exact=True).first).to_be_visible()
+    screenshot(page, "4-mlflow-runs")
+    page.goto(
+        f"{lmforge_services.mlflow_url}/#/experiments/{experiment.experiment_id}"
+        f"/runs/{parent.info.run_id}"
+    )
+    expect(page.get_by_text("Child runs", exact=True)).to_be_visible(timeout=60_000)
+    for stage in ("data_refresh", "build_shards", "pretrain", "evaluate"):
+        expect(page.get_by_role("link", name=stage, exact=True).first).to_be_visible()
+    screenshot(page, "5-mlflow-pipeline-run")

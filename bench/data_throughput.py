@@ -12,10 +12,10 @@ Table 1, whole stage, documents (WARC responses) per second of wall time, `--wor
   extractor (FineWeb's settings), and with a small extractor step that calls resiliparse the
   way lmforge does (`ResiliparseMainText` below), so the extractor is the same on both sides.
 
-Table 2, per step, documents entering the step per second of CPU time on one core: lmforge's
-steps are timed inside one process running the real `process_warc_file` (each step's function
-wrapped with a timer), then dedup and write; datatrove's from the per-step timings it records
-(`stats.json`). Interpreter start-up and imports are timed for neither side.
+Table 2, per step, documents entering the step per second spent in it (wall, one process):
+lmforge's steps are timed inside one process running the real `process_warc_file` (each step's
+function wrapped with a timer), then dedup and write; datatrove's from the per-step timings it
+records (`stats.json`). Interpreter start-up and imports are timed for neither side.
 
 datatrove lives in its own venv; without `--datatrove-python` only lmforge is measured:
 
@@ -342,8 +342,8 @@ def print_tables(lm_whole: dict, lm_steps: dict, peers: dict[str, dict], workers
         verdict = "met" if ratio >= targets[name] else "MISSED"
         print(f"| {labels[name]} | {peer['seconds']:.1f} | {rate:,.1f} | **{ratio:.2f}x** "
               f"| >= {targets[name]}x {verdict} |")  # fmt: skip
-    print("\nPer step, documents entering the step per CPU second (one core)\n")
-    print("| peer | step | docs in | CPU s | docs/s |")
+    print("\nPer step, documents entering the step per second spent in it (one process)\n")
+    print("| peer | step | docs in | s in step | docs/s |")
     print("|---|---|---:|---:|---:|")
     sides = [("lmforge", lm_steps["steps"])]
     sides += [(f"datatrove ({name})", peer["steps"]) for name, peer in peers.items()]
@@ -376,7 +376,7 @@ def main() -> None:
         print(f"  {json.dumps(lm_whole)}", file=sys.stderr)  # a long run shows numbers early
         print("lmforge per step ...", file=sys.stderr)
         lm_steps = lmforge_steps(files, scratch)
-        print(f"  {lm_steps['seconds']:.1f} CPU s", file=sys.stderr)
+        print(f"  {lm_steps['seconds']:.1f} s in steps", file=sys.stderr)
         peers = {}
         if args.datatrove_python:
             for name in args.peers:

@@ -13,7 +13,6 @@ import hashlib
 import json
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +24,19 @@ from prefect.filesystems import LocalFileSystem
 from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
 
-import lmforge.tasks
-from lmforge import __version__
 from lmforge.flows.params import DataRefreshParams
-from lmforge.flows.reports import publish_markdown, publish_table
+from lmforge.flows.reports import mlflow_run_markdown, publish_markdown, publish_table
 from lmforge.flows.runners import make_task_runner
+from lmforge.flows.stage_cache import code_version
 from lmforge.flows.tracking import configure_tracking, log_stage_manifest, stage_run
-from lmforge.manifest import sha256_file
+from lmforge.manifest import read_manifest, sha256_file
 from lmforge.tasks import plots
 from lmforge.tasks.data_config import DataConfig
 from lmforge.tasks.data_stats import merge_file_stats
-from lmforge.tasks.dataset_writer import find_duplicates, write_dataset
+from lmforge.tasks.dataset_versions import unprocessed_inputs
+from lmforge.tasks.dataset_writer import continues_dataset, find_duplicates, write_dataset
 from lmforge.tasks.dedup import DuplicateReport
+from lmforge.tasks.inputs import input_name
 from lmforge.tasks.sample_corpus import build_sample_corpus
 from lmforge.tasks.warc_processing import FileResult, process_warc_file
 
@@ -56,19 +56,6 @@ def file_progress(listener: ProgressListener) -> Iterator[None]:
         _progress_listeners.remove(listener)
 
 
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """lmforge's version plus a digest of the data-stage code (`lmforge.tasks`), so a cached
-    per-file result is never reused by code that would process the file differently."""
-    digest = hashlib.sha256(__version__.encode())
-    root = Path(lmforge.tasks.__file__).parent
-    for path in sorted(root.rglob("*")):
-        if path.suffix in (".py", ".txt", ".json") and "__pycache__" not in path.parts:
-            digest.update(str(path.relative_to(root)).encode())
-            digest.update(path.read_bytes())
-    return f"{__version__}+{digest.hexdigest()[:16]}"
-
-
 def file_cache_key(warc_path: str | Path, config: DataConfig) -> str:
     """What decides a WARC file's per-file result: its content, the DataConfig, the code."""
     path = Path(warc_path)
@@ -86,11 +73,7 @@ def _cache_key(context: TaskRunContext, parameters: Mapping[str, Any]) -> str:
 def _file_task_run_name() -> str:
     from prefect.runtime import task_run
 
-    return f"process {_file_name(task_run.parameters['warc_path'])}"
-
-
-def _file_name(location: Path | str) -> str:
-    return Path(str(location)).name  # the last path component, of a path or a URL
+    return f"process {input_name(task_run.parameters['warc_path'])}"
 
 
 @task(
@@ -120,7 +103,7 @@ def process_warc_files(
     progress_id = create_progress_artifact(
         progress=0.0, key="data-refresh-files", description=f"WARC files processed of {len(files)}"
     )
-    names = {future.task_run_id: _file_name(path) for future, path in zip(futures, files)}
+    names = {future.task_run_id: input_name(path) for future, path in zip(futures, files)}
     for done, future in enumerate(as_completed(futures), start=1):
         update_progress_artifact(progress_id, progress=100.0 * done / len(files))
         for listener in list(_progress_listeners):
@@ -138,8 +121,10 @@ def results_storage(staging_dir: Path) -> str:
 
 
 @task(name="find-duplicates")
-def find_duplicates_task(results: list[FileResult], config: DataConfig) -> DuplicateReport:
-    return find_duplicates(results, config)
+def find_duplicates_task(
+    results: list[FileResult], config: DataConfig, data_dir: Path
+) -> DuplicateReport:
+    return find_duplicates(results, config, data_dir=data_dir)
 
 
 @task(name="write-dataset")
@@ -213,16 +198,6 @@ def _bytes(value: int | None) -> str:
     return "" if value is None else f"{value / 1e6:,.2f} MB"
 
 
-def mlflow_run_link(run: mlflow.ActiveRun) -> str:
-    """A clickable link to the run on a tracking server, else how to open a local store."""
-    uri = mlflow.get_tracking_uri()
-    experiment, run_id = run.info.experiment_id, run.info.run_id
-    if uri.startswith("http"):
-        url = f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
-        return f"[{run_id}]({url})"
-    return f"`{run_id}` (open with `mlflow ui --backend-store-uri {uri}`)"
-
-
 def log_stats(
     manifest: Mapping[str, Any],
     results: Sequence[FileResult],
@@ -246,10 +221,13 @@ def log_stats(
         )
         plots.language_histogram(languages, figures / "languages.png")
         mlflow.log_artifacts(str(figures), artifact_path="plots")
+    run_link = mlflow_run_markdown(
+        mlflow.get_tracking_uri(), run.info.experiment_id, run.info.run_id
+    )
     table = [{k: v for k, v in row.items() if k != "reasons"} for row in rows]
     publish_table("data-refresh-funnel", table, "Documents and bytes into and out of each step")
     publish_markdown(
-        "data-refresh-report", report_markdown(rows, counts, files, out, mlflow_run_link(run))
+        "data-refresh-report", report_markdown(rows, counts, files, out, run_link)
     )
 
 
@@ -263,6 +241,11 @@ def data_refresh(
     configure_tracking(out.parent, keep_existing=True)
     files = input_files(params, out)
     config = params.data_config()
+    if continues_dataset(out, config):
+        files, done = unprocessed_inputs(out, files)
+        if not files:
+            print(f"data_refresh: all {len(done)} inputs are already in {out}; nothing to add")
+            return read_manifest(out)
     runner = make_task_runner(params.runner, params.workers, params.dask_address)
     staging = out.parent / f".{out.name}.staging"
     staging.mkdir(parents=True, exist_ok=True)
@@ -270,7 +253,7 @@ def data_refresh(
     with stage_run("data_refresh", run_params, parent_run_id) as run:
         mlflow.set_tag("lmforge.code_version", code_version())
         results = process_warc_files.with_options(task_runner=runner)(files, config, staging)
-        duplicates = find_duplicates_task(results, config)
+        duplicates = find_duplicates_task(results, config, out)
         manifest = write_dataset_task(results, duplicates, out, config)
         log_stage_manifest(out)
         log_stats(manifest, results, config, run, out)

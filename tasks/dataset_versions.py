@@ -25,6 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from lmforge.tasks.inputs import is_remote
 
 from lmforge.manifest import MANIFEST_NAME, read_manifest, sha256_file
 
@@ -146,7 +147,7 @@ def unprocessed_inputs(
     new: list = []
     done: list = []
     for item in paths:
-        local = Path(item) if not str(item).startswith(("http://", "https://", "s3://")) else None
+        local = None if is_remote(item) else Path(item)
         is_done = local is not None and local.is_file() and sha256_file(local) in done_digests
         (done if is_done else new).append(item)
     return new, done

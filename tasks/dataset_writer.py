@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from lmforge.tasks.data_config import DataConfig
+from lmforge.tasks.data_stats import merge_file_stats
 from lmforge.tasks.dataset_versions import (
     DOCS_DIR,
     INDEX_DIR,
@@ -321,6 +322,7 @@ def _write_version(writer, results: list[FileResult], duplicates: DuplicateRepor
     read_errors = [
         {"warc_file": r.warc_file, **error} for r in results for error in r.stats["read_errors"]
     ]
+    file_stats = merge_file_stats(results)
     version_counts = {
         "warc_files": len(results),
         "responses": responses,
@@ -334,6 +336,9 @@ def _write_version(writer, results: list[FileResult], duplicates: DuplicateRepor
         "languages": dict(languages.most_common()),
         "bytes_in": sum(r.stats["payload_bytes"] for r in results),
         "bytes_out": bytes_out,
+        # documents and bytes in/out of every per-file step, drops by language (data_stats)
+        "steps": file_stats["steps"],
+        "removed_by_language": file_stats["removed_by_language"],
         "dedup": duplicates.stats,
     }
     parent = writer.parent or {}

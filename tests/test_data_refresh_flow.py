@@ -12,6 +12,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from test_data_refresh import write_crawl
 
+import lmforge
 from lmforge.flows import data_refresh as flow_module
 from lmforge.flows.data_refresh import data_refresh, file_cache_key, file_progress
 from lmforge.flows.params import DataRefreshParams
@@ -183,7 +184,7 @@ def test_mlflow_gets_per_step_metrics_languages_and_charts(local_run):
     assert {f"lang/{lang}" for lang in counts["languages"]} <= set(metrics)
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert plots == {"plots/funnel.png", "plots/languages.png"}
-    assert run.data.tags["lmforge.code_version"].startswith(flow_module.__version__)
+    assert run.data.tags["lmforge.code_version"].startswith(lmforge.__version__)
 
 
 def test_the_flow_run_shows_a_funnel_table_a_report_and_finished_progress(local_run):
@@ -203,3 +204,24 @@ def test_the_flow_run_shows_a_funnel_table_a_report_and_finished_progress(local_
     assert "## Funnel" in report.data and "## Languages kept" in report.data
     assert "mlflow ui --backend-store-uri" in report.data
     assert float(progress.data) == 100.0
+
+
+def test_a_second_refresh_into_the_same_directory_adds_a_version_with_only_new_files(
+    prefect_api, tracking, crawl_dir, tmp_path
+):
+    first_file, second_file = sorted(crawl_dir.glob("*.warc.gz"))
+    out = tmp_path / "data"
+    data_refresh(DataRefreshParams(input=[str(first_file)], out=str(out), runner="threads"))
+    second = data_refresh(
+        DataRefreshParams(input=[str(first_file), str(second_file)], out=str(out), runner="threads")
+    )
+    assert second["version"] == 2 and second["parent_version"]["version"] == 1
+    assert second["version_counts"]["warc_files"] == 1  # the first file was in the ledger
+    assert len(second["inputs"]) == 2
+    from_scratch = refresh(crawl_dir, tmp_path / "scratch", runner="threads")
+    assert dataset_fingerprint(out)[0] == dataset_fingerprint(tmp_path / "scratch")[0]
+    assert second["counts"]["kept"] == from_scratch["counts"]["kept"]
+    again = data_refresh(
+        DataRefreshParams(input=[str(first_file), str(second_file)], out=str(out), runner="threads")
+    )
+    assert again == read_manifest(out) and again["version"] == 2  # nothing new: no version 3

@@ -1,4 +1,5 @@
-"""`evaluate`: validation loss, perplexity, bits per byte, BLiMP and sampled generations."""
+"""`evaluate`: validation loss, perplexity, bits per byte (overall and per language), BLiMP and
+sampled generations."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def evaluate_task(params: EvalParams) -> dict:
         blimp_dir=params.blimp,
         blimp_max_pairs=params.blimp_max_pairs,
         max_val_tokens=params.max_val_tokens,
+        max_tokens_per_language=params.max_tokens_per_language,
+        data_dir=params.data,
         prompts=params.prompts,
         max_new_tokens=params.max_new_tokens,
         benchmarks=params.tasks,
@@ -78,6 +81,33 @@ def scores(results: dict) -> dict[str, float]:
     return {k: float(results[k]) for k in names if results.get(k) is not None}
 
 
+LANGUAGE_METRICS = ("val_loss", "val_ppl", "val_bpb", "val_tokens")
+
+
+def language_scores(results: dict) -> dict[str, float]:
+    """MLflow metrics `lang.xx.val_bpb` (and loss, ppl, tokens) of each evaluated language."""
+    return {
+        f"lang.{lang}.{name}": float(values[name])
+        for lang, values in (results.get("languages") or {}).items()
+        for name in LANGUAGE_METRICS
+    }
+
+
+def language_rows(results: dict) -> list[dict]:
+    """One table row per language: the per-language scores, rounded for reading."""
+    return [
+        {
+            "language": lang,
+            "val_loss": round(values["val_loss"], 4),
+            "val_ppl": round(values["val_ppl"], 2),
+            "val_bpb": round(values["val_bpb"], 4),
+            "val_tokens": values["val_tokens"],
+            "docs": values["docs"],
+        }
+        for lang, values in (results.get("languages") or {}).items()
+    ]
+
+
 @flow(name="evaluate", log_prints=True)
 def evaluate(params: EvalParams = EvalParams(), parent_run_id: str | None = None) -> dict:
     """Score a checkpoint and write `results.json` with a manifest naming checkpoint and shards."""
@@ -100,6 +130,13 @@ def evaluate(params: EvalParams = EvalParams(), parent_run_id: str | None = None
         mlflow.log_metrics(scores(results))
         for paradigm, accuracy in (results.get("blimp") or {}).items():
             mlflow.log_metric(f"blimp.{paradigm}", accuracy)
+        if results.get("languages"):
+            mlflow.log_metrics(language_scores(results))
+            publish_table(
+                "evaluate-languages",
+                language_rows(results),
+                "Validation loss, perplexity and bits per byte per language",
+            )
         mlflow.log_dict(results, "results.json")
         benchmarks = results.get("benchmarks") or {}
         if benchmarks:
@@ -122,6 +159,10 @@ def evaluate(params: EvalParams = EvalParams(), parent_run_id: str | None = None
             + "".join(f"**{s['prompt']}**{s['completion']}\n\n" for s in results["samples"]),
         )
     print("evaluate: " + ", ".join(f"{k}={v:.4f}" for k, v in scores(results).items()))
+    for row in language_rows(results):
+        print(f"  {row['language']}: val_bpb={row['val_bpb']} over {row['val_tokens']} tokens")
+    if results.get("languages_skipped"):
+        print(f"  per-language metrics skipped: {results['languages_skipped']}")
     for row in results_table(results.get("benchmarks") or {}):
         print(f"  {row['task']}.{row['metric']} = {row['value']:.4f} ± {row['stderr']}")
     return results

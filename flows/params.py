@@ -247,6 +247,17 @@ class EvalParams(StageParams):
     max_val_tokens: int = Field(
         1 << 20, ge=1, description="Validation tokens to evaluate (the split is cut there)."
     )
+    max_tokens_per_language: int = Field(
+        1 << 16,
+        ge=0,
+        description="Validation tokens per language for per-language loss / bits per byte "
+        "(whole documents; 0: off).",
+    )
+    data: str | None = Field(
+        None,
+        description="Data directory the shards were built from, for per-language metrics "
+        "(default: the one the shards' manifest names).",
+    )
     prompts: list[str] = Field(
         default_factory=lambda: ["The Python interpreter", "A list comprehension", "import "],
         description="Prompts for sampled generations.",

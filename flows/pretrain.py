@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from pathlib import Path
+from uuid import UUID
 
 import mlflow
 from prefect import flow, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.context import FlowRunContext
 
 from lmforge.flows.params import TrainParams
 from lmforge.flows.registry import default_registered_name, register_checkpoint
-from lmforge.flows.reports import publish_markdown
+from lmforge.flows.reports import mlflow_run_markdown, publish_markdown
 from lmforge.flows.tracking import (
     MetricsLogger,
     configure_tracking,
@@ -19,6 +24,8 @@ from lmforge.flows.tracking import (
 from lmforge.model.train import TrainConfig, TrainResult
 from lmforge.tasks import plots
 from lmforge.tasks.pretrain import TorchrunOptions, run_pretraining
+
+log = logging.getLogger(__name__)
 
 
 def train_config(params: TrainParams) -> TrainConfig:
@@ -68,13 +75,59 @@ def torchrun_options(params: TrainParams) -> TorchrunOptions:
     )
 
 
+PROGRESS_KEY = "pretrain-progress"
+
+
+def create_training_progress(max_steps: int) -> UUID | None:
+    """The flow run's `pretrain-progress` artifact at 0% (None outside a flow run); created in
+    the flow's thread, then updated by id (`TrainingProgress`)."""
+    if FlowRunContext.get() is None:
+        return None
+    return create_progress_artifact(
+        progress=0.0, key=PROGRESS_KEY, description=f"Optimizer steps done of {max_steps}"
+    )
+
+
+class TrainingProgress:
+    """Moves a progress artifact to the share of `max_steps` done as steps are logged.
+
+    Updates name the artifact by id through a fresh Prefect client, so they are safe from
+    whatever thread reports metrics (a lock keeps them in order). It moves in whole percents to
+    spare the API, and a failed update is logged, never raised: a progress bar must not stop a
+    long training run.
+    """
+
+    def __init__(self, artifact_id: UUID | None, max_steps: int) -> None:
+        self.artifact_id = artifact_id
+        self.max_steps = max_steps
+        self.percent = 0.0
+        self.lock = threading.Lock()
+
+    def __call__(self, step: int) -> None:
+        percent = float(min(100, 100 * step // self.max_steps))
+        with self.lock:
+            if self.artifact_id is None or percent <= self.percent:
+                return
+            try:
+                update_progress_artifact(self.artifact_id, progress=percent)
+                self.percent = percent
+            except Exception as error:  # noqa: BLE001 - any API failure: keep training
+                log.warning("pretrain progress artifact not updated (%s); training goes on", error)
+                self.artifact_id = None
+
+
 @task(name="train-model")
 def train_task(
-    config: TrainConfig, run_id: str, launch: TorchrunOptions
+    config: TrainConfig,
+    run_id: str,
+    launch: TorchrunOptions,
+    progress_id: UUID | None = None,
 ) -> tuple[TrainResult, list[dict[str, float]]]:
     """Train (in this process, or under torchrun when `launch` asks for several), streaming
-    rank 0's metrics into MLflow run `run_id`; returns the result and the metrics."""
-    logger = MetricsLogger(run_id)
+    rank 0's metrics into MLflow run `run_id` and its steps into progress artifact
+    `progress_id`; returns the result and the metrics."""
+    progress = TrainingProgress(progress_id, config.max_steps)
+    logger = MetricsLogger(run_id, on_step=progress)
     result = run_pretraining(config, on_log=logger, launch=launch)
     if result is None:
         raise RuntimeError(
@@ -92,7 +145,8 @@ def pretrain(params: TrainParams = TrainParams(), parent_run_id: str | None = No
     configure_tracking(out.parent, keep_existing=True)
     with stage_run("pretrain", params.model_dump(), parent_run_id) as run:
         launch = torchrun_options(params)
-        result, history = train_task(train_config(params), run.info.run_id, launch)
+        progress_id = create_training_progress(params.max_steps)
+        result, history = train_task(train_config(params), run.info.run_id, launch, progress_id)
         summary = {
             "out_dir": str(out),
             "completed": result.completed,
@@ -114,9 +168,13 @@ def pretrain(params: TrainParams = TrainParams(), parent_run_id: str | None = No
         with plots.figure_files() as figures:
             plots.training_curves(history, figures / "loss.png")
             mlflow.log_artifacts(str(figures), artifact_path="plots")
+        run_link = mlflow_run_markdown(
+            mlflow.get_tracking_uri(), run.info.experiment_id, run.info.run_id
+        )
         publish_markdown(
             "pretrain-summary",
-            "# pretrain\n\n" + "".join(f"- **{k}**: {v}\n" for k, v in summary.items()),
+            f"# pretrain\n\nMLflow run: {run_link}\n\n"
+            + "".join(f"- **{k}**: {v}\n" for k, v in summary.items()),
         )
     print(f"pretrain: {summary}")
     return summary

@@ -12,7 +12,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -150,18 +150,22 @@ def log_dataset_input(item: Mapping[str, Any], context: str) -> None:
 
 class MetricsLogger:
     """Forwards training metrics to a given run from any thread (the fluent API is thread-local),
-    and keeps them for the curves plotted at the end."""
+    keeps them for the curves plotted at the end, and tells `on_step` (e.g. a progress
+    artifact) each step that was logged."""
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, on_step: Callable[[int], None] | None = None) -> None:
         self.run_id = run_id
         self.client = MlflowClient()
         self.history: list[dict[str, float]] = []
+        self.on_step = on_step
 
     def __call__(self, step: int, metrics: Mapping[str, float]) -> None:
         self.history.append({"step": step, **metrics})
         timestamp = int(time.time() * 1000)
         batch = [Metric(k, float(v), timestamp, step) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
+        if self.on_step is not None:
+            self.on_step(step)
 
 
 def find_stage_run(output_dir: str | Path) -> mlflow.entities.Run | None:

@@ -1,4 +1,5 @@
-"""Evaluation of a trained model: validation loss / perplexity / bits per byte, BLiMP, samples.
+"""Evaluation of a trained model: validation loss / perplexity / bits per byte (overall and per
+language), BLiMP, samples.
 
 The scoring functions accept any causal language model with `forward(idx: LongTensor[B, T]) ->
 logits[B, T, V]` (and `generate(...)` for samples, per the Model API contract), so they can be
@@ -7,12 +8,15 @@ tested with stand-in models; `evaluate_checkpoint` wires them to a saved checkpo
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
@@ -20,9 +24,16 @@ from tokenizers import Tokenizer
 from lmforge.manifest import read_manifest
 from lmforge.model.checkpoint import load_model
 from lmforge.model.data import TokenSplit, open_token_split, sequential_windows
+from lmforge.model.shard_format import SHARD_PATTERN
 from lmforge.model.train import resolve_device
 from lmforge.tasks.blimp import MinimalPair, load_blimp
-from lmforge.tasks.shards import TOKENIZER_FILE
+from lmforge.tasks.dataset_versions import (
+    UNKNOWN_LANGUAGE,
+    dataset_doc_files,
+    document_batches,
+    has_dataset,
+)
+from lmforge.tasks.shards import TOKENIZER_FILE, is_validation_document
 from lmforge.tasks.tokenizer import (
     load_tokenizer,
     special_token_ids,
@@ -33,6 +44,8 @@ from lmforge.tasks.tokenizer import (
 
 DEFAULT_PROMPTS = ("The Python interpreter", "A list comprehension", "import ")
 IGNORE_INDEX = -100  # cross_entropy's marker for positions that carry no loss (padding)
+
+log = logging.getLogger(__name__)
 
 
 class EvaluationError(ValueError):
@@ -127,6 +140,149 @@ def split_bytes_per_token(shards_manifest: dict[str, Any], split: str = "val") -
     """UTF-8 bytes per token of a split, from a shards manifest's `splits` section."""
     counts = shards_manifest["splits"][split]
     return counts["bytes"] / counts["tokens"]
+
+
+# --- per-language validation metrics ------------------------------------------------------------
+
+
+def shards_data_dir(shards_manifest: Mapping[str, Any]) -> Path | None:
+    """The data directory a shards directory was built from: the input of its manifest that is
+    a stage output (the other input, when present, is a tokenizer file); None if there is none."""
+    for entry in shards_manifest.get("inputs", []):
+        if "stage" in entry:
+            return Path(entry["path"])
+    return None
+
+
+def validation_documents(
+    data_dir: str | Path, val_fraction: float | None
+) -> dict[str, tuple[str, int]]:
+    """{doc_id: (language, UTF-8 bytes of its text)} of the data directory's non-empty documents
+    in the val split (`val_fraction` as the shards were built with; None keeps every document)."""
+    documents: dict[str, tuple[str, int]] = {}
+    for path in dataset_doc_files(data_dir):
+        for batch in document_batches(path, ["id", "text", "lang"], batch_size=8192):
+            sizes = pc.fill_null(pc.binary_length(batch.column("text")), 0).to_pylist()
+            ids, langs = batch.column("id").to_pylist(), batch.column("lang").to_pylist()
+            for doc_id, lang, size in zip(ids, langs, sizes, strict=True):
+                if size and (val_fraction is None or is_validation_document(doc_id, val_fraction)):
+                    documents[doc_id] = (lang or UNKNOWN_LANGUAGE, size)
+    return documents
+
+
+def split_documents(split_dir: str | Path) -> Iterator[tuple[str, np.ndarray]]:
+    """(doc_id, tokens) of each document of a token split, in shard order; the pieces of a
+    document cut at a shard boundary (consecutive rows with one doc_id) are joined again."""
+    pending_id: str | None = None
+    pieces: list[np.ndarray] = []
+    for path in sorted(Path(split_dir).glob(SHARD_PATTERN)):
+        with pa.memory_map(str(path)) as source:
+            table = pa.ipc.open_file(source).read_all()
+            column = table.column("tokens").combine_chunks()
+            offsets = column.offsets.to_numpy()
+            values = column.values.to_numpy(zero_copy_only=False).astype(np.int64)  # a copy
+            doc_ids = table.column("doc_id").to_pylist()
+        for row, doc_id in enumerate(doc_ids):
+            if doc_id != pending_id and pieces:
+                yield pending_id, np.concatenate(pieces)
+                pieces = []
+            pending_id = doc_id
+            pieces.append(values[offsets[row] : offsets[row + 1]])
+    if pieces:
+        yield pending_id, np.concatenate(pieces)
+
+
+def document_sequences(tokens: np.ndarray, eot_id: int, seq_len: int) -> list[np.ndarray]:
+    """A document's tokens after a leading `<|endoftext|>` (it starts a document), cut into
+    sequences of up to `seq_len` + 1 tokens whose first is context only: every token of the
+    document, its closing `<|endoftext|>` included, is predicted exactly once."""
+    stream = np.concatenate([np.array([eot_id], dtype=np.int64), tokens.astype(np.int64)])
+    return [stream[start : start + seq_len + 1] for start in range(0, len(stream) - 1, seq_len)]
+
+
+def language_metrics(
+    model: torch.nn.Module,
+    split_dir: str | Path,
+    documents: Mapping[str, tuple[str, int]],
+    *,
+    eot_id: int,
+    pad_id: int,
+    seq_len: int,
+    batch_size: int,
+    max_tokens_per_language: int,
+) -> dict[str, dict[str, float]]:
+    """val_loss, val_ppl, val_bpb, val_tokens, val_bytes and docs per language of a token split.
+
+    Whole documents are scored (each from its start, in windows of `seq_len`), in shard order,
+    until a language has `max_tokens_per_language` tokens (so it may exceed that by one
+    document's worth); `documents` (from `validation_documents`) gives each doc_id's language
+    and text bytes, so bits per byte is exact per language. Tokens of doc_ids missing from
+    `documents` are not scored (logged). Returns {language: metrics}, languages sorted.
+    """
+    languages = {lang for lang, _ in documents.values()}
+    chosen: dict[str, list[np.ndarray]] = {lang: [] for lang in languages}
+    tokens = dict.fromkeys(languages, 0)
+    text_bytes = dict.fromkeys(languages, 0)
+    docs = dict.fromkeys(languages, 0)
+    unknown = 0
+    for doc_id, doc_tokens in split_documents(split_dir):
+        if doc_id not in documents:
+            unknown += 1
+            continue
+        lang, size = documents[doc_id]
+        if tokens[lang] >= max_tokens_per_language:
+            if all(count >= max_tokens_per_language for count in tokens.values()):
+                break
+            continue
+        chosen[lang].append(doc_tokens)
+        tokens[lang] += len(doc_tokens)
+        text_bytes[lang] += size
+        docs[lang] += 1
+    if unknown:
+        log.warning(
+            "%d val documents of %s are not in the data directory: not scored per language "
+            "(was the data refreshed after the shards were built?)", unknown, split_dir
+        )
+    results: dict[str, dict[str, float]] = {}
+    for lang in sorted(lang for lang in languages if docs[lang]):
+        sequences = [s for t in chosen[lang] for s in document_sequences(t, eot_id, seq_len)]
+        total_nats = -sum(sequence_log_probs(model, sequences, pad_id, batch_size))
+        metrics = language_model_metrics(
+            total_nats, tokens[lang], bytes_per_token=text_bytes[lang] / tokens[lang]
+        )
+        results[lang] = {**metrics, "val_bytes": text_bytes[lang], "docs": docs[lang]}
+    return results
+
+
+def shards_language_metrics(
+    model: torch.nn.Module,
+    shards_dir: str | Path,
+    shards_manifest: Mapping[str, Any],
+    data_dir: str | Path | None,
+    **options: Any,
+) -> tuple[dict[str, dict[str, float]] | None, str | None]:
+    """Per-language metrics of the shards' val split (`language_metrics` with `options`), reading
+    languages and bytes from `data_dir`, by default the data directory the shards' manifest
+    names. Returns (metrics, None), or (None, why) when that directory is not available."""
+    data_dir = Path(data_dir) if data_dir is not None else shards_data_dir(shards_manifest)
+    if data_dir is None:
+        return None, f"the manifest of {shards_dir} names no data directory"
+    if not has_dataset(data_dir):
+        return None, f"the data directory {data_dir} is not available (no manifest.json there)"
+    val_fraction = shards_manifest.get("params", {}).get("val_fraction")
+    documents = validation_documents(data_dir, val_fraction)
+    if not documents:
+        return None, f"{data_dir} holds no val documents"
+    tokenizer = shards_manifest["tokenizer"]
+    metrics = language_metrics(
+        model,
+        Path(shards_dir) / "val",
+        documents,
+        eot_id=tokenizer["eot_id"],
+        pad_id=tokenizer.get("pad_id", tokenizer["eot_id"]),
+        **options,
+    )
+    return metrics, None
 
 
 # --- BLiMP --------------------------------------------------------------------------------------
@@ -272,6 +428,8 @@ def evaluate_checkpoint(
     blimp_dir: str | Path | None = None,
     blimp_max_pairs: int | None = None,
     max_val_tokens: int = 1 << 20,
+    max_tokens_per_language: int = 1 << 16,
+    data_dir: str | Path | None = None,
     batch_size: int = 16,
     blimp_batch_size: int = 64,
     seq_len: int | None = None,
@@ -291,10 +449,14 @@ def evaluate_checkpoint(
     tokenizer is its `tokenizer.json`, else the shards'. `seq_len` defaults to the model's
     context length; `batch_size` counts validation windows, `blimp_batch_size` sentences
     (BLiMP sentences and benchmark continuations).
-    Returns val_loss, val_ppl, val_bpb, val_tokens, samples, and blimp_acc plus
-    per-paradigm blimp when `blimp_dir` is given, and `benchmarks` (task -> metrics) for the
-    `name: path or URL` tasks of `benchmarks`, scored by `tasks.benchmarks.evaluate_benchmarks`
-    with `benchmark_options` (num_fewshot, fewshot_sources, seed, limit, cache_dir).
+    Returns val_loss, val_ppl, val_bpb, val_tokens, samples, `languages` ({lang: val_loss,
+    val_ppl, val_bpb, val_tokens, val_bytes, docs} over up to `max_tokens_per_language` val
+    tokens of whole documents per language; 0 turns it off) when the data directory the shards
+    were built from (or `data_dir`) is available, else `languages_skipped` saying why;
+    blimp_acc plus per-paradigm blimp when `blimp_dir` is given, and `benchmarks` (task ->
+    metrics) for the `name: path or URL` tasks of `benchmarks`, scored by
+    `tasks.benchmarks.evaluate_benchmarks` with `benchmark_options` (num_fewshot,
+    fewshot_sources, seed, limit, cache_dir).
 
     Raises EvaluationError when the tokenizer is not the one the shards were built with, or its
     vocabulary differs from the model's; ManifestError for a shards directory without manifest.
@@ -325,6 +487,21 @@ def evaluate_checkpoint(
         max_val_tokens,
         bytes_per_token=split_bytes_per_token(shards_manifest, "val"),
     )
+    if max_tokens_per_language:
+        languages, skipped = shards_language_metrics(
+            model,
+            shards_dir,
+            shards_manifest,
+            data_dir,
+            seq_len=seq_len,
+            batch_size=batch_size,
+            max_tokens_per_language=max_tokens_per_language,
+        )
+        if skipped:
+            log.warning("per-language metrics skipped: %s", skipped)
+            results["languages_skipped"] = skipped
+        else:
+            results["languages"] = languages
     if blimp_dir is not None:
         paradigms = load_blimp(blimp_dir)
         results.update(

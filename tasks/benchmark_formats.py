@@ -8,12 +8,13 @@ Scoring lives in `tasks/benchmarks.py`; fetching files or URLs in `tasks/benchma
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lmforge.tasks.jsonl import read_jsonl
 
 
 class BenchmarkFormatError(ValueError):
@@ -31,25 +32,6 @@ class BenchmarkItem:
 
     def continuation(self, choice: int) -> str:
         return self.target_delimiter + self.choices[choice]
-
-
-def read_jsonl(
-    path: Path, error: type[ValueError] = BenchmarkFormatError
-) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; `error` naming file and line for a line
-    that is not a JSON object."""
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as decode_error:
-                message = f"{path}:{number}: not valid JSON ({decode_error.msg})"
-                raise error(message) from decode_error
-            if not isinstance(record, dict):
-                raise error(f"{path}:{number}: expected a JSON object")
-            yield number, record
 
 
 def field(record: dict[str, Any], key: str, where: str, kind: type = str) -> Any:
@@ -71,7 +53,7 @@ def load_hellaswag(path: Path) -> list[BenchmarkItem]:
     """HellaSwag's jsonl (rowanz/hellaswag `data/hellaswag_{train,val}.jsonl`): `activity_label`,
     `ctx_a`, `ctx_b`, 4 `endings`, `label`. Prompt: `activity: ctx_a Ctx_b` -> ending."""
     items = []
-    for number, record in read_jsonl(path):
+    for number, record in read_jsonl(path, BenchmarkFormatError):
         where = f"{path}:{number}"
         endings = field(record, "endings", where, list)
         label = record.get("label")
@@ -87,7 +69,7 @@ def load_arc(path: Path) -> list[BenchmarkItem]:
     """ARC's jsonl (ARC-V1-Feb2018 `ARC-{Easy,Challenge}-{Train,Dev,Test}.jsonl`):
     `question.stem`, `question.choices[{text,label}]`, `answerKey` (a letter or a digit)."""
     items = []
-    for number, record in read_jsonl(path):
+    for number, record in read_jsonl(path, BenchmarkFormatError):
         where = f"{path}:{number}"
         question = field(record, "question", where, dict)
         choices = field(question, "choices", f"{where} question", list)
@@ -116,7 +98,7 @@ def load_piqa(path: Path) -> list[BenchmarkItem]:
             f"{path.name} (e.g. valid.jsonl and valid-labels.lst)"
         )
     labels = [line.strip() for line in labels_path.read_text().splitlines() if line.strip()]
-    records = list(read_jsonl(path))
+    records = list(read_jsonl(path, BenchmarkFormatError))
     if len(labels) != len(records):
         raise BenchmarkFormatError(
             f"{labels_path} has {len(labels)} labels but {path} has {len(records)} questions"
@@ -136,7 +118,7 @@ def load_lambada(path: Path) -> list[BenchmarkItem]:
     """LAMBADA (OpenAI's `lambada_test.jsonl`, `{"text": ...}`): the passage without its last
     word is the context, `" " + last word` the one continuation."""
     items = []
-    for number, record in read_jsonl(path):
+    for number, record in read_jsonl(path, BenchmarkFormatError):
         where = f"{path}:{number}"
         context, space, word = field(record, "text", where).strip().rpartition(" ")
         if not space:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.tasks.benchmark_formats import read_jsonl
+from lmforge.tasks.jsonl import read_jsonl
 
 
 class BlimpFormatError(ValueError):

@@ -10,7 +10,6 @@ target is IGNORE_INDEX, which `torch.nn.functional.cross_entropy` skips.
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
+from lmforge.tasks.jsonl import read_jsonl
 from lmforge.tasks.tokenizer import special_token_ids, to_valid_utf8
 
 IGNORE_INDEX = -100
@@ -96,19 +96,7 @@ def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             for row in reader:
                 yield reader.line_num, row
         return
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise FinetuneDataError(f"{path}:{number}: invalid JSON: {error.msg}") from error
-            if not isinstance(record, dict):
-                raise FinetuneDataError(
-                    f"{path}:{number}: expected a JSON object, got {type(record).__name__}"
-                )
-            yield number, record
+    yield from read_jsonl(path, FinetuneDataError)
 
 
 def _text_field(where: str, record: dict[str, Any], name: str, required: bool) -> str:

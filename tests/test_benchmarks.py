@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 import torch
-from torch import nn
+from model_fixtures import BigramModel
 
 from lmforge.tasks.benchmark_formats import (
     BenchmarkFormatError,
@@ -38,17 +38,6 @@ from lmforge.tasks.evaluate import continuation_scores
 from lmforge.tasks.tokenizer import TokenizerConfig, special_token_ids, train_tokenizer
 
 RIGHT, WRONG = "alpha beta alpha", "gamma delta gamma"
-
-
-class BigramModel(nn.Module):
-    """Causal stand-in: the next token's logits depend on the current token only."""
-
-    def __init__(self, table: torch.Tensor) -> None:
-        super().__init__()
-        self.table = nn.Parameter(table.clone())
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.table[idx]
 
 
 @pytest.fixture(scope="module")

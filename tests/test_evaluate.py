@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from torch import nn
+from model_fixtures import BigramModel
 
 from lmforge.manifest import stage_output
 from lmforge.model.checkpoint import save_model
@@ -35,31 +35,6 @@ PAIRS = [
     ("a bird sings every morning", "a bird sing every morning"),
     ("the children play outside", "the children plays outside"),
 ]
-
-
-class BigramModel(nn.Module):
-    """A causal stand-in: the next token's logits depend on the current token only."""
-
-    def __init__(self, table: torch.Tensor) -> None:
-        super().__init__()
-        self.table = nn.Parameter(table.clone())
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.table[idx]
-
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos_id=None):
-        for _ in range(max_new_tokens):
-            logits = self.table[idx[:, -1]] / max(temperature, 1e-6)
-            if top_k is not None:
-                logits = logits.masked_fill(
-                    logits < torch.topk(logits, top_k).values[:, -1:], -math.inf
-                )
-            next_token = torch.multinomial(logits.softmax(-1), 1)
-            idx = torch.cat([idx, next_token], dim=1)
-            if eos_id is not None and bool((next_token == eos_id).all()):
-                break
-        return idx
 
 
 def uniform_model(vocab: int) -> BigramModel:

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from torch import nn
+from model_fixtures import BigramModel
 
 from lmforge.manifest import stage_output
 from lmforge.model.checkpoint import save_model
@@ -28,17 +28,6 @@ from lmforge.tasks.tokenizer import load_tokenizer
 VAL_FRACTION = 0.4
 ENGLISH = "the cat sleeps on the mat while the dogs run in the park"
 GERMAN = "die Katze schläft auf der Matte während die Hunde im Park laufen"
-
-
-class BigramModel(nn.Module):
-    """Next-token logits from the current token only, so a score does not depend on windowing."""
-
-    def __init__(self, table: torch.Tensor) -> None:
-        super().__init__()
-        self.table = nn.Parameter(table.clone())
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.table[idx]
 
 
 def documents_by_language() -> dict[str, list[tuple[str, str]]]:

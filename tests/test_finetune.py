@@ -101,7 +101,7 @@ def labelled_csv(tmp_path_factory) -> Path:
 def test_malformed_jsonl_names_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "fine", "label": "a"}\n\n{"text": broken}\n')
-    with pytest.raises(FinetuneDataError, match=r"bad\.jsonl:3: invalid JSON"):
+    with pytest.raises(FinetuneDataError, match=r"bad\.jsonl:3: not valid JSON"):
         load_labelled_texts(path)
 
 

@@ -73,3 +73,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_for_final_state(client, flow_run_id, timeout: float, poll: float = 1.0):
+    """The flow run's state once final (Completed, Failed, ...), or its last state at timeout."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    state = client.read_flow_run(flow_run_id).state
+    while not state.is_final() and time.monotonic() < deadline:
+        time.sleep(poll)
+        state = client.read_flow_run(flow_run_id).state
+    return state

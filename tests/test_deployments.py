@@ -7,9 +7,9 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
+from conftest import wait_for_final_state
 
 pytestmark = pytest.mark.slow
 
@@ -121,11 +121,7 @@ def test_a_pipeline_run_triggered_through_the_api_completes_on_a_process_worker(
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240,
     )
     with get_client(sync_client=True) as client:
-        deadline = time.monotonic() + 30
-        state = client.read_flow_run(flow_run.id).state
-        while not state.is_final() and time.monotonic() < deadline:
-            time.sleep(1)
-            state = client.read_flow_run(flow_run.id).state
+        state = wait_for_final_state(client, flow_run.id, timeout=30)
     assert state.is_completed(), f"{state!r}\nworker output:\n{worker.stdout[-3000:]}{worker.stderr[-3000:]}"
     with sqlite3.connect(tracking_db) as db:
         names = {row[0] for row in db.execute("SELECT name FROM runs")}

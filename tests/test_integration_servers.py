@@ -5,21 +5,12 @@ MLflow from the parent run down to each stage's inputs."""
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
+from conftest import wait_for_final_state
 
 pytestmark = pytest.mark.slow
 STAGES = {"data_refresh", "build_shards", "pretrain", "evaluate"}
-
-
-def wait_for_final_state(client, flow_run_id, timeout: float = 300.0):
-    deadline = time.monotonic() + timeout
-    state = client.read_flow_run(flow_run_id).state
-    while not state.is_final() and time.monotonic() < deadline:
-        time.sleep(2)
-        state = client.read_flow_run(flow_run_id).state
-    return state
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +27,7 @@ def triggered_run(lmforge_services):
             # work/ui. After the browser test's run there, its stages are reused (still traced).
             form = {"params": deployment.parameters["params"]}
             flow_run = client.create_flow_run_from_deployment(deployment.id, parameters=form)
-            state = wait_for_final_state(client, flow_run.id)
+            state = wait_for_final_state(client, flow_run.id, timeout=300, poll=2)
             artifacts = client.read_artifacts()
     return deployment, flow_run, state, artifacts
 

@@ -32,7 +32,6 @@ from lmforge.flows.tracking import configure_tracking, log_stage_manifest, stage
 from lmforge.manifest import read_manifest, sha256_file
 from lmforge.tasks import plots
 from lmforge.tasks.data_config import DataConfig
-from lmforge.tasks.data_stats import merge_file_stats
 from lmforge.tasks.dataset_versions import unprocessed_inputs
 from lmforge.tasks.dataset_writer import continues_dataset, find_duplicates, write_dataset
 from lmforge.tasks.dedup import DuplicateReport
@@ -199,26 +198,19 @@ def _bytes(value: int | None) -> str:
 
 
 def log_stats(
-    manifest: Mapping[str, Any],
-    results: Sequence[FileResult],
-    config: DataConfig,
-    run: mlflow.ActiveRun,
-    out: Path,
+    manifest: Mapping[str, Any], config: DataConfig, run: mlflow.ActiveRun, out: Path
 ) -> None:
-    """Funnel and languages as MLflow metrics and PNG artifacts, a Prefect table artifact and a
-    markdown report artifact on the flow run. Per-step numbers come from the files' own
-    statistics (`merge_file_stats`), the dedup step from the manifest."""
-    steps = merge_file_stats(results).get("steps")
-    files = len(results)
-    counts = manifest["counts"]
+    """Funnel and languages of the version this refresh added (its per-step statistics and
+    dedup, from the manifest) as MLflow metrics and PNG artifacts, a Prefect table artifact and
+    a markdown report artifact on the flow run."""
+    counts = manifest.get("version_counts", manifest["counts"])
+    files = counts["warc_files"]
     filter_order = [f.name for f in config.filters()]
-    rows = plots.funnel_rows(counts, filter_order=filter_order, steps=steps)
+    rows = plots.funnel_rows(counts, filter_order=filter_order)
     languages = counts.get("languages", {})
     mlflow.log_metrics(stage_metrics(rows, languages))
     with plots.figure_files() as figures:
-        plots.removal_funnel(
-            counts, figures / "funnel.png", filter_order=filter_order, steps=steps
-        )
+        plots.removal_funnel(counts, figures / "funnel.png", filter_order=filter_order)
         plots.language_histogram(languages, figures / "languages.png")
         mlflow.log_artifacts(str(figures), artifact_path="plots")
     run_link = mlflow_run_markdown(
@@ -256,7 +248,7 @@ def data_refresh(
         duplicates = find_duplicates_task(results, config, out)
         manifest = write_dataset_task(results, duplicates, out, config)
         log_stage_manifest(out)
-        log_stats(manifest, results, config, run, out)
+        log_stats(manifest, config, run, out)
     # Only a finished dataset retires the staged files and their cached per-file results.
     shutil.rmtree(staging, ignore_errors=True)
     counts = manifest["counts"]

@@ -29,7 +29,7 @@ from lmforge.flows.reports import mlflow_run_markdown, publish_markdown, publish
 from lmforge.flows.runners import make_task_runner
 from lmforge.flows.stage_cache import code_version
 from lmforge.flows.tracking import configure_tracking, log_stage_manifest, stage_run
-from lmforge.manifest import read_manifest, sha256_file
+from lmforge.manifest import input_sha256, read_manifest
 from lmforge.tasks import plots
 from lmforge.tasks.data_config import DataConfig
 from lmforge.tasks.dataset_versions import unprocessed_inputs
@@ -59,7 +59,7 @@ def file_cache_key(warc_path: str | Path, config: DataConfig) -> str:
     """What decides a WARC file's per-file result: its content, the DataConfig, the code."""
     path = Path(warc_path)
     # Remote inputs are keyed by URL: crawl files are immutable once published.
-    content = sha256_file(path) if "://" not in str(warc_path) else str(warc_path)
+    content = input_sha256(path) if "://" not in str(warc_path) else str(warc_path)
     config_json = json.dumps(config.to_dict(), sort_keys=True)
     key = hashlib.sha256("\n".join((content, config_json, code_version())).encode())
     return f"process-warc-file-{key.hexdigest()}"

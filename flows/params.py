@@ -75,6 +75,12 @@ class DataRefreshParams(StageParams):
     default_url_lists: bool = Field(
         True, description="Use the URL block lists shipped with lmforge besides your own."
     )
+    dedup_shingle_language: Literal["detected", "declared"] = Field(
+        "detected",
+        description="Which language decides how dedup shingles a page (characters for zh, ja, "
+        "ko, th; words otherwise): detected from its text, or declared by the page (header, "
+        "<html lang>, a locale in its URL), falling back to the detected one.",
+    )
     workers: int = Field(0, ge=0, description="Files processed in parallel; 0 = one per core.")
     runner: Literal["local", "dask", "threads"] = Field(
         "local",
@@ -96,6 +102,7 @@ class DataRefreshParams(StageParams):
     def data_config(self) -> DataConfig:
         """The `DataConfig` these parameters describe (what decides which documents are kept)."""
         from lmforge.tasks.data_config import DataConfig
+        from lmforge.tasks.dedup import MinHashConfig
         from lmforge.tasks.filters import URLFilter
         from lmforge.tasks.html_text import ExtractionConfig
 
@@ -111,6 +118,7 @@ class DataRefreshParams(StageParams):
                 use_default_lists=self.default_url_lists,
             ),
             lang_model_path=self.lang_model,
+            minhash=MinHashConfig(shingle_language=self.dedup_shingle_language),
         )
 
     def input_files(self) -> list[Path | str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import shutil
@@ -36,6 +37,20 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
         while block := handle.read(chunk_size):
             digest.update(block)
     return digest.hexdigest()
+
+
+def input_sha256(path: str | Path) -> str:
+    """sha256 of an input file, hashed once per process while its size, mtime and inode stay
+    the same: a refresh looks at each WARC file's digest several times (the ledger, the per-file
+    cache key, the file's result). Outputs are verified with `sha256_file`, never from memory."""
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    return _input_sha256(str(resolved), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+@functools.lru_cache(maxsize=4096)
+def _input_sha256(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    return sha256_file(path)
 
 
 def utc_now() -> str:

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from lmforge.tasks.inputs import is_remote
 
-from lmforge.manifest import MANIFEST_NAME, read_manifest, sha256_file
+from lmforge.manifest import MANIFEST_NAME, input_sha256, read_manifest
 
 DOCS_DIR = "docs"
 REMOVED_DIR = "removed"
@@ -148,7 +148,7 @@ def unprocessed_inputs(
     done: list = []
     for item in paths:
         local = None if is_remote(item) else Path(item)
-        is_done = local is not None and local.is_file() and sha256_file(local) in done_digests
+        is_done = local is not None and local.is_file() and input_sha256(local) in done_digests
         (done if is_done else new).append(item)
     return new, done
 

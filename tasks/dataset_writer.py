@@ -36,9 +36,10 @@ from lmforge.tasks.dataset_versions import (
     ledger,
     write_ledger,
 )
-from lmforge.tasks.dedup import DedupDocument, DuplicateReport, KeptSignatures
+from lmforge.tasks.dedup import DedupDocument, DuplicateReport, KeptSignatures, MinHashConfig
 from lmforge.tasks.dedup import find_duplicates as find_duplicate_documents
 from lmforge.tasks.dedup_index import (
+    INDEX_FORMAT,
     index_files,
     index_is_usable,
     index_table,
@@ -70,17 +71,19 @@ class AccountingError(RuntimeError):
 class _CandidateDocuments:
     """The candidates of all files as DedupDocuments, re-readable (dedup iterates twice)."""
 
-    def __init__(self, file_results: Sequence[FileResult]):
+    def __init__(self, file_results: Sequence[FileResult], config: MinHashConfig):
         self.files = [(r.candidates_path, r.warc_file) for r in _in_order(file_results)]
+        self.config = config
 
     def __iter__(self) -> Iterator[DedupDocument]:
+        columns = ["id", "text", "lang", "declared_lang"]
         for path, warc_file in self.files:
             # Small batches: dedup streams, it must not hold a file's text at once.
-            batch_rows = pq.ParquetFile(path).iter_batches(batch_size=512,
-                                                           columns=["id", "text", "lang"])
+            batch_rows = pq.ParquetFile(path).iter_batches(batch_size=512, columns=columns)
             for batch in batch_rows:
                 for row in batch.to_pylist():
-                    yield DedupDocument(row["id"], row["text"], row["lang"], warc_file)
+                    lang = self.config.shingle_language_of(row["lang"], row["declared_lang"])
+                    yield DedupDocument(row["id"], row["text"], lang, warc_file)
 
 
 def _in_order(file_results: Sequence[FileResult]) -> list[FileResult]:
@@ -125,7 +128,8 @@ def find_duplicates(
     if continues_dataset(data_dir, config):
         prior = load_index(data_dir, config.minhash)
         base_version = manifest_version(read_manifest(data_dir))
-    report = find_duplicate_documents(_CandidateDocuments(results), config.minhash, prior)
+    documents = _CandidateDocuments(results, config.minhash)
+    report = find_duplicate_documents(documents, config.minhash, prior)
     report.base_version = base_version
     return report
 
@@ -266,7 +270,8 @@ def _write_version(writer, results: list[FileResult], duplicates: DuplicateRepor
     removed_by_stage: dict[str, Counter[str]] = {}
     languages: Counter[str] = Counter()
     kept = removed = bytes_out = seen_duplicates = 0
-    index_spots: list[tuple[int, str, Path, int]] = []  # (kept row, lang, part, row in part)
+    # (kept row, language it is shingled as, part, row in part)
+    index_spots: list[tuple[int, str, Path, int]] = []
     docs = _DocumentParts(root, version, config.docs_per_part)
     removed_parts = _PartWriter(root / REMOVED_DIR, f"part-{tag}-", REMOVED_SCHEMA,
                                 config.docs_per_part)  # fmt: skip
@@ -277,7 +282,10 @@ def _write_version(writer, results: list[FileResult], duplicates: DuplicateRepor
             is_duplicate = pa.array([doc_id in duplicate_by_id for doc_id in ids])
             keep = table.filter(pc.invert(is_duplicate))
             keep_langs = keep.column(LANGUAGE_KEY).to_pylist()
-            for doc_id, lang, (part, row) in zip(keep.column("id").to_pylist(), keep_langs,
+            declared_langs = keep.column("declared_lang").to_pylist()
+            shingled_as = [config.minhash.shingle_language_of(lang, declared)
+                           for lang, declared in zip(keep_langs, declared_langs)]  # fmt: skip
+            for doc_id, lang, (part, row) in zip(keep.column("id").to_pylist(), shingled_as,
                                                  docs.write(keep), strict=True):  # fmt: skip
                 index_spots.append((kept_rows[doc_id], lang, part, row))
             kept += keep.num_rows
@@ -370,6 +378,7 @@ def _write_index(writer, duplicates: DuplicateReport, spots: list[tuple[int, str
                               [spot[1] for spot in spots],
                               [str(spot[2].relative_to(root)) for spot in spots],
                               [spot[3] for spot in spots], config.minhash))  # fmt: skip
+    writer.extra["dedup_index_format"] = INDEX_FORMAT
     path = root / INDEX_DIR / f"{version_name(writer.version)}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.concat_tables(tables), path)

@@ -1,9 +1,13 @@
 """Exact and near-duplicate removal: normalised-text hashes, then MinHash LSH with verification,
 against everything kept before.
 
-1. Exact: documents whose lower-cased, whitespace-collapsed text is equal share one key.
+`DedupDocument.lang` puts each document in a shingle family - characters for Chinese, Japanese,
+Korean and Thai, words otherwise - and documents are only compared within their family.
+
+1. Exact: documents of one family whose lower-cased, whitespace-collapsed text is equal share
+   one key.
 2. Near: the first document with each key (per input file) gets a MinHash signature over its
-   shingles (word 5-grams; character 5-grams for Chinese, Japanese, Korean and Thai), cut into
+   shingles (word 5-grams, or character 5-grams), cut into
    LSH bands. Documents sharing a band hash are candidate pairs; each candidate pair's *exact*
    Jaccard similarity over the shingle sets is computed and the pair kept only at or above the
    threshold, because pages that share a site template score 0.4-0.8 and are not copies.
@@ -55,11 +59,24 @@ SIGNATURE_CHUNK = 8192
 _ROW_BASE = np.uint64(0x9E3779B97F4A7C15)
 
 
+# Which language decides how a document is shingled (see MinHashConfig).
+SHINGLE_LANGUAGE_SOURCES = ("detected", "declared")
+
+
 @dataclass(frozen=True)
 class MinHashConfig:
     """Near-duplicate settings: `num_perm` = `bands` x `rows` permutations (14 x 8 puts the LSH
     S-curve's midpoint near 0.72, so pairs at 0.8 are found with probability ~0.9, and the
-    `threshold` check on exact Jaccard removes the false candidates)."""
+    `threshold` check on exact Jaccard removes the false candidates).
+
+    `shingle_language`: which language puts a document in the character-shingled family
+    (`char_shingle_languages`) or the word-shingled one. `detected` (default): the language
+    identified from its text, so a page's copies meet whatever site or locale serves them.
+    `declared`: the language the page is published under (HTTP Content-Language, `<html
+    lang>`, a locale in its URL; see `declared_language`), the detected one where it declares
+    none - an English page left untranslated in a Korean manual stays with the Korean
+    manual's pages and is not removed for its copy in the English manual. Documents are only
+    ever compared within one family, in the exact stage too."""
 
     ngram: int = 5
     num_perm: int = 112
@@ -68,8 +85,14 @@ class MinHashConfig:
     threshold: float = 0.8
     seed: int = 1
     char_shingle_languages: tuple[str, ...] = ("zh", "ja", "ko", "th")
+    shingle_language: str = "detected"
 
     def __post_init__(self) -> None:
+        if self.shingle_language not in SHINGLE_LANGUAGE_SOURCES:
+            raise ValueError(
+                f"shingle_language must be one of {', '.join(SHINGLE_LANGUAGE_SOURCES)}, got "
+                f"{self.shingle_language!r}"
+            )
         if self.bands * self.rows != self.num_perm:
             raise ValueError(
                 f"MinHash bands x rows must equal num_perm: {self.bands} x {self.rows} "
@@ -79,6 +102,12 @@ class MinHashConfig:
             raise ValueError(f"MinHash threshold must be in (0, 1], got {self.threshold}")
         if self.ngram < 1:
             raise ValueError(f"shingle size ngram must be at least 1, got {self.ngram}")
+
+    def shingle_language_of(self, detected: str | None, declared: str | None) -> str | None:
+        """The language that decides how a document is shingled (see `shingle_language`)."""
+        if self.shingle_language == "declared" and declared:
+            return declared
+        return detected
 
 
 @dataclass(frozen=True)
@@ -151,10 +180,18 @@ class PriorDocuments(Protocol):
     def shingle_sets(self, rows: Sequence[int]) -> dict[int, np.ndarray]: ...
 
 
-def normalised_text_key(text: str) -> bytes:
-    """128-bit digest of the lower-cased text with whitespace runs collapsed."""
+def shingle_family(lang: str | None, config: MinHashConfig) -> str:
+    """`chars` for the languages shingled by characters, `words` for the others."""
+    return "chars" if lang in config.char_shingle_languages else "words"
+
+
+def normalised_text_key(text: str, family: str = "words") -> bytes:
+    """128-bit digest of the lower-cased text with whitespace runs collapsed, personalised by
+    the shingle family so that exact matching stays inside a family as near matching does."""
     normalised = " ".join(text.lower().split())
-    return hashlib.blake2b(normalised.encode("utf-8"), digest_size=KEY_BYTES).digest()
+    return hashlib.blake2b(
+        normalised.encode("utf-8"), digest_size=KEY_BYTES, person=family.encode("ascii")
+    ).digest()
 
 
 def key_array(keys: Sequence[bytes]) -> np.ndarray:
@@ -355,7 +392,7 @@ def _first_pass(
         seen_ids.add(document.id)
         node = offset + index
         rank = source_rank.setdefault(document.source, len(source_rank))
-        key = normalised_text_key(document.text)
+        key = normalised_text_key(document.text, shingle_family(document.lang, config))
         batch.ids.append(document.id)
         batch.source_rank.append(rank)
         batch.keys.append(key)

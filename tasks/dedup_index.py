@@ -41,11 +41,17 @@ from lmforge.tasks.dedup import (
     MinHasher,
     key_array,
     normalised_text_key,
+    shingle_family,
     shingle_hashes,
     shingles,
 )
 
 from lmforge.manifest import read_manifest
+
+
+# Bumped when the meaning of an index row changes (2: keys personalised by shingle family), so
+# that an older index is rebuilt from the kept documents instead of being misread.
+INDEX_FORMAT = 2
 
 
 class DedupIndexError(RuntimeError):
@@ -129,14 +135,16 @@ def index_files(data_dir: str | os.PathLike[str]) -> list[Path]:
 
 
 def index_is_usable(data_dir: str | os.PathLike[str], config: MinHashConfig) -> bool:
-    """Whether the committed index files exist and were built with these MinHash settings."""
+    """Whether the committed index files exist and were built with these MinHash settings and
+    this index format."""
     manifest = read_manifest(data_dir)
     built_with = manifest.get("params", {}).get("minhash")
     files = index_files(data_dir)
     same_settings = built_with is not None and MinHashConfig(
         **{k: tuple(v) if isinstance(v, list) else v for k, v in built_with.items()}
     ) == config
-    return bool(files) and same_settings and all(path.is_file() for path in files)
+    same_format = manifest.get("dedup_index_format") == INDEX_FORMAT
+    return bool(files) and same_settings and same_format and all(p.is_file() for p in files)
 
 
 def load_index(data_dir: str | os.PathLike[str], config: MinHashConfig) -> DedupIndex:
@@ -172,10 +180,16 @@ def rebuild_index(data_dir: str | os.PathLike[str], config: MinHashConfig) -> pa
     langs: list[str | None] = [None] * n
     for path, part in files:
         row_in_part = 0
-        for batch in document_batches(path, ["text", "lang"]):
-            for text, lang in zip(*batch.to_pydict().values(), strict=True):
+        has_declared = "declared_lang" in pq.read_schema(path).names  # older datasets: absent
+        columns = ["text", "lang", "declared_lang"] if has_declared else ["text", "lang"]
+        for batch in document_batches(path, columns):
+            values = batch.to_pydict()
+            declared = values.get("declared_lang", [None] * batch.num_rows)
+            for text, detected, declared_lang in zip(values["text"], values["lang"], declared,
+                                                     strict=True):  # fmt: skip
+                lang = config.shingle_language_of(detected, declared_lang)
                 seq = seq_of[(part, row_in_part)]
-                keys[seq] = normalised_text_key(text)
+                keys[seq] = normalised_text_key(text, shingle_family(lang, config))
                 langs[seq] = lang
                 hashes = shingle_hashes(text, lang, config)
                 if len(hashes):

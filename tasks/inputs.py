@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
-from lmforge.manifest import sha256_file
+from lmforge.manifest import input_sha256
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def local_input(
         path = Path(text)
         if not path.is_file():
             raise FileNotFoundError(f"WARC file {path} does not exist (check the input path)")
-        yield SpooledInput(path, str(path.resolve()), path.stat().st_size, sha256_file(path))
+        yield SpooledInput(path, str(path.resolve()), path.stat().st_size, input_sha256(path))
         return
     spool = Path(spool_dir)
     spool.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,7 @@ class WarcResponse:
     body: bytes
     date: str | None
     oversized: bool = False
+    content_language: str | None = None  # the HTTP Content-Language header
 
 
 @dataclass(frozen=True)
@@ -164,10 +165,11 @@ class WarcResponseReader:
             self._record_error(offset, "response record without WARC-Target-URI or WARC-Record-ID")
             return None
         status = None
-        content_type = charset = None
+        content_type = charset = content_language = None
         if record.is_http and record.http_headers is not None:
             status = record.http_headers.status_code or None
             content_type, charset = parse_content_type(record.http_headers.get("Content-Type"))
+            content_language = record.http_headers.get("Content-Language")
         body = record.reader.read(self.max_payload_bytes + 1)
         return WarcResponse(
             url=url.strip(),
@@ -180,6 +182,7 @@ class WarcResponseReader:
             body=body[: self.max_payload_bytes],
             date=record.headers.get("WARC-Date"),
             oversized=len(body) > self.max_payload_bytes,
+            content_language=content_language,
         )
 
     def _record_error(self, offset: int, message: str) -> None:

@@ -23,6 +23,7 @@ from lmforge.tasks.filters import DocumentFilter
 from lmforge.tasks.filters.text_units import TextUnits
 from lmforge.tasks.html_text import decode_page, extract_main_text, html_rejection
 from lmforge.tasks.inputs import WARC_SUFFIXES, input_name, local_input
+from lmforge.tasks.declared_language import declared_language
 from lmforge.tasks.language_id import LanguageIdentifier
 from lmforge.tasks.warc import WarcResponse, WarcResponseReader
 from resiliparse.parse.html import HTMLParserException
@@ -38,6 +39,7 @@ DOC_SCHEMA = pa.schema(
         ("text", pa.string()),
         ("lang", pa.string()),
         ("lang_score", pa.float32()),
+        ("declared_lang", pa.string()),
         ("warc_file", pa.string()),
         ("source", pa.string()),
         ("warc_offset", pa.int64()),
@@ -171,6 +173,7 @@ class _ResponseJudge:
             "text": text,
             "lang": lang,
             "lang_score": prediction.score,
+            "declared_lang": declared_language(response.url, page.html, response.content_language),
             "warc_file": response.warc_file,
             "source": urlsplit(response.url).hostname or "",
             "warc_offset": response.offset,

@@ -83,3 +83,19 @@ def test_in_place_stage_lists_only_the_named_files(tmp_path):
     write_manifest(tmp_path, manifest)
     assert [o["path"] for o in read_manifest(tmp_path)["outputs"]] == ["model.bin"]
     verify_outputs(tmp_path)
+
+
+def test_an_input_file_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
+    from lmforge import manifest
+
+    calls = []
+    real = manifest.sha256_file
+    monkeypatch.setattr(manifest, "sha256_file", lambda path: calls.append(path) or real(path))
+    manifest._input_sha256.cache_clear()
+    path = tmp_path / "crawl.warc.gz"
+    path.write_bytes(b"first")
+    assert manifest.input_sha256(path) == manifest.input_sha256(str(path)) == real(path)
+    assert len(calls) == 1
+    path.write_bytes(b"second, longer")  # another size and mtime: hashed again
+    assert manifest.input_sha256(path) == real(path)
+    assert len(calls) == 2

@@ -92,19 +92,24 @@ def document_batches(
     path: str | os.PathLike[str], columns: Sequence[str] | None = None, batch_size: int = 1024
 ) -> Iterator[pa.RecordBatch]:
     """Record batches of one documents file with the `lang` column restored from its partition
-    directory when the file does not hold it (always last, as a string column)."""
+    directory when the file does not hold it. A requested column the file lacks (added by a
+    later lmforge, e.g. `declared_lang`) comes back as nulls."""
     parquet = pq.ParquetFile(path)
     names = parquet.schema_arrow.names
     wanted = list(columns) if columns is not None else names + [LANGUAGE_KEY]
     wanted = list(dict.fromkeys(wanted))
-    add_language = LANGUAGE_KEY in wanted and LANGUAGE_KEY not in names
     stored = [c for c in wanted if c in names]
     language = partition_language(path)
     for batch in parquet.iter_batches(batch_size=batch_size, columns=stored):
-        if add_language:
-            values = pa.array([language] * batch.num_rows, pa.string())
+        added = {}
+        for column in wanted:
+            if column == LANGUAGE_KEY and column not in names:
+                added[column] = pa.array([language] * batch.num_rows, pa.string())
+            elif column not in names:
+                added[column] = pa.nulls(batch.num_rows, pa.string())
+        if added:
             batch = pa.RecordBatch.from_arrays(
-                [*batch.columns, values], names=[*batch.schema.names, LANGUAGE_KEY]
+                [*batch.columns, *added.values()], names=[*batch.schema.names, *added]
             )
         yield batch.select(wanted)
 
@@ -113,11 +118,14 @@ def read_documents(
     data_dir: str | os.PathLike[str], columns: Sequence[str] | None = None
 ) -> pa.Table:
     """All kept documents of the committed dataset as one table (small datasets and tests;
-    stream `document_batches` over `dataset_doc_files` for big ones)."""
-    batches = [b for path in dataset_doc_files(data_dir) for b in document_batches(path, columns)]
-    if not batches:
+    stream `document_batches` over `dataset_doc_files` for big ones). A column that parts of
+    older versions lack (added by a later lmforge, e.g. `declared_lang`) is null there."""
+    tables = [pa.Table.from_batches(list(document_batches(path, columns)))
+              for path in dataset_doc_files(data_dir)]  # fmt: skip
+    tables = [table for table in tables if table.num_rows]
+    if not tables:
         raise FileNotFoundError(f"{data_dir} holds no document files")
-    return pa.Table.from_batches(batches)
+    return pa.concat_tables(tables, promote_options="default")
 
 
 # --- the ledger of processed input files -------------------------------------------------

@@ -180,13 +180,8 @@ def rebuild_index(data_dir: str | os.PathLike[str], config: MinHashConfig) -> pa
     langs: list[str | None] = [None] * n
     for path, part in files:
         row_in_part = 0
-        has_declared = "declared_lang" in pq.read_schema(path).names  # older datasets: absent
-        columns = ["text", "lang", "declared_lang"] if has_declared else ["text", "lang"]
-        for batch in document_batches(path, columns):
-            values = batch.to_pydict()
-            declared = values.get("declared_lang", [None] * batch.num_rows)
-            for text, detected, declared_lang in zip(values["text"], values["lang"], declared,
-                                                     strict=True):  # fmt: skip
+        for batch in document_batches(path, ["text", "lang", "declared_lang"]):
+            for text, detected, declared_lang in zip(*batch.to_pydict().values(), strict=True):
                 lang = config.shingle_language_of(detected, declared_lang)
                 seq = seq_of[(part, row_in_part)]
                 keys[seq] = normalised_text_key(text, shingle_family(lang, config))

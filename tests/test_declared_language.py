@@ -166,3 +166,40 @@ def test_an_index_of_another_format_is_not_used(localised_crawl, tmp_path, monke
     assert dedup_index.index_is_usable(tmp_path / "data", minhash)
     monkeypatch.setattr(dedup_index, "INDEX_FORMAT", dedup_index.INDEX_FORMAT + 1)
     assert not dedup_index.index_is_usable(tmp_path / "data", minhash)
+
+
+def test_the_cli_setting_reaches_the_data_config():
+    from lmforge.flows.params import DataRefreshParams
+
+    params = DataRefreshParams(dedup_shingle_language="declared")
+    assert params.data_config().minhash.shingle_language == "declared"
+    assert DataRefreshParams().data_config().minhash == MinHashConfig()
+
+
+def test_a_dataset_from_before_declared_languages_is_continued(localised_crawl, tmp_path):
+    """Parts written before `declared_lang` existed read as null, and a refresh continues the
+    dataset (deduplicating against its documents) instead of failing on the new column."""
+    import pyarrow as pa
+
+    warc, ids = localised_crawl
+    out = tmp_path / "data"
+    refresh_dataset([warc], out)
+    for part in (out / "docs").rglob("*.parquet"):
+        table = pq.read_table(part)
+        pq.write_table(table.drop_columns(["declared_lang"]), part)
+    second = tmp_path / "crawl-00001.warc.gz"
+    with WarcWriter(second, date=DATE) as warc_file:
+        warc_file.write_warcinfo()
+        headers = (("Content-Type", "text/html"),)
+        copy = warc_file.write_fetch("https://other.example.org/backups.html", PAGE.encode(),
+                                     headers=headers).strip("<>")  # fmt: skip
+        new = warc_file.write_fetch("https://other.example.org/time.html",
+                                    html_page("Time", ARTICLES_EN["time"]).encode(),
+                                    headers=headers).strip("<>")  # fmt: skip
+    shutil.rmtree(out / "index")  # rebuilt from parts with and without the column
+    refresh_dataset([second], out)
+    documents = read_documents(out, ["id", "declared_lang"])
+    assert documents.schema.field("declared_lang").type == pa.string()
+    assert dict(zip(*documents.to_pydict().values())) == {ids["en"]: None, new: "en"}
+    assert sorted(read_documents(out).column("id").to_pylist()) == sorted([ids["en"], new])
+    assert kept_and_removed(out)[1][copy] == ids["en"]

@@ -2,6 +2,7 @@
 
     python bench/data_quality.py                      # run the stage on ../shared/corpus/webdocs
     python bench/data_quality.py --data DATA          # score an existing data_refresh output
+    python bench/data_quality.py --dedup-shingle-language declared   # dedup as the labels do
 
 Targets: junk removed >= 97%; doc pages surviving every stage before dedup >= 85%, overall and
 per language and per source (the biggest losers listed with their reasons); language agreement
@@ -29,7 +30,7 @@ from lmforge.tasks.data_refresh import resolve_inputs
 from lmforge.tasks.data_stats import merge_file_stats
 from lmforge.tasks.dataset_writer import find_duplicates, write_dataset
 from lmforge.tasks.dataset_versions import read_documents
-from lmforge.tasks.dedup import normalised_text_key
+from lmforge.tasks.dedup import SHINGLE_LANGUAGE_SOURCES, MinHashConfig, normalised_text_key
 from lmforge.tasks.html_text import decode_page, python_codec
 from lmforge.tasks.warc import WarcResponseReader
 from lmforge.tasks.warc_processing import process_warc_file
@@ -334,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, help="score this data_refresh output instead")
     parser.add_argument("--out", type=Path, help="where to write the dataset (default: temp)")
     parser.add_argument("--staging", type=Path, help="staged candidates of --data, if kept")
+    parser.add_argument("--dedup-shingle-language", choices=SHINGLE_LANGUAGE_SOURCES,
+                        default="detected", help="MinHashConfig.shingle_language of the run "
+                        "(declared: the labels' definition of copies)")  # fmt: skip
     args = parser.parse_args(argv)
     if not (args.corpus / "labels.tsv").is_file():
         parser.error(f"{args.corpus} has no labels.tsv (pass --corpus)")
@@ -346,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
             data = args.out or Path(scratch) / "data"
             staging = Path(scratch) / "staging"
             started = time.perf_counter()
-            step_summary = run_stage(args.corpus, data, staging, DataConfig())
+            minhash = MinHashConfig(shingle_language=args.dedup_shingle_language)
+            step_summary = run_stage(args.corpus, data, staging, DataConfig(minhash=minhash))
             seconds = time.perf_counter() - started
         keys = staged_text_keys(staging) if staging is not None else None
         results = score(data, labels, responses_per_url, keys)

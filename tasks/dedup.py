@@ -25,17 +25,24 @@ documents, or A and B in one run, or B against an index rebuilt from A's kept do
 the same result. The price: a chain through a document removed in an *earlier file* (new ~
 removed ~ kept, new not ~ kept) is not followed.
 
-Memory: one row of band hashes per document (8 bytes x bands) plus the shingle sets of
-documents that still have unverified candidate pairs; the documents are read twice (signatures,
-then shingles of candidate documents only), never held.
+Memory: fixed-width rows per document of the run, about what the index holds - the id packed
+in UTF-8 (+ 8 bytes), the key (16 bytes), flags and file rank (5 bytes), band hashes (8 bytes
+x bands, documents with shingles only); pairs are int64 arrays, found and joined by sorting.
+The documents are read twice (signatures, then shingles of candidate documents only), never
+held; the shingle sets of documents with pairs still to check are held up to
+SHINGLE_MEMORY_BYTES, the rest in a temporary file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
+from array import array
 from collections.abc import Iterable, Sequence
+from itertools import chain
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import IO, Protocol
 
 import numpy as np
 from datasketch import MinHash
@@ -56,6 +63,13 @@ BUCKET_WINDOW = 256
 # Rows of the (shingles x permutations) matrix computed at once: bounds the transient memory of
 # a huge document to ~8 MiB at 112 permutations.
 SIGNATURE_CHUNK = 8192
+# Band hashes of a run are stored in blocks of this many documents (1.75 MiB at 14 bands):
+# appending never copies what is stored, and the blocks are freed one by one at the end.
+ROWS_PER_BLOCK = 16384
+# Shingle sets waiting for a later pair are held in memory up to this many bytes, the rest in
+# a temporary file; prior documents' sets are read this many at a time.
+SHINGLE_MEMORY_BYTES = 256 * 2**20
+PRIOR_SETS_PER_READ = 4096
 _ROW_BASE = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -291,16 +305,155 @@ class _UnionFind:
             self.parent[max(root_a, root_b)] = min(root_a, root_b)
 
 
-@dataclass
-class _Batch:
-    """What the first pass keeps per document of this run (n = len(ids))."""
+class _PackedIds:
+    """Document ids back to back in UTF-8 with each one's end offset: len(id) + 8 bytes a
+    document, where a list of str costs ~60 bytes more."""
 
-    ids: list[str] = field(default_factory=list)
-    source_rank: list[int] = field(default_factory=list)
-    keys: list[bytes] = field(default_factory=list)
-    band_bytes: bytearray = field(default_factory=bytearray)  # 8 x bands bytes per document
-    has_bands: list[bool] = field(default_factory=list)
-    exact_pairs: list[tuple[int, int]] = field(default_factory=list)  # global node numbers
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.ends = array("q")
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def append(self, doc_id: str) -> None:
+        self.data += doc_id.encode("utf-8", "surrogatepass")
+        self.ends.append(len(self.data))
+
+    def get(self, row: int) -> str:
+        start = self.ends[row - 1] if row else 0
+        return self.data[start : self.ends[row]].decode("utf-8", "surrogatepass")
+
+    def select(self, keep: np.ndarray) -> list[str]:
+        """The ids of the rows where `keep`, in order."""
+        return [self.get(row) for row, chosen in enumerate(keep.tolist()) if chosen]
+
+    def first_repeated(self) -> str | None:
+        """The id whose second occurrence comes first, or None when all ids are unique.
+
+        Compares 64-bit hashes by sorting (8 bytes a document, briefly), then the ids of the
+        few rows whose hash is not unique."""
+        view = memoryview(self.data)
+        starts = chain((0,), self.ends)  # zip stops at the last end
+        hashes = np.fromiter(
+            (hash(bytes(view[start:end])) for start, end in zip(starts, self.ends)),
+            np.int64,
+            count=len(self.ends),
+        )
+        view.release()  # a live export would stop the buffer from growing or shrinking
+        order = np.argsort(hashes, kind="stable")
+        sorted_hashes = hashes[order]
+        shared = np.flatnonzero(sorted_hashes[1:] == sorted_hashes[:-1])
+        seen: set[str] = set()
+        for row in np.unique(np.concatenate((order[shared], order[shared + 1]))).tolist():
+            doc_id = self.get(row)
+            if doc_id in seen:
+                return doc_id
+            seen.add(doc_id)
+        return None
+
+
+class _BandRows:
+    """Band hashes of the documents that have any, appended a row at a time into blocks of
+    ROWS_PER_BLOCK rows: no growing array is ever copied, and `move_to` frees the blocks one by
+    one as it gathers the kept rows."""
+
+    def __init__(self, bands: int):
+        self.bands = bands
+        self.blocks: list[np.ndarray | None] = []
+        self.count = 0
+
+    def append(self, row: np.ndarray) -> None:
+        at = self.count % ROWS_PER_BLOCK
+        if at == 0:
+            # Zeroed blocks are mapped lazily: the last one costs memory only as it fills.
+            self.blocks.append(np.zeros((ROWS_PER_BLOCK, self.bands), np.uint64))
+        self.blocks[-1][at] = row
+        self.count += 1
+
+    def _block(self, number: int) -> np.ndarray:
+        return self.blocks[number][: min(ROWS_PER_BLOCK, self.count - number * ROWS_PER_BLOCK)]
+
+    def column(self, band: int) -> np.ndarray:
+        """(count,) uint64: one band's hash of every row."""
+        parts = [self._block(number)[:, band] for number in range(len(self.blocks))]
+        return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+
+    def move_to(self, keep: np.ndarray, out: np.ndarray, out_rows: np.ndarray) -> None:
+        """Copy the rows where `keep` (one bool a row) to `out[out_rows]`, in order, freeing
+        each block once copied: the store is empty afterwards."""
+        written = 0
+        for number in range(len(self.blocks)):
+            start = number * ROWS_PER_BLOCK
+            rows = self._block(number)
+            self.blocks[number] = None
+            chosen = rows[keep[start : start + len(rows)]]
+            out[out_rows[written : written + len(chosen)]] = chosen
+            written += len(chosen)
+        self.blocks, self.count = [], 0
+
+
+class _LatestFirstWithKey:
+    """Normalised-text key -> the latest row of this run that was the first with that key in
+    its file. An open-addressing table (linear probing, at most two thirds full) of row numbers
+    only, 8 bytes a slot: the keys are read from the run's key buffer."""
+
+    def __init__(self, keys: bytearray, slots: int = 1024):
+        self.keys = keys
+        self.slots = array("q", [-1]) * slots
+        self.used = 0
+
+    def _slot(self, key: bytes) -> int:
+        mask = len(self.slots) - 1
+        slot = int.from_bytes(key[:8], "little") & mask  # keys are uniform hashes already
+        keys = self.keys
+        while (row := self.slots[slot]) >= 0:
+            if keys[KEY_BYTES * row : KEY_BYTES * (row + 1)] == key:
+                break
+            slot = (slot + 1) & mask
+        return slot
+
+    def get(self, key: bytes) -> int:
+        """The row, or -1 when no row has this key."""
+        return self.slots[self._slot(key)]
+
+    def set(self, key: bytes, row: int) -> None:
+        slot = self._slot(key)
+        if self.slots[slot] < 0:
+            self.used += 1
+            if 3 * self.used > 2 * len(self.slots):
+                self._grow()
+                slot = self._slot(key)
+        self.slots[slot] = row
+
+    def _grow(self) -> None:
+        old, self.slots = self.slots, array("q", [-1]) * (2 * len(self.slots))
+        mask = len(self.slots) - 1
+        for row in old:
+            if row >= 0:
+                slot = int.from_bytes(self.keys[KEY_BYTES * row : KEY_BYTES * row + 8], "little")
+                slot &= mask
+                while self.slots[slot] >= 0:
+                    slot = (slot + 1) & mask
+                self.slots[slot] = row
+
+
+# Bits of `_RunRows.flags`.
+HAS_BANDS = 1  # the document has shingles, so band hashes (in `_RunRows.bands`)
+FIRST_IN_FILE = 2  # the first with its key in its file (see `_first_pass`): MinHashed
+
+
+@dataclass
+class _RunRows:
+    """What the first pass keeps per document of this run, fixed width but for the ids: about
+    len(id) + 8 + 16 (key) + 1 (flags) + 4 (file rank) bytes, + 8 x bands for those with band
+    hashes."""
+
+    ids: _PackedIds
+    keys: bytearray  # KEY_BYTES a document
+    flags: bytearray  # HAS_BANDS | FIRST_IN_FILE
+    ranks: array  # int32: the rank of the document's file (files in order of first appearance)
+    bands: _BandRows
 
 
 def find_duplicates(
@@ -313,141 +466,198 @@ def find_duplicates(
 
     `documents` is iterated twice and must give the same documents in the same order both
     times (a list, or a reader that re-opens its files). Ids must be unique: a repeated id
-    raises ValueError. Nodes are numbered prior rows first (0..p-1), then this run's
-    documents (p..p+n-1), so a smaller number is always a document seen earlier.
+    raises ValueError (after the first pass). Nodes are numbered prior rows first (0..p-1),
+    then this run's documents (p..p+n-1), so a smaller number is always a document seen
+    earlier.
     """
     prior = prior if prior is not None else _NoPriorDocuments()
     offset = len(prior.keys)
-    hasher = MinHasher(config)
-    batch = _first_pass(documents, config, prior, hasher, offset)
-    n = len(batch.ids)
-    bands = np.frombuffer(bytes(batch.band_bytes), np.uint64).reshape(n, config.bands)
-    has_bands = np.array(batch.has_bands, bool)
-    candidate_pairs = _candidate_pairs(prior, bands, has_bands, offset)
+    run = _first_pass(documents, config, MinHasher(config))
+    repeated = run.ids.first_repeated()
+    if repeated is not None:
+        raise ValueError(f"document id {repeated!r} occurs twice in the dedup input")
+    n = len(run.ids)
+    keys = np.frombuffer(run.keys, "<u8").reshape(n, 2)
+    flags = np.frombuffer(run.flags, np.uint8)
+    has_bands = (flags & HAS_BANDS) != 0
+    ranks = np.frombuffer(run.ranks, np.intc)
+    exact = _exact_pairs(keys, (flags & FIRST_IN_FILE) != 0, prior, offset)
+    candidate_pairs = _candidate_pairs(prior, run.bands, has_bands, offset)
     verified = _verified_pairs(documents, config, prior, candidate_pairs, offset)
+    survivor = _survivors(np.concatenate((exact, verified)), ranks, offset)
+    del exact
 
-    removed, survivors_of = _clusters(batch, verified, offset)
-    prior_survivors = sorted({node for node in survivors_of.values() if node < offset})
+    removed = np.flatnonzero(survivor >= 0)
+    survivors = survivor[removed]
+    from_prior = survivors < offset
+    survivor_keys = np.empty((len(removed), 2), np.uint64)
+    survivor_keys[from_prior] = prior.keys[survivors[from_prior]]
+    survivor_keys[~from_prior] = keys[survivors[~from_prior] - offset]
+    same_text = (survivor_keys == keys[removed]).all(axis=1)
+    prior_survivors = np.unique(survivors[from_prior]).tolist()
     survivor_ids = dict(zip(prior_survivors, prior.ids(prior_survivors), strict=True))
-    prior_keys = prior.keys
-
-    def node_id(node: int) -> str:
-        return survivor_ids[node] if node < offset else batch.ids[node - offset]
-
-    def node_key(node: int) -> bytes:
-        return prior_keys[node].tobytes() if node < offset else batch.keys[node - offset]
-
     duplicates = []
-    for index in sorted(removed):
-        survivor = survivors_of[index]
-        same_text = node_key(survivor) == batch.keys[index - offset]
-        reason = EXACT_DUPLICATE if same_text else NEAR_DUPLICATE
-        duplicates.append(Duplicate(batch.ids[index - offset], node_id(survivor), reason))
+    for row, node, exact_copy in zip(removed.tolist(), survivors.tolist(), same_text.tolist()):
+        survivor_id = survivor_ids[node] if node < offset else run.ids.get(node - offset)
+        reason = EXACT_DUPLICATE if exact_copy else NEAR_DUPLICATE
+        duplicates.append(Duplicate(run.ids.get(row), survivor_id, reason))
     duplicates.sort(key=lambda d: d.id)
-
-    cluster_sizes: dict[int, int] = {}
-    for index, survivor in survivors_of.items():
-        cluster_sizes[survivor] = cluster_sizes.get(survivor, 1) + 1
-    keep = np.array([offset + i not in removed for i in range(n)], bool)
-    kept = KeptSignatures(
-        ids=[doc_id for doc_id, k in zip(batch.ids, keep, strict=True) if k],
-        keys=key_array(batch.keys)[keep],
-        bands=bands[keep],
-        has_bands=has_bands[keep],
-    )
+    _, cluster_sizes = np.unique(survivors, return_counts=True)
     stats = {
         "documents": n,
         "prior_documents": offset,
-        "exact_duplicates": sum(d.reason == EXACT_DUPLICATE for d in duplicates),
-        "near_duplicates": sum(d.reason == NEAR_DUPLICATE for d in duplicates),
+        "exact_duplicates": int(np.count_nonzero(same_text)),
+        "near_duplicates": int(len(same_text) - np.count_nonzero(same_text)),
         "candidate_pairs": len(candidate_pairs),
         "verified_pairs": len(verified),
         "clusters": len(cluster_sizes),
-        "largest_cluster": max(cluster_sizes.values(), default=0),
+        "largest_cluster": int(cluster_sizes.max()) + 1 if len(cluster_sizes) else 0,
     }
-    return DuplicateReport(duplicates, stats, kept)
+    return DuplicateReport(duplicates, stats, _kept(run, keys, has_bands, survivor < 0))
+
+
+def _kept(
+    run: _RunRows, keys: np.ndarray, has_bands: np.ndarray, keep: np.ndarray
+) -> KeptSignatures:
+    """Index rows of the documents where `keep`; moves the band hashes out of `run.bands`."""
+    kept_has_bands = has_bands[keep]
+    bands = np.zeros((len(kept_has_bands), run.bands.bands), np.uint64)
+    run.bands.move_to(keep[has_bands], bands, np.flatnonzero(kept_has_bands))
+    return KeptSignatures(run.ids.select(keep), keys[keep], bands, kept_has_bands)
 
 
 def _first_pass(
-    documents: Iterable[DedupDocument],
-    config: MinHashConfig,
-    prior: PriorDocuments,
-    hasher: MinHasher,
-    offset: int,
-) -> _Batch:
-    """Ids, keys and band hashes; exact pairs within a file and with earlier documents."""
-    batch = _Batch()
-    seen_ids: set[str] = set()
+    documents: Iterable[DedupDocument], config: MinHashConfig, hasher: MinHasher
+) -> _RunRows:
+    """Ids, keys, file ranks and the band hashes of the documents that are the first with
+    their key in their file (the others join that one's cluster unhashed)."""
+    run = _RunRows(_PackedIds(), bytearray(), bytearray(), array("i"), _BandRows(config.bands))
     source_rank: dict[str, int] = {}
-    # key -> first node with that key in each file: exact pairs reach back to every file,
-    # and clustering ignores those whose earlier document was removed.
-    first_with_key: dict[bytes, list[int]] = {}
-    prior_order = np.lexsort((prior.keys[:, 1], prior.keys[:, 0]))
-    sorted_prior_keys = prior.keys[prior_order]
-    sorted_high = np.ascontiguousarray(sorted_prior_keys[:, 0])
-    empty_bands = bytes(8 * config.bands)
+    latest_first = _LatestFirstWithKey(run.keys)
     for index, document in enumerate(documents):
-        if document.id in seen_ids:
-            raise ValueError(f"document id {document.id!r} occurs twice in the dedup input")
-        seen_ids.add(document.id)
-        node = offset + index
         rank = source_rank.setdefault(document.source, len(source_rank))
         key = normalised_text_key(document.text, shingle_family(document.lang, config))
-        batch.ids.append(document.id)
-        batch.source_rank.append(rank)
-        batch.keys.append(key)
-        high, low = np.frombuffer(key, "<u8")
-        at = int(np.searchsorted(sorted_high, high))
-        while at < len(sorted_prior_keys) and sorted_prior_keys[at, 0] == high:
-            if sorted_prior_keys[at, 1] == low:  # kept documents never share a key
-                batch.exact_pairs.append((int(prior_order[at]), node))
-                break
-            at += 1
-        earlier = first_with_key.setdefault(key, [])
-        batch.exact_pairs.extend((other, node) for other in earlier)
-        if earlier and batch.source_rank[earlier[-1] - offset] == rank:
+        run.ids.append(document.id)
+        run.keys += key
+        run.ranks.append(rank)
+        latest = latest_first.get(key)
+        if latest >= 0 and run.ranks[latest] == rank:
             # Not the first with its text in this file: it joins that one's cluster.
-            batch.band_bytes += empty_bands
-            batch.has_bands.append(False)
+            run.flags.append(0)
             continue
-        earlier.append(node)
+        latest_first.set(key, index)
         hashes = shingle_hashes(document.text, document.lang, config)
         if len(hashes):
-            batch.band_bytes += hasher.bands(hasher.signature(hashes)).tobytes()
-            batch.has_bands.append(True)
+            run.bands.append(hasher.bands(hasher.signature(hashes)))
+            run.flags.append(FIRST_IN_FILE | HAS_BANDS)
         else:
-            batch.band_bytes += empty_bands
-            batch.has_bands.append(False)
-    return batch
+            run.flags.append(FIRST_IN_FILE)
+    return run
+
+
+def _exact_pairs(
+    keys: np.ndarray, first_in_file: np.ndarray, prior: PriorDocuments, offset: int
+) -> np.ndarray:
+    """(m, 2) int64 node pairs (earlier, later) with the same normalised-text key: each
+    document with the prior document of its key, and with every earlier document of this run
+    that was the first with its key in its file (exact pairs reach back to every file, and
+    clustering ignores those whose earlier document was removed)."""
+    return np.concatenate(
+        (_prior_exact_pairs(keys, prior, offset), _run_exact_pairs(keys, first_in_file, offset))
+    )
+
+
+def _prior_exact_pairs(keys: np.ndarray, prior: PriorDocuments, offset: int) -> np.ndarray:
+    if not len(keys) or not len(prior.keys):
+        return np.zeros((0, 2), np.int64)
+    prior_order = np.lexsort((prior.keys[:, 1], prior.keys[:, 0]))
+    sorted_high = prior.keys[prior_order, 0]
+    sorted_low = prior.keys[prior_order, 1]
+    prior_row = np.full(len(keys), -1, np.int64)
+    at = np.searchsorted(sorted_high, keys[:, 0])
+    pending = np.flatnonzero(at < len(sorted_high))
+    while len(pending):  # one step for all but 64-bit collisions of the keys' first halves
+        spot = at[pending]
+        same_high = sorted_high[spot] == keys[pending, 0]
+        pending, spot = pending[same_high], spot[same_high]
+        found = sorted_low[spot] == keys[pending, 1]  # kept documents never share a key
+        prior_row[pending[found]] = prior_order[spot[found]]
+        pending = pending[~found]
+        at[pending] += 1
+        pending = pending[at[pending] < len(sorted_high)]
+    rows = np.flatnonzero(prior_row >= 0)
+    return np.stack((prior_row[rows], rows + offset), axis=1)
+
+
+def _run_exact_pairs(keys: np.ndarray, first_in_file: np.ndarray, offset: int) -> np.ndarray:
+    n = len(keys)
+    order = np.lexsort((keys[:, 1], keys[:, 0]))  # stable: rows ascending within a key
+    sorted_keys = keys[order]
+    starts_group = np.ones(n + 1, bool)
+    starts_group[1:n] = (sorted_keys[1:] != sorted_keys[:-1]).any(axis=1)
+    del sorted_keys
+    starts = np.flatnonzero(starts_group)
+    group_end = np.repeat(starts[1:], np.diff(starts))
+    after = group_end - np.arange(n)  # 1 + the rows after this one with the same key
+    firsts = np.flatnonzero(first_in_file[order] & (after > 1))
+    counts = after[firsts] - 1
+    total = int(counts.sum())
+    # Each first-in-file row pairs with every later row of its key: positions firsts + 1 ...
+    step = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    later = order[np.repeat(firsts + 1, counts) + step]
+    earlier = np.repeat(order[firsts], counts)
+    return np.stack((earlier, later), axis=1).astype(np.int64) + offset
 
 
 def _candidate_pairs(
-    prior: PriorDocuments, bands: np.ndarray, has_bands: np.ndarray, offset: int
+    prior: PriorDocuments, bands: _BandRows, has_bands: np.ndarray, offset: int
 ) -> np.ndarray:
-    """(m, 2) int64 node pairs (earlier, later) that share a band hash, at least one of them
-    from this run; found by sorting each band's hashes, so no per-bucket Python dicts."""
+    """(m, 2) int64 node pairs (earlier, later), sorted and unique, that share a band hash, at
+    least one of them from this run; found by sorting each band's hashes."""
     prior_nodes = np.flatnonzero(prior.has_bands)
-    batch_nodes = np.flatnonzero(has_bands)
-    nodes = np.concatenate((prior_nodes, batch_nodes + offset))
-    pairs = []
-    for band in range(bands.shape[1]):
-        values = np.concatenate((prior.bands[prior_nodes, band] if len(prior_nodes) else
-                                 np.zeros(0, np.uint64), bands[batch_nodes, band]))  # fmt: skip
-        order = np.argsort(values, kind="stable")
-        sorted_values = values[order]
-        boundaries = np.flatnonzero(np.diff(sorted_values)) + 1
-        for run in np.split(order, boundaries):
-            if len(run) < 2:
-                continue
-            members = np.sort(nodes[run])
-            if members[-1] < offset:
-                continue  # only prior documents: paired before
-            for gap in range(1, min(len(members), BUCKET_WINDOW + 1)):
-                pair = np.stack((members[:-gap], members[gap:]), axis=1)
-                pairs.append(pair[pair[:, 1] >= offset])
-    if not pairs:
-        return np.zeros((0, 2), np.int64)
-    return np.unique(np.concatenate(pairs).astype(np.int64), axis=0)
+    nodes = np.concatenate((prior_nodes, np.flatnonzero(has_bands) + offset))
+    pairs = np.zeros((0, 2), np.int64)
+    for band in range(bands.bands):
+        prior_values = prior.bands[prior_nodes, band] if len(prior_nodes) else np.zeros(0, "<u8")
+        values = np.concatenate((prior_values, bands.column(band)))
+        pairs = _unique_pairs(np.concatenate((pairs, _bucket_pairs(values, nodes, offset))))
+    return pairs
+
+
+def _bucket_pairs(values: np.ndarray, nodes: np.ndarray, offset: int) -> np.ndarray:
+    """Pairs of `nodes` (ascending) with equal `values`: each member of a bucket with the
+    BUCKET_WINDOW members before it, keeping the pairs whose later node is from this run."""
+    order = np.argsort(values, kind="stable")  # stable: nodes ascending within a bucket
+    sorted_values = values[order]
+    same_as_next = sorted_values[1:] == sorted_values[:-1]
+    del sorted_values
+    in_bucket = np.zeros(len(values), bool)
+    in_bucket[:-1] |= same_as_next
+    in_bucket[1:] |= same_as_next
+    positions = np.flatnonzero(in_bucket)
+    members = nodes[order[positions]]
+    begins = np.ones(len(positions), bool)
+    begins[1:] = ~same_as_next[positions[1:] - 1]
+    starts = np.append(np.flatnonzero(begins), len(positions))
+    after = np.repeat(starts[1:], np.diff(starts)) - np.arange(len(positions)) - 1
+    found = []
+    active = np.flatnonzero(after > 0)
+    for gap in range(1, BUCKET_WINDOW + 1):
+        active = active[after[active] >= gap]
+        if not len(active):
+            break
+        later = members[active + gap]
+        from_run = later >= offset
+        found.append(np.stack((members[active[from_run]], later[from_run]), axis=1))
+    return np.concatenate(found) if found else np.zeros((0, 2), np.int64)
+
+
+def _unique_pairs(pairs: np.ndarray) -> np.ndarray:
+    """The distinct rows of an (m, 2) array, sorted by first then second column."""
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+    distinct = np.ones(len(pairs), bool)
+    distinct[1:] = (pairs[1:] != pairs[:-1]).any(axis=1)
+    return pairs[distinct]
 
 
 def _verified_pairs(
@@ -456,61 +666,128 @@ def _verified_pairs(
     prior: PriorDocuments,
     candidate_pairs: np.ndarray,
     offset: int,
-) -> list[tuple[int, int]]:
-    """Candidate pairs whose exact Jaccard similarity reaches the threshold.
+) -> np.ndarray:
+    """(v, 2) int64: the candidate pairs (sorted by earlier node) whose exact Jaccard
+    similarity reaches the threshold, sorted by later node.
 
     Streams the documents once more in order and checks each pair when its later document
-    arrives; a shingle set is dropped as soon as its last pair is checked, so memory holds
-    only documents with pairs still open."""
+    arrives; a shingle set is dropped as soon as its last pair is checked, so only documents
+    with pairs still open are held (beyond SHINGLE_MEMORY_BYTES, in a temporary file). Stops
+    reading after the last document in a pair."""
     if len(candidate_pairs) == 0:
-        return []
-    order = np.lexsort((candidate_pairs[:, 0], candidate_pairs[:, 1]))
-    candidate_pairs = candidate_pairs[order]
-    last_use: dict[int, int] = {}
-    for earlier, later in candidate_pairs.tolist():
-        last_use[earlier] = max(last_use.get(earlier, 0), later)
-        last_use[later] = max(last_use.get(later, 0), later)
-    cache = prior.shingle_sets(sorted({node for node in last_use if node < offset}))
-    pairs_of_later: dict[int, list[int]] = {}
-    for earlier, later in candidate_pairs.tolist():
-        pairs_of_later.setdefault(later, []).append(earlier)
-    verified = []
-    for index, document in enumerate(documents):
-        node = offset + index
-        if node not in last_use:
-            continue
-        cache[node] = shingles(document.text, document.lang, config)
-        for earlier in pairs_of_later.get(node, []):
-            if jaccard(cache[earlier], cache[node]) >= config.threshold:
-                verified.append((earlier, node))
-            if last_use[earlier] <= node:
-                cache.pop(earlier, None)
-        if last_use[node] <= node:
-            cache.pop(node, None)
-    return verified
+        return np.zeros((0, 2), np.int64)
+    earlier = candidate_pairs[:, 0]
+    # An earlier document's set is dropped after its pair with its latest partner.
+    last_of_earlier = np.ones(len(earlier), bool)
+    last_of_earlier[:-1] = earlier[1:] != earlier[:-1]
+    opens = np.unique(earlier)  # documents needed after their own turn
+    batch_opens = opens[opens >= offset] - offset
+    prior_opens = opens[opens < offset]
+    del opens
+    order = np.lexsort((earlier, candidate_pairs[:, 1]))
+    pairs, drop_earlier = candidate_pairs[order], last_of_earlier[order]
+    del order, earlier, last_of_earlier
+    later_rows = pairs[:, 1] - offset
+    verified = np.zeros(len(pairs), bool)
+    with _OpenShingleSets(SHINGLE_MEMORY_BYTES) as open_sets:
+        for start in range(0, len(prior_opens), PRIOR_SETS_PER_READ):
+            rows = prior_opens[start : start + PRIOR_SETS_PER_READ].tolist()
+            for node, shingle_set in prior.shingle_sets(rows).items():
+                open_sets.put(node, shingle_set)
+        at, opened = 0, 0  # the next pair (by later) and the next entry of batch_opens
+        next_later, next_open = int(later_rows[0]), _row_at(batch_opens, 0)
+        for row, document in enumerate(documents):
+            if row != next_later and row != next_open:
+                continue
+            current = shingles(document.text, document.lang, config)
+            while at < len(pairs) and later_rows[at] == row:
+                other = int(pairs[at, 0])
+                if jaccard(open_sets.get(other), current) >= config.threshold:
+                    verified[at] = True
+                if drop_earlier[at]:
+                    open_sets.drop(other)
+                at += 1
+            if row == next_open:  # the earlier document of pairs to come
+                open_sets.put(offset + row, current)
+                opened += 1
+                next_open = _row_at(batch_opens, opened)
+            next_later = int(later_rows[at]) if at < len(pairs) else -1
+            if next_later < 0 and next_open < 0:
+                break
+    return pairs[verified]
 
 
-def _clusters(
-    batch: _Batch, verified: list[tuple[int, int]], offset: int
-) -> tuple[set[int], dict[int, int]]:
+class _OpenShingleSets:
+    """Shingle sets of the documents that still have pairs to check, by node: in memory up to
+    `memory_bytes`, the rest in a temporary file until their pair comes (copies far apart in
+    a large crawl would otherwise each hold a set for most of the run)."""
+
+    def __init__(self, memory_bytes: int):
+        self.memory_bytes = memory_bytes
+        self.in_memory: dict[int, np.ndarray] = {}
+        self.held = 0
+        self.on_disk: dict[int, tuple[int, int]] = {}  # node -> (byte offset, values)
+        self.file: IO[bytes] | None = None
+
+    def __enter__(self) -> _OpenShingleSets:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.file is not None:
+            self.file.close()  # a TemporaryFile is deleted on close
+
+    def put(self, node: int, shingle_set: np.ndarray) -> None:
+        if self.held + shingle_set.nbytes <= self.memory_bytes:
+            self.in_memory[node] = shingle_set
+            self.held += shingle_set.nbytes
+            return
+        if self.file is None:
+            self.file = tempfile.TemporaryFile(prefix="lmforge-dedup-shingles-")
+        self.file.seek(0, os.SEEK_END)
+        self.on_disk[node] = (self.file.tell(), len(shingle_set))
+        self.file.write(np.ascontiguousarray(shingle_set, "<u8").tobytes())
+
+    def get(self, node: int) -> np.ndarray:
+        if node in self.in_memory:
+            return self.in_memory[node]
+        start, values = self.on_disk[node]
+        self.file.seek(start)
+        return np.frombuffer(self.file.read(8 * values), "<u8")
+
+    def drop(self, node: int) -> None:
+        """Forget a set (its bytes in the file are not reused: the file only grows)."""
+        if node in self.in_memory:
+            self.held -= self.in_memory.pop(node).nbytes
+        else:
+            del self.on_disk[node]
+
+
+def _row_at(rows: np.ndarray, at: int) -> int:
+    return int(rows[at]) if at < len(rows) else -1
+
+
+def _survivors(pairs: np.ndarray, ranks: np.ndarray, offset: int) -> np.ndarray:
     """File by file in input order: join each file's documents with their pairs in the file
-    and with documents kept earlier; the survivor is the cluster's earliest node. Returns the
-    removed nodes and {removed node: survivor node}."""
-    pairs_by_rank: dict[int, list[tuple[int, int]]] = {}
-    for earlier, later in batch.exact_pairs + verified:
-        pairs_by_rank.setdefault(batch.source_rank[later - offset], []).append((earlier, later))
-    removed: set[int] = set()
-    survivors_of: dict[int, int] = {}
-    for rank in sorted(pairs_by_rank):
+    and with documents kept earlier; the survivor is the cluster's earliest node. Returns
+    (n,) int64: each removed document's survivor node, -1 for a kept one."""
+    survivor = np.full(len(ranks), -1, np.int64)
+    if not len(pairs):
+        return survivor
+    later_rank = ranks[pairs[:, 1] - offset]
+    order = np.argsort(later_rank, kind="stable")
+    pairs, later_rank = pairs[order], later_rank[order]
+    bounds = np.flatnonzero(np.concatenate(([True], later_rank[1:] != later_rank[:-1], [True])))
+    for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        rank = int(later_rank[start])
+        earlier, later = pairs[start:end, 0], pairs[start:end, 1]
+        # Documents removed in files before this one are passed over; this file's own
+        # documents are all still kept here (its removals are decided below).
+        in_run = earlier >= offset
+        joined = ~in_run | (survivor[np.where(in_run, earlier - offset, 0)] < 0)
         clusters = _UnionFind()
-        for earlier, later in pairs_by_rank[rank]:
-            earlier_is_kept = earlier < offset or earlier not in removed
-            same_file = earlier >= offset and batch.source_rank[earlier - offset] == rank
-            if same_file or earlier_is_kept:
-                clusters.union(earlier, later)
+        for a, b in zip(earlier[joined].tolist(), later[joined].tolist(), strict=True):
+            clusters.union(a, b)
         for node in list(clusters.parent):
-            root = clusters.find(node)
-            if node != root and node >= offset and batch.source_rank[node - offset] == rank:
-                removed.add(node)
-                survivors_of[node] = root
-    return removed, survivors_of
+            if node >= offset and ranks[node - offset] == rank:
+                survivor[node - offset] = clusters.find(node)
+    return survivor

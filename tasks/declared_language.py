@@ -19,9 +19,10 @@ read: two-letter subdomains are as often words (`my.`, `go.`) as languages.
 from __future__ import annotations
 
 import functools
-import importlib.resources
 import re
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+from lmforge.tasks.language_id import iso639_1_codes
 
 _HTML_TAG = re.compile(r"<html\b[^>]*>", re.IGNORECASE)
 _LANG_ATTRIBUTE = re.compile(
@@ -40,16 +41,9 @@ HTML_HEAD_CHARS = 4096  # the <html> element opens the document: no need to scan
 
 
 @functools.cache
-def iso639_1_codes() -> frozenset[str]:
-    """The two-letter ISO 639-1 codes (from the ISO 639-3 table bundled for language ID)."""
-    resource = importlib.resources.files("lmforge.tasks") / "resources" / "iso639_3_to_1.tsv"
-    codes = set()
-    for line in resource.read_text(encoding="utf-8").splitlines():
-        if line and not line.startswith("#"):
-            short = line.split("\t")[1]
-            if len(short) == 2:
-                codes.add(short)
-    return frozenset(codes)
+def two_letter_codes() -> frozenset[str]:
+    """The ISO 639-1 codes: the two-letter targets of language ID's ISO 639 table."""
+    return frozenset(code for code in iso639_1_codes().values() if len(code) == 2)
 
 
 def language_of_tag(tag: str | None) -> str | None:
@@ -60,7 +54,7 @@ def language_of_tag(tag: str | None) -> str | None:
     if "," in tag or " " in tag:
         return None  # `en, de`: the page declares several languages, so none in particular
     primary = re.split(r"[-_]", tag, maxsplit=1)[0].lower()
-    return primary if primary in iso639_1_codes() else None
+    return primary if primary in two_letter_codes() else None
 
 
 def html_lang(html: str) -> str | None:

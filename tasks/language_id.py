@@ -43,7 +43,8 @@ def bundled_model_path() -> Path:
 
 
 @functools.cache
-def _iso639_1_codes() -> dict[str, str]:
+def iso639_1_codes() -> dict[str, str]:
+    """ISO 639-3 (or 639-2/T) code -> the ISO 639-1 code lmforge uses (the bundled table)."""
     resource = importlib.resources.files("lmforge.tasks") / "resources" / _ISO_TABLE
     table: dict[str, str] = {}
     for line in resource.read_text(encoding="utf-8").splitlines():
@@ -60,7 +61,7 @@ def language_code(label: str) -> str:
     code, _, script = label.removeprefix(_LABEL_PREFIX).partition("_")
     code = code.lower()
     if script:  # GlotLID; lid.176's own 3-letter labels are Wikipedia codes (`als`: Alemannic)
-        return _iso639_1_codes().get(code, code)
+        return iso639_1_codes().get(code, code)
     return code
 
 

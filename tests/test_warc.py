@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import random
 import zlib
 from datetime import datetime, timezone
 
@@ -115,6 +116,116 @@ def test_reader_reports_a_last_response_cut_off_by_the_end_of_the_file(tmp_path,
 
     assert urls == [f"https://example.org/{n}.html" for n in range(4)]
     assert [e.offset for e in reader.errors] == [last_offset]
+
+
+@pytest.mark.corpus
+def test_a_response_cut_mid_member_in_a_real_crawl_file_is_reported_and_not_kept(
+    tmp_path, shared_dir
+):
+    source = shared_dir / "corpus" / "webdocs" / "webdocs-00000.warc.gz"
+    data = source.read_bytes()
+    intact = list(WarcResponseReader(source))
+    # The longest page among the first hundred: half its member still inflates to part of it.
+    victim = max(intact[:100], key=lambda r: len(r.body))
+    inflater = zlib.decompressobj(31)
+    inflater.decompress(data[victim.offset :])
+    member_end = len(data) - len(inflater.unused_data)
+    path = tmp_path / source.name
+    path.write_bytes(data[: (victim.offset + member_end) // 2])
+
+    reader = WarcResponseReader(path)
+    kept = list(reader)
+
+    assert kept == intact[: intact.index(victim)]
+    assert [e.offset for e in reader.errors] == [victim.offset]
+
+
+def test_a_record_longer_than_its_gzip_member_is_reported_and_not_kept(tmp_path):
+    path = tmp_path / "short.warc.gz"
+    short_record = gzip.compress(
+        b"WARC/1.0\r\nWARC-Type: response\r\nWARC-Target-URI: https://example.org/short\r\n"
+        b"WARC-Record-ID: <urn:uuid:00000000-0000-4000-8000-000000000001>\r\n"
+        b"Content-Length: 500\r\nContent-Type: application/http; msgtype=response\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n<p>only part</p>\r\n\r\n"
+    )
+    write_warc(path, pages(4), corrupt_after=1, corruption=short_record)
+
+    reader = WarcResponseReader(path)
+    urls = [r.url for r in reader]
+
+    assert urls == [f"https://example.org/{n}.html" for n in range(4)]
+    assert len(reader.errors) == 1 and "cut short" in reader.errors[0].message
+    assert path.read_bytes()[reader.errors[0].offset :].startswith(short_record[:16])
+
+
+def test_a_warc_gz_compressed_as_one_gzip_stream_is_read_and_a_cut_last_record_reported(tmp_path):
+    source = tmp_path / "members.warc.gz"
+    noise = random.Random(0).randbytes(20_000)  # incompressible: the cut lands in this payload
+    write_warc(source, [*pages(3), ("https://example.org/noise", noise, {})])
+    path = tmp_path / "stream.warc.gz"
+    path.write_bytes(gzip.compress(gzip.decompress(source.read_bytes()), mtime=0))
+
+    whole = WarcResponseReader(path)
+    assert [r.body for r in whole][-1] == noise and whole.errors == []
+
+    path.write_bytes(path.read_bytes()[:-5_000])
+    cut = WarcResponseReader(path)
+    assert [r.url for r in cut] == [f"https://example.org/{n}.html" for n in range(3)]
+    assert len(cut.errors) == 1 and "cut short" in cut.errors[0].message
+
+
+def plain_copy(gzip_path, plain_path):
+    plain_path.write_bytes(gzip.decompress(gzip_path.read_bytes()))
+    return plain_path
+
+
+@pytest.mark.parametrize("name", ["crawl.warc", "misnamed.warc.gz"])
+def test_a_plain_warc_is_read_like_the_gzip_one(tmp_path, name):
+    write_warc(tmp_path / "crawl.warc.gz", pages(3))
+    path = plain_copy(tmp_path / "crawl.warc.gz", tmp_path / name)
+
+    reader = WarcResponseReader(path)
+
+    assert [r.body for r in reader] == [f"<p>page {n}</p>".encode() for n in range(3)]
+    assert reader.errors == []
+
+
+def test_a_plain_warc_cut_in_its_last_response_reports_it_and_keeps_the_others(tmp_path):
+    long_page = ("https://example.org/long", b"x" * 3000, {})
+    write_warc(tmp_path / "crawl.warc.gz", [*pages(2), long_page])
+    path = plain_copy(tmp_path / "crawl.warc.gz", tmp_path / "crawl.warc")
+    last_offset = list(WarcResponseReader(path))[-1].offset
+    path.write_bytes(path.read_bytes()[: last_offset + 2000])
+
+    reader = WarcResponseReader(path)
+    urls = [r.url for r in reader]
+
+    assert urls == ["https://example.org/0.html", "https://example.org/1.html"]
+    assert [e.offset for e in reader.errors] == [last_offset]
+
+
+def test_an_empty_file_is_reported_as_empty(tmp_path):
+    path = tmp_path / "empty.warc.gz"
+    path.write_bytes(b"")
+
+    reader = WarcResponseReader(path)
+
+    assert list(reader) == []
+    assert [(e.offset, e.warc_file) for e in reader.errors] == [(0, "empty.warc.gz")]
+    assert reader.errors[0].message.startswith("empty.warc.gz is empty")
+
+
+@pytest.mark.parametrize("name", ["page.warc.gz", "page.warc"])
+def test_a_file_that_is_neither_gzip_nor_warc_is_reported_as_not_a_warc_file(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"<!DOCTYPE html><html><body>403 Forbidden</body></html>")
+
+    reader = WarcResponseReader(path)
+
+    assert list(reader) == []
+    assert len(reader.errors) == 1
+    message = reader.errors[0].message
+    assert message.startswith(f"{name} is not a WARC file") and "gzip header" in message
 
 
 def test_payload_over_the_cap_is_cut_and_flagged_oversized(tmp_path):

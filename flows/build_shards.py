@@ -10,6 +10,8 @@ from prefect import flow, task
 from lmforge.flows.params import ShardParams
 from lmforge.flows.reports import mlflow_run_markdown, publish_markdown
 from lmforge.flows.tracking import configure_tracking, log_stage_manifest, stage_run
+from lmforge.manifest import claim_output_dir
+from lmforge.tasks.shards import STAGE
 from lmforge.tasks.shards import build_shards as build_token_shards
 
 
@@ -36,6 +38,7 @@ def build_shards_task(params: ShardParams) -> dict:
 def build_shards(params: ShardParams = ShardParams(), parent_run_id: str | None = None) -> dict:
     """Train a byte-level BPE tokenizer on the kept documents and write train/val token shards."""
     out = Path(params.out).resolve()
+    claim_output_dir(out, STAGE, [params.data, params.tokenizer_path])  # before any work
     configure_tracking(out.parent, keep_existing=True)
     with stage_run("build_shards", params.model_dump(), parent_run_id) as run:
         manifest = build_shards_task(params)

@@ -3,7 +3,8 @@
 Per-file work is mapped over the task runner the parameters choose (local processes or Dask),
 cached by input digest + DataConfig + code version so that a rerun after a crash skips the files
 already processed, and retried with backoff. Progress, the per-step funnel and the language mix
-go to Prefect artifacts and MLflow.
+go to Prefect artifacts and MLflow. A refresh holds the output folder's lock from start to
+finish: a second refresh into the same folder is refused at once.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
+import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -19,8 +22,7 @@ from typing import Any
 import mlflow
 from prefect import flow, task, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.context import TaskRunContext
-from prefect.filesystems import LocalFileSystem
+from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
 
@@ -29,20 +31,30 @@ from lmforge.flows.reports import mlflow_run_markdown, publish_markdown, publish
 from lmforge.flows.runners import make_task_runner
 from lmforge.flows.stage_cache import code_version
 from lmforge.flows.tracking import configure_tracking, log_stage_manifest, stage_run
-from lmforge.manifest import input_sha256, read_manifest
+from lmforge.manifest import claim_output_dir, input_sha256, output_lock, read_manifest
 from lmforge.tasks import plots
 from lmforge.tasks.data_config import DataConfig
 from lmforge.tasks.dataset_versions import unprocessed_inputs
-from lmforge.tasks.dataset_writer import continues_dataset, find_duplicates, write_dataset
+from lmforge.tasks.dataset_writer import (
+    STAGE_NAME,
+    continues_dataset,
+    find_duplicates,
+    write_dataset,
+)
 from lmforge.tasks.dedup import DuplicateReport
-from lmforge.tasks.inputs import input_name
+from lmforge.tasks.inputs import InputError, InputsUnavailable, check_remote_inputs, input_name
 from lmforge.tasks.sample_corpus import build_sample_corpus
 from lmforge.tasks.warc_processing import FileResult, process_warc_file
+
+log = logging.getLogger(__name__)
 
 # Called as (files done, files in total, name of the file just finished), in the flow's process.
 ProgressListener = Callable[[int, int, str], None]
 _progress_listeners: list[ProgressListener] = []
 RESULTS_DIR = ".results"
+# Errors that another attempt of the same file cannot fix (an InputError has had its network
+# retries already, with backoff, while reading).
+_FINAL_ERRORS = (InputError, FileNotFoundError, PermissionError, IsADirectoryError)
 
 
 @contextlib.contextmanager
@@ -65,8 +77,27 @@ def file_cache_key(warc_path: str | Path, config: DataConfig) -> str:
     return f"process-warc-file-{key.hexdigest()}"
 
 
-def _cache_key(context: TaskRunContext, parameters: Mapping[str, Any]) -> str:
-    return file_cache_key(parameters["warc_path"], parameters["config"])
+def processed_file(warc_path: Path | str, config: DataConfig, staging_dir: Path) -> FileResult:
+    """`process_warc_file`, or the result an earlier, unfinished refresh recorded for the same
+    key (`file_cache_key`) in `staging_dir/.results/KEY.json`. The record is data, validated
+    by `FileResult.from_json` (types, format, staged files and their sha256), never unpickled:
+    a record that fails validation is ignored and the file processed again."""
+    record = staging_dir / RESULTS_DIR / f"{file_cache_key(warc_path, config)}.json"
+    if record.is_file():
+        try:
+            cached = FileResult.from_json(record.read_text(), staging_dir)
+        except (ValueError, UnicodeDecodeError) as error:
+            log.warning("ignoring the cached result %s (%s): processing %s again",
+                        record, error, input_name(warc_path))  # fmt: skip
+        else:
+            log.info("%s: reusing the result of an earlier run (%s)", cached.warc_file, record)
+            return cached
+    result = process_warc_file(warc_path, config, staging_dir)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    partial = record.with_name(f".{record.name}.tmp-{os.getpid()}")
+    partial.write_text(result.to_json())
+    partial.replace(record)  # a crash never leaves a half-written record under the real name
+    return result
 
 
 def _file_task_run_name() -> str:
@@ -75,30 +106,40 @@ def _file_task_run_name() -> str:
     return f"process {input_name(task_run.parameters['warc_path'])}"
 
 
+def _worth_retrying(task, task_run, state) -> bool:
+    return not isinstance(state.result(raise_on_failure=False), _FINAL_ERRORS)
+
+
+# No Prefect cache or result persistence: the crash-resume cache is `processed_file`'s JSON.
 @task(
     name="process-warc-file",
     task_run_name=_file_task_run_name,
-    cache_key_fn=_cache_key,
-    persist_result=True,
+    cache_policy=NO_CACHE,
+    persist_result=False,
     retries=2,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
     retry_jitter_factor=0.5,
+    retry_condition_fn=_worth_retrying,
 )
 def process_warc_file_task(
     warc_path: Path | str, config: DataConfig, staging_dir: Path
 ) -> FileResult:
-    return process_warc_file(warc_path, config, staging_dir)
+    return processed_file(warc_path, config, staging_dir)
 
 
 @flow(name="process-warc-files")
 def process_warc_files(
     files: list[Path | str], config: DataConfig, staging_dir: Path
 ) -> list[FileResult]:
-    """Per-file work, mapped over the task runner chosen by the caller. Results are persisted in
-    `staging_dir/.results`, beside the staged files they describe: a rerun after a crash finds
-    both, and removing the staging directory removes the cache with it."""
-    cached_task = process_warc_file_task.with_options(result_storage=results_storage(staging_dir))
-    futures = cached_task.map(files, config=unmapped(config), staging_dir=unmapped(staging_dir))
+    """Per-file work, mapped over the task runner chosen by the caller. Each result is recorded
+    in `staging_dir/.results`, beside the staged files it describes: a rerun after a crash
+    finds both, and removing the staging directory removes the cache with it.
+
+    Every file is attempted. Inputs that cannot be read raise InputsUnavailable naming them,
+    after the others finished: their results stay in `staging_dir` for the rerun."""
+    futures = process_warc_file_task.map(
+        files, config=unmapped(config), staging_dir=unmapped(staging_dir)
+    )
     progress_id = create_progress_artifact(
         progress=0.0, key="data-refresh-files", description=f"WARC files processed of {len(files)}"
     )
@@ -107,16 +148,18 @@ def process_warc_files(
         update_progress_artifact(progress_id, progress=100.0 * done / len(files))
         for listener in list(_progress_listeners):
             listener(done, len(files), names[future.task_run_id])
+    outcomes = [future.result(raise_on_failure=False) for future in futures]
+    unreadable = [outcome for outcome in outcomes if isinstance(outcome, InputError)]
+    if unreadable:
+        listed = "; ".join(f"{error.location}: {error.reason}" for error in unreadable)
+        kept = len(files) - len(unreadable)
+        raise InputsUnavailable(
+            f"{len(unreadable)} of {len(files)} inputs could not be read, so no dataset "
+            f"version was written: {listed}. The {kept} other files were processed and are "
+            f"kept in {staging_dir}; run the same refresh again to reuse them, or leave the "
+            "unreadable inputs out"
+        )
     return futures.result()
-
-
-def results_storage(staging_dir: Path) -> str:
-    """A storage block for `staging_dir/.results`, saved on the Prefect server (results must be
-    readable by any worker, so Prefect only takes saved blocks); its name follows the path."""
-    basepath = (staging_dir / RESULTS_DIR).resolve()
-    name = "lmforge-results-" + hashlib.sha256(str(basepath).encode()).hexdigest()[:16]
-    LocalFileSystem(basepath=str(basepath)).save(name, overwrite=True)
-    return f"local-file-system/{name}"
 
 
 @task(name="find-duplicates")
@@ -230,14 +273,23 @@ def data_refresh(
     """Read WARC responses, extract main text, identify languages, filter, deduplicate, and
     write kept documents and removal reasons as Parquet with a manifest."""
     out = Path(params.out).resolve()
-    configure_tracking(out.parent, keep_existing=True)
+    claim_output_dir(out, STAGE_NAME)  # before anything is built, the sample corpus included
+    # Held from start to finish: two refreshes into one folder would share its staging files.
+    with output_lock(out, wait=False):
+        return _refresh(params, out, parent_run_id)
+
+
+def _refresh(params: DataRefreshParams, out: Path, parent_run_id: str | None) -> dict:
     files = input_files(params, out)
+    claim_output_dir(out, STAGE_NAME, files)  # an input inside (or being) `out` is refused
+    configure_tracking(out.parent, keep_existing=True)
     config = params.data_config()
     if continues_dataset(out, config):
         files, done = unprocessed_inputs(out, files)
         if not files:
             print(f"data_refresh: all {len(done)} inputs are already in {out}; nothing to add")
             return read_manifest(out)
+    check_remote_inputs(files)
     runner = make_task_runner(params.runner, params.workers, params.dask_address)
     staging = out.parent / f".{out.name}.staging"
     staging.mkdir(parents=True, exist_ok=True)

@@ -19,9 +19,43 @@ from lmforge.flows.tracking import (
     log_stage_manifest,
     stage_run,
 )
-from lmforge.manifest import MANIFEST_NAME, manifest_digest, stage_output
+from lmforge.errors import OutputRefused
+from lmforge.manifest import (
+    MANIFEST_NAME,
+    claim_output_dir,
+    manifest_digest,
+    overlapping_input,
+    stage_output,
+)
 from lmforge.tasks.benchmarks import benchmark_metrics, results_markdown, results_table
 from lmforge.tasks.evaluate import evaluate_checkpoint
+
+
+STAGE = "evaluate"
+
+
+def evaluation_inputs(params: EvalParams) -> list[str]:
+    """The local folders and files an evaluation reads (benchmark URLs are left to the task)."""
+    sources = [params.checkpoint, params.shards, params.blimp, params.data]
+    sources += [*(params.tasks or {}).values(), *(params.fewshot_from or {}).values()]
+    return [source for source in sources if source]
+
+
+def claim_results_file(path: str | None, inputs: list[str]) -> None:
+    """Refuse (OutputRefused) a results file that names a folder or overlaps an input."""
+    if not path:
+        return
+    if Path(path).is_dir():
+        raise OutputRefused(
+            f"results file {Path(path).resolve()} is a folder: name a JSON file to write, "
+            "e.g. results.json"
+        )
+    source = overlapping_input(path, inputs)
+    if source is not None:
+        raise OutputRefused(
+            f"results file {Path(path).resolve()} overlaps the input {source}: writing it would "
+            "change the input; name a file outside the inputs"
+        )
 
 
 @task(name="evaluate-checkpoint")
@@ -113,13 +147,15 @@ def evaluate(params: EvalParams = EvalParams(), parent_run_id: str | None = None
     """Score a checkpoint and write `results.json` with a manifest naming checkpoint and shards."""
     checkpoint = Path(params.checkpoint).resolve()
     out = Path(params.out).resolve() if params.out else checkpoint.parent / "eval"
+    claim_output_dir(out, STAGE, evaluation_inputs(params))  # before any work
+    claim_results_file(params.results_json, evaluation_inputs(params))
     configure_tracking(out.parent, keep_existing=True)
     with stage_run("evaluate", params.model_dump(), parent_run_id) as run:
         lineage = model_lineage_tags(checkpoint)
         mlflow.set_tags(lineage)
         results = evaluate_task(params)
         with stage_output(
-            out, "evaluate", params.model_dump(), inputs=[params.checkpoint, params.shards]
+            out, STAGE, params.model_dump(), inputs=[params.checkpoint, params.shards]
         ) as stage:
             (stage.path / "results.json").write_text(json.dumps(results, indent=2))
             stage.counts.update(scores(results))

@@ -30,9 +30,13 @@ from lmforge.manifest import manifest_digest
 from lmforge.model.checkpoint import load_model
 from lmforge.model.classifier import load_classifier
 from lmforge.tasks import plots
-from lmforge.tasks.finetune_classify import ClassifierConfig, ClassifierResult
+from lmforge.tasks.finetune_classify import (
+    ClassifierConfig,
+    ClassifierResult,
+    claim_classifier_output,
+)
 from lmforge.tasks.finetune_classify import finetune_classifier as train_classifier
-from lmforge.tasks.finetune_instruct import InstructConfig, InstructResult
+from lmforge.tasks.finetune_instruct import InstructConfig, InstructResult, claim_instruct_output
 from lmforge.tasks.finetune_instruct import finetune_instruct as train_instruct
 
 
@@ -112,8 +116,9 @@ def finetune_classifier(
     """Fine-tune a pretrained checkpoint as a text classifier; report held-out accuracy and
     macro-F1 against the majority baseline, and register the classifier."""
     out = Path(params.out).resolve()
-    configure_tracking(out.parent, keep_existing=True)
     config = classifier_config(params)
+    claim_classifier_output(config)  # before any work
+    configure_tracking(out.parent, keep_existing=True)
     parent, tags = base_model_lineage(params.base_model, parent_run_id)
     with stage_run("finetune_classifier", params.model_dump(), parent) as run:
         mlflow.set_tags(tags)
@@ -160,8 +165,9 @@ def finetune_instruct(params: FinetuneInstructParams, parent_run_id: str | None 
     """Supervised instruction fine-tuning (full or LoRA) of a pretrained checkpoint; logs the
     held-out response-token loss and generated responses, and registers the model."""
     out = Path(params.out).resolve()
-    configure_tracking(out.parent, keep_existing=True)
     config = instruct_config(params)
+    claim_instruct_output(config)  # before any work
+    configure_tracking(out.parent, keep_existing=True)
     parent, tags = base_model_lineage(params.base_model, parent_run_id)
     with stage_run("finetune_instruct", params.model_dump(), parent) as run:
         mlflow.set_tags(tags)

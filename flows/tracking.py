@@ -23,6 +23,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from lmforge import __version__
+from lmforge.flows.tracking_store import open_sqlite_store, sqlite_path
 from lmforge.manifest import MANIFEST_NAME, read_manifest
 
 EXPERIMENT_NAME = os.environ.get("LMFORGE_EXPERIMENT", "lmforge")
@@ -33,10 +34,13 @@ _configured_uri: str | None = None
 
 
 def configure_tracking(work_dir: str | Path, *, keep_existing: bool = False) -> str:
-    """Point MLflow at `MLFLOW_TRACKING_URI`, or else a SQLite database inside `work_dir`.
+    """Point MLflow at `MLFLOW_TRACKING_URI`, or else a SQLite database inside `work_dir`, and
+    make sure the `lmforge` experiment exists there.
 
     `keep_existing` keeps a store chosen earlier in this process (a stage flow called by the
-    pipeline logs where the pipeline does).
+    pipeline logs where the pipeline does). A SQLite store is created and opened by one process
+    at a time (commands started together share it); raises TrackingStoreError naming the file
+    when it cannot be opened.
     """
     global _configured_uri
     if keep_existing and _configured_uri:
@@ -47,17 +51,25 @@ def configure_tracking(work_dir: str | Path, *, keep_existing: bool = False) -> 
         work_dir.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{work_dir / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
-    if experiment is None:
-        # A local store keeps artifacts beside its database rather than in the caller's cwd.
-        location = None if uri.startswith("http") else (work_dir / "mlartifacts").as_uri()
-        try:
-            mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=location)
-        except mlflow.exceptions.MlflowException:
-            pass  # created concurrently by another process: fine
+    # A local store keeps artifacts beside its database rather than in the caller's cwd.
+    location = None if uri.startswith("http") else (work_dir / "mlartifacts").as_uri()
+    db = sqlite_path(uri)
+    if db is None:
+        ensure_experiment(location)
+    else:
+        open_sqlite_store(db, lambda: ensure_experiment(location))
     mlflow.set_experiment(EXPERIMENT_NAME)
     _configured_uri = uri
     return uri
+
+
+def ensure_experiment(artifact_location: str | None) -> None:
+    """Create the `lmforge` experiment unless it exists (first use also creates the store)."""
+    if mlflow.get_experiment_by_name(EXPERIMENT_NAME) is None:
+        try:
+            mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=artifact_location)
+        except mlflow.exceptions.MlflowException:
+            pass  # created concurrently by another process (on a server): fine
 
 
 def prefect_tags() -> dict[str, str]:

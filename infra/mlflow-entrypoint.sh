@@ -4,7 +4,10 @@
 #   MLFLOW_AUTH_DATABASE_URI    users and permissions store (e.g. postgresql://.../mlflow_auth)
 #   MLFLOW_AUTH_ADMIN_USERNAME  MLFLOW_AUTH_ADMIN_PASSWORD  the admin created on first start
 #   MLFLOW_FLASK_SERVER_SECRET_KEY  signs the auth app's CSRF tokens
+#   MLFLOW_BACKEND_STORE_URI    the tracking store; `mlflow server` reads it from the environment,
+#                               so its password stays off the command line (ps, /proc/*/cmdline)
 set -eu
+: "${MLFLOW_BACKEND_STORE_URI:?set MLFLOW_BACKEND_STORE_URI}"
 : "${MLFLOW_AUTH_DATABASE_URI:?set MLFLOW_AUTH_DATABASE_URI}"
 : "${MLFLOW_AUTH_ADMIN_PASSWORD:?set MLFLOW_AUTH_ADMIN_PASSWORD}"
 : "${MLFLOW_FLASK_SERVER_SECRET_KEY:?set MLFLOW_FLASK_SERVER_SECRET_KEY}"

@@ -20,8 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from lmforge import __version__
-from lmforge.manifest import ManifestError
-from lmforge.servers import ServiceError
+from lmforge.errors import LmforgeError, one_line
 
 # Offline by default: no telemetry calls from Prefect or MLflow (there may be no network at all).
 QUIET_ENVIRONMENT = {
@@ -41,10 +40,12 @@ def add_model_options(
 ) -> None:
     """One `--option` per field of `model`, typed and documented from the field itself."""
     renames = renames or {}
+    flags = {name: "--" + renames.get(name, name).replace("_", "-") for name in model.model_fields}
+    parser.set_defaults(option_flags=flags)  # error messages name a field by its option
     for name, field in model.model_fields.items():
         if name in skip:
             continue
-        flag = "--" + renames.get(name, name).replace("_", "-")
+        flag = flags[name]
         annotation = field.annotation
         default = field.get_default(call_default_factory=True)
         help_text = (field.description or "").replace("%", "%%")  # argparse %-formats help
@@ -277,7 +278,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     deploy.set_defaults(handler=run_deploy)
     add_service_commands(commands)
+    add_debug_option(parser)
     return parser
+
+
+DEBUG_HELP = "on an error, show the full traceback instead of one line (or set LMFORGE_DEBUG=1)"
+
+
+def add_debug_option(parser: argparse.ArgumentParser, default: Any = False) -> None:
+    """`--debug` before or after any command word: `lmforge --debug train` or `lmforge train
+    --debug`. Below the top it defaults to SUPPRESS so a command's parser keeps the top's value."""
+    parser.add_argument("--debug", action="store_true", default=default, help=DEBUG_HELP)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in {id(p): p for p in action.choices.values()}.values():
+                add_debug_option(command, default=argparse.SUPPRESS)
 
 
 def add_service_commands(commands: argparse._SubParsersAction) -> None:
@@ -365,9 +380,11 @@ def warc_progress_bar() -> Iterator[None]:
 def run_pipeline(args: argparse.Namespace) -> int:
     from lmforge.flows.params import PipelineParams
     from lmforge.flows.pipeline import pipeline
+    from lmforge.preflight import check_pipeline_inputs
 
     params = params_from(args, PipelineParams)
     check_inputs(params.input)
+    check_pipeline_inputs(params)
     with warc_progress_bar():
         summary = pipeline(params)
     print_json(summary)
@@ -405,8 +422,11 @@ def run_build_sample(args: argparse.Namespace) -> int:
 def run_build_shards(args: argparse.Namespace) -> int:
     from lmforge.flows.build_shards import build_shards
     from lmforge.flows.params import ShardParams
+    from lmforge.preflight import check_shard_inputs
 
-    manifest = build_shards(params_from(args, ShardParams))
+    params = params_from(args, ShardParams)
+    check_shard_inputs(params)
+    manifest = build_shards(params)
     print_json({"tokenizer": manifest["tokenizer"], "splits": manifest["splits"]})
     return 0
 
@@ -414,16 +434,22 @@ def run_build_shards(args: argparse.Namespace) -> int:
 def run_pretrain(args: argparse.Namespace) -> int:
     from lmforge.flows.params import TrainParams
     from lmforge.flows.pretrain import pretrain
+    from lmforge.preflight import check_train_inputs
 
-    print_json(pretrain(params_from(args, TrainParams)))
+    params = params_from(args, TrainParams)
+    check_train_inputs(params)
+    print_json(pretrain(params))
     return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from lmforge.flows.evaluate import evaluate
     from lmforge.flows.params import EvalParams
+    from lmforge.preflight import check_eval_inputs
 
-    results = evaluate(params_from(args, EvalParams))
+    params = params_from(args, EvalParams)
+    check_eval_inputs(params)
+    results = evaluate(params)
     print_json({k: v for k, v in results.items() if k != "samples"})
     return 0
 
@@ -431,16 +457,22 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_finetune_classifier(args: argparse.Namespace) -> int:
     from lmforge.flows.finetune import finetune_classifier
     from lmforge.flows.params import FinetuneClassifierParams
+    from lmforge.preflight import check_classifier_inputs
 
-    print_json(finetune_classifier(params_from(args, FinetuneClassifierParams)))
+    params = params_from(args, FinetuneClassifierParams)
+    check_classifier_inputs(params)
+    print_json(finetune_classifier(params))
     return 0
 
 
 def run_finetune_instruct(args: argparse.Namespace) -> int:
     from lmforge.flows.finetune import finetune_instruct
     from lmforge.flows.params import FinetuneInstructParams
+    from lmforge.preflight import check_instruct_inputs
 
-    print_json(finetune_instruct(params_from(args, FinetuneInstructParams)))
+    params = params_from(args, FinetuneInstructParams)
+    check_instruct_inputs(params)
+    print_json(finetune_instruct(params))
     return 0
 
 
@@ -466,12 +498,13 @@ def run_export_hf(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from lmforge.model.checkpoint import load_model
+    from lmforge.model.checkpoint import check_model_dir, load_model
     from lmforge.model.train import resolve_device
     from lmforge.tasks.generate import checkpoint_tokenizer_file, stream_generate
     from lmforge.tasks.tokenizer import load_tokenizer
 
     device = resolve_device(args.device or "auto")
+    check_model_dir(args.checkpoint)  # before the tokenizer: a wrong folder is the likelier slip
     tokenizer = load_tokenizer(checkpoint_tokenizer_file(args.checkpoint, args.tokenizer))
     model = load_model(args.checkpoint, device=device)
     pieces = stream_generate(
@@ -520,7 +553,7 @@ def run_deploy(args: argparse.Namespace) -> int:
 
 
 def run_up(args: argparse.Namespace) -> int:
-    from lmforge.servers import load_config, start_services
+    from lmforge.servers import load_config, shell_exports, start_services
 
     config = load_config(
         args.state_dir, prefect_port=args.prefect_port, mlflow_port=args.mlflow_port,
@@ -530,8 +563,8 @@ def run_up(args: argparse.Namespace) -> int:
     start_services(config)
     print(f"\nPrefect UI:  {config.prefect_url}\nMLflow UI:   {config.mlflow_url}")
     print("\nSend flows to them (or `source " + str(config.state_dir / "env") + "`):")
-    for key, value in config.client_env().items():
-        print(f"  export {key}={value}")
+    for line in shell_exports(config):
+        print(f"  {line}")
     print("Stop them:   lmforge down" + ("" if args.state_dir == "work/services"
                                         else f" --state-dir {args.state_dir}"))
     return 0
@@ -557,6 +590,9 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code. An error the user can act on (see
+    `user_message`) is printed as one line `lmforge COMMAND: error: ...` with exit code 2;
+    anything else is a bug and keeps its traceback, as every error does with --debug."""
     for key, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
     parser = build_parser()
@@ -567,12 +603,95 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return handler(args)
-    except (ValidationError, FileNotFoundError, ValueError, ManifestError, ServiceError) as error:
-        if os.environ.get("LMFORGE_DEBUG"):
+    except Exception as error:
+        message = user_message(error, getattr(args, "option_flags", {}))
+        if message is None or args.debug or os.environ.get("LMFORGE_DEBUG", "") not in ("", "0"):
             raise
-        print(f"lmforge {args.command}: error: {error}", file=sys.stderr)
-        print("(set LMFORGE_DEBUG=1 for the full traceback)", file=sys.stderr)
+        print(f"lmforge {command_words(args)}: error: {message}", file=sys.stderr)
+        print("(run it again with --debug for the full traceback)", file=sys.stderr)
         return 2
+
+
+def command_words(args: argparse.Namespace) -> str:
+    """`train`, `data refresh`, `export hf`: the command as the user typed it."""
+    words = [args.command]
+    for level in ("data_command", "shards_command", "finetune_command", "export_command"):
+        words += [getattr(args, level)] if getattr(args, level, None) else []
+    return " ".join(words)
+
+
+def user_message(error: BaseException, option_flags: dict[str, str]) -> str | None:
+    """The one line to print for an error a user can act on; None for a bug.
+
+    Ours name the thing and what to do (LmforgeError, and the ValueError / FileNotFoundError of
+    older checks); so do the OS's errors about a file. Errors from the services underneath are
+    translated here: invalid options (pydantic), a temporary Prefect server that never started,
+    an MLflow store that cannot be opened.
+    """
+    if isinstance(error, ValidationError):
+        return options_message(error, option_flags)
+    if isinstance(error, (LmforgeError, ValueError)):
+        return one_line(error)
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror.lower()}"
+    if isinstance(error, FileNotFoundError):
+        return one_line(error)
+    if isinstance(error, RuntimeError) and str(error).startswith(PREFECT_STARTUP_TIMEOUT):
+        return prefect_startup_message(error)
+    if is_store_error(error):
+        return store_message(error)
+    return None
+
+
+def options_message(error: ValidationError, option_flags: dict[str, str]) -> str:
+    """`--max-steps: Input should be greater than or equal to 1 (got 0)`, one per problem."""
+    problems = []
+    for problem in error.errors():
+        location = problem["loc"]
+        name = option_flags.get(location[0], location[0]) if location else error.title
+        where = " ".join(str(part) for part in (name, *location[1:]))
+        got = one_line(repr(problem.get("input")), 60)
+        problems.append(f"{where}: {problem['msg']} (got {got})")
+    return "; ".join(problems)
+
+
+# Prefect's message when the server it starts for a command run without PREFECT_API_URL is
+# not answering by PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.
+PREFECT_STARTUP_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect API server"
+
+
+def prefect_startup_message(error: RuntimeError) -> str:
+    timeout = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "?")
+    exited = " (it exited)" if "exited with code" in str(error) else ""
+    return (
+        f"the temporary Prefect server this command starts did not answer within {timeout} s"
+        f"{exited}: start a lasting one with `lmforge up` and export the PREFECT_API_URL it "
+        "prints, or allow more time with PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+    )
+
+
+def is_store_error(error: BaseException) -> bool:
+    """A SQLite (or other SQL) database error: of an MLflow store when it reaches this far."""
+    import sqlite3
+
+    sql = sys.modules.get("sqlalchemy.exc")  # None unless imported, so only then can it raise
+    return isinstance(error, sqlite3.DatabaseError) or (
+        sql is not None and isinstance(error, sql.DatabaseError)
+    )
+
+
+def store_message(error: BaseException) -> str:
+    mlflow = sys.modules.get("mlflow")
+    store = mlflow.get_tracking_uri() if mlflow is not None else "the tracking store"
+    reason = one_line(getattr(error, "orig", None) or error, 120)
+    if "locked" in reason:
+        advice = "another process is writing it; run this again when that one has finished"
+    else:
+        advice = (
+            "point MLFLOW_TRACKING_URI (lineage: --tracking-uri) at an MLflow store, or move "
+            "this file away to start a new one"
+        )
+    return f"the MLflow store {store} cannot be used ({reason}): {advice}"
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from lmforge.errors import LmforgeError
 from lmforge.flows.tracking import find_stage_run
 from lmforge.manifest import ManifestError, manifest_digest, read_manifest
 
@@ -26,7 +27,7 @@ HEADLINE_DATA_COUNTS = ("warc_files", "responses", "kept", "removed", "read_erro
 TRAINING_PARAMS = ("preset", "max_steps", "batch_size", "seq_len", "lr", "seed", "strategy")
 
 
-class LineageError(ValueError):
+class LineageError(LmforgeError, ValueError):
     """A model that is not registered, or a link in the chain that cannot be followed."""
 
 

@@ -12,22 +12,29 @@ import fcntl
 import functools
 import hashlib
 import json
+import os
 import shutil
+import socket
+import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from lmforge import __version__
+from lmforge.errors import LmforgeError, OutputRefused
 
 MANIFEST_NAME = "manifest.json"
 # Where a versioned stage directory keeps the manifests of its earlier versions.
 VERSIONS_DIR = "versions"
+# Where a version is written inside a versioned stage directory until its commit; the leading
+# dot hides it from dataset readers (pyarrow skips names starting with "." or "_").
+UNCOMMITTED_PREFIX = ".uncommitted-"
 
 
-class ManifestError(RuntimeError):
+class ManifestError(LmforgeError, RuntimeError):
     """A stage directory is missing, incomplete or does not match its manifest."""
 
 
@@ -76,14 +83,35 @@ def describe_input(path: str | Path) -> dict[str, Any]:
     return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def read_manifest(stage_dir: str | Path) -> dict[str, Any]:
+def read_manifest(stage_dir: str | Path, stage: str | None = None) -> dict[str, Any]:
+    """The manifest of a finished stage output (of `stage`, when given); ManifestError naming
+    the folder when there is none, it is not JSON, or it is another stage's output."""
     manifest_path = Path(stage_dir) / MANIFEST_NAME
+    if not Path(stage_dir).exists():
+        raise ManifestError(f"{stage_dir} does not exist: run the stage that produces it first")
     if not manifest_path.is_file():
         raise ManifestError(
             f"{stage_dir} has no {MANIFEST_NAME}: it is not a finished lmforge stage output "
             "(run the stage that produces it first)"
         )
-    return json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_bytes())
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+        raise ManifestError(
+            f"{manifest_path} is not valid JSON ({error}): the stage output is damaged; "
+            "run the stage that produces it again"
+        ) from error
+    if not isinstance(manifest, dict):
+        raise ManifestError(
+            f"{manifest_path} is not an lmforge manifest (a JSON object): the stage output is "
+            "damaged; run the stage that produces it again"
+        )
+    if stage is not None and manifest.get("stage") != stage:
+        raise ManifestError(
+            f"{stage_dir} holds a {manifest.get('stage')!r} output, not a {stage!r} one: pass "
+            f"the folder that {stage} wrote"
+        )
+    return manifest
 
 
 def manifest_digest(stage_dir: str | Path) -> str:
@@ -175,34 +203,141 @@ def stage_output(
 ) -> Iterator[StageWriter]:
     """Build a stage directory atomically.
 
-    The body writes into `writer.path` (a sibling temporary directory). On success the manifest is
-    written and the directory renamed to `out_dir`, replacing an older output only at that moment;
-    on error the temporary directory is removed and `out_dir` is left as it was.
+    `out_dir` is claimed first (`claim_output_dir`: OutputRefused unless it is new, empty or an
+    earlier `stage` output, and clear of the inputs). The body writes into `writer.path` (a
+    sibling temporary directory). On success the manifest is written and the directory renamed
+    to `out_dir`, replacing an older output only at that moment (claimed again then); on error
+    the temporary directory is removed and `out_dir` is left as it was.
     """
+    inputs = list(inputs)
     out_dir = Path(out_dir)
+    claim_output_dir(out_dir, stage, inputs)
+    described = [item if isinstance(item, dict) else describe_input(item) for item in inputs]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp_dir.mkdir()
-    described = [item if isinstance(item, dict) else describe_input(item) for item in inputs]
     writer = StageWriter(stage=stage, path=tmp_dir, params=params, inputs=described)
     try:
         yield writer
         write_manifest(tmp_dir, writer.manifest())
-        replace_directory(tmp_dir, out_dir)
+        replace_directory(tmp_dir, out_dir, functools.partial(claim_output_dir, stage=stage))
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     writer.path = out_dir
 
 
-def replace_directory(new: Path, target: Path) -> None:
-    """Move `new` to `target`; an existing `target` is swapped out first and removed after."""
+def claim_output_dir(
+    out_dir: str | Path, stage: str, inputs: Iterable[str | Path | dict[str, Any]] = ()
+) -> Path:
+    """Check, before any work, that `out_dir` may receive a `stage` output; returns it resolved.
+
+    Allowed: a folder that does not exist, an empty folder, or a finished lmforge output whose
+    manifest names the same `stage` (the command's contract is to replace or extend it).
+    Refused with `OutputRefused` naming the folder: anything else (a user's folder, another
+    stage's output, a manifest that is not lmforge's), and any output that is, contains or lies
+    inside one of `inputs` (paths, or described inputs with a "path"; URLs are skipped).
+    """
+    out = Path(out_dir).expanduser().resolve()
+    source = overlapping_input(out, inputs)
+    if source is not None:
+        raise OutputRefused(
+            f"output folder {out} overlaps the input {source}: writing it would replace or "
+            "change the input; choose an output folder outside the inputs"
+        )
+    if out.exists() and not out.is_dir():
+        raise OutputRefused(f"output {out} is a file, not a folder: choose another output folder")
+    if out.is_dir() and any(out.iterdir()):
+        found = output_stage(out)
+        if found != stage:
+            what = f"a {found!r} output" if found else "files that are not an lmforge output"
+            raise OutputRefused(
+                f"output folder {out} holds {what}; lmforge only replaces its own {stage!r} "
+                "outputs: choose an empty or new output folder (or remove this one yourself)"
+            )
+    return out
+
+
+def overlapping_input(
+    output: str | Path, inputs: Iterable[str | Path | dict[str, Any]]
+) -> Path | None:
+    """The first of `inputs` (paths, or described inputs with a "path"; URLs are skipped) that
+    `output` is, contains or lies inside, resolved; None when the output is clear of them."""
+    out = Path(output).expanduser().resolve()
+    for item in inputs:
+        path = item.get("path") if isinstance(item, dict) else item
+        if path is None or "://" in str(path):
+            continue
+        source = Path(path).expanduser().resolve()
+        if source == out or out in source.parents or source in out.parents:
+            return source
+    return None
+
+
+def output_stage(directory: Path) -> str | None:
+    """The stage a folder's manifest names, or None when it has no readable lmforge manifest."""
+    manifest = directory / MANIFEST_NAME
+    if not manifest.is_file():
+        return None
+    try:
+        found = json.loads(manifest.read_text()).get("stage")
+    except (ValueError, AttributeError):  # garbage in manifest.json: not lmforge's
+        return None
+    return found if isinstance(found, str) else None
+
+
+def replace_directory(new: Path, target: Path, claim: Callable[[Path], object]) -> None:
+    """Move `new` to `target`. An existing `target` is first handed to `claim`, which raises
+    (OutputRefused) unless it may be replaced - `claim_output_dir(target, stage)` for stage
+    outputs - then swapped out and removed after the move: nothing else is ever deleted."""
     if target.exists():
+        claim(target)
         retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
         target.rename(retired)
         new.rename(target)
         shutil.rmtree(retired, ignore_errors=True)
     else:
         new.rename(target)
+
+
+class OutputLocked(LmforgeError):
+    """Another process (or thread) is writing the output folder."""
+
+
+_held_locks: set[tuple[str, int]] = set()  # (lock file, thread) of the locks held here
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: str | Path, wait: bool = True) -> Iterator[None]:
+    """Hold the exclusive lock of `out_dir` (an flock on `.<name>.lock` beside it) while the
+    block runs. Reentrant within a thread, so a refresh can hold it from start to finish while
+    `stage_version` takes it again to commit. `wait=False` raises OutputLocked at once, naming
+    the folder and the holder (pid, host, start time), when another holder has it; the kernel
+    drops the lock of a process that dies, so a crash never leaves the folder locked."""
+    out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = out_dir.parent / f".{out_dir.name}.lock"
+    key = (str(lock_path), threading.get_ident())
+    if key in _held_locks:  # this thread holds it already, further up the stack
+        yield
+        return
+    with open(lock_path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "holder unknown"
+            raise OutputLocked(
+                f"output folder {out_dir} is being written by another refresh ({holder}); "
+                "wait for it to finish, or choose another --out"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}, since {utc_now()}\n")
+        lock.flush()
+        _held_locks.add(key)
+        try:
+            yield
+        finally:
+            _held_locks.discard(key)
 
 
 def version_name(version: int) -> str:
@@ -225,49 +360,57 @@ def stage_version(
     """Add the next version to a versioned stage directory, never rewriting earlier files.
 
     Without a manifest in `out_dir` this is version 1, built like `stage_output` (a temporary
-    sibling renamed into place). Otherwise the current manifest is the parent (its stage must
-    be `stage`): leftovers of an unfinished version (files under sub-directories that the
-    parent does not list) are removed first, the body writes its new files into `out_dir`
-    itself (`writer.path`) under version-specific names (`version_name(writer.version)`), and
-    on success the parent's manifest is kept as `versions/vNNNNN.json` and a new manifest -
-    outputs = the parent's outputs + the new files, `version`, `parent_version` naming the
-    parent's manifest and its sha256 - replaces `manifest.json` atomically. That rename is the
-    commit: readers that go by the manifest never see a half-written version, and on error
-    the new files are removed. An exclusive lock beside `out_dir` keeps two writers apart.
+    sibling renamed into place). Otherwise `out_dir` must be a `stage` output clear of the
+    inputs (`claim_output_dir`, OutputRefused) and its manifest is the parent: leftovers of an
+    unfinished version (files under sub-directories that the parent does not list) are removed
+    first, and the body writes its new files under `writer.path`, a hidden staging folder
+    `out_dir/.uncommitted-vNNNNN/` laid out like `out_dir` (readers such as
+    `pq.read_table(out_dir / "docs")` skip names starting with a dot, and never look there),
+    with version-specific names (`version_name(writer.version)`). On success the parent's
+    manifest is kept as `versions/vNNNNN.json`, the new files are renamed to their places in
+    `out_dir` and a new manifest - outputs = the parent's outputs + the new files, `version`,
+    `parent_version` naming the parent's manifest and its sha256 - replaces `manifest.json`
+    atomically. That rename is the commit: until it, a crash leaves files that no manifest
+    lists and the next version removes; on error they are removed at once. An exclusive lock
+    beside `out_dir` keeps two writers apart.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = out_dir.parent / f".{out_dir.name}.lock"
-    with open(lock_path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with output_lock(out_dir):
         if not (out_dir / MANIFEST_NAME).is_file():
             with stage_output(out_dir, stage, params, inputs) as writer:
                 writer.extra.update({"version": 1, "parent_version": None})
                 yield writer
             return
+        inputs = list(inputs)
+        claim_output_dir(out_dir, stage, inputs)
         parent = read_manifest(out_dir)
-        if parent.get("stage") != stage:
-            raise ManifestError(
-                f"{out_dir} holds a {parent.get('stage')!r} output, not {stage!r}: "
-                "choose another output directory"
-            )
         remove_uncommitted_files(out_dir, parent)
         described = [item if isinstance(item, dict) else describe_input(item) for item in inputs]
-        writer = StageWriter(stage=stage, path=out_dir, params=params, inputs=described,
-                             version=manifest_version(parent) + 1, parent=parent)  # fmt: skip
+        version = manifest_version(parent) + 1
+        staging = out_dir / f"{UNCOMMITTED_PREFIX}{version_name(version)}"
+        staging.mkdir()
+        writer = StageWriter(stage=stage, path=staging, params=params, inputs=described,
+                             version=version, parent=parent)  # fmt: skip
         try:
             yield writer
             _commit_version(out_dir, writer)
         except BaseException:
             remove_uncommitted_files(out_dir, parent)
             raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        writer.path = out_dir
 
 
 def remove_uncommitted_files(stage_dir: Path, manifest: dict[str, Any]) -> list[Path]:
     """Delete files under `stage_dir`'s sub-directories that `manifest` does not list (what an
-    unfinished version left behind), and directories left empty; returns the deleted files."""
+    unfinished version left behind, its staging folder included), and directories left empty;
+    returns the deleted files."""
     listed = {entry["path"] for entry in manifest["outputs"]}
     removed = []
+    for staging in stage_dir.glob(f"{UNCOMMITTED_PREFIX}*"):
+        removed += [path for path in staging.rglob("*") if path.is_file()]
+        shutil.rmtree(staging)
     for path in sorted(stage_dir.rglob("*"), reverse=True):  # children before their directory
         relative = path.relative_to(stage_dir)
         if len(relative.parts) < 2:
@@ -281,24 +424,27 @@ def remove_uncommitted_files(stage_dir: Path, manifest: dict[str, Any]) -> list[
 
 
 def _commit_version(out_dir: Path, writer: StageWriter) -> None:
+    """Publish the staged files of `writer` under their final names, then the manifest."""
+    staging = writer.path
     parent = writer.parent or {}
     parent_outputs = [e for e in parent["outputs"] if e["path"] not in writer.retired_outputs]
-    parent_copy = out_dir / VERSIONS_DIR / f"{version_name(writer.version - 1)}.json"
-    parent_copy.parent.mkdir(exist_ok=True)
+    parent_copy = staging / VERSIONS_DIR / f"{version_name(writer.version - 1)}.json"
+    parent_copy.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(out_dir / MANIFEST_NAME, parent_copy)
-    listed = {entry["path"] for entry in parent_outputs}
-    new_files = [
-        p for p in out_dir.rglob("*")
-        if p.is_file() and len(p.relative_to(out_dir).parts) > 1
-        and str(p.relative_to(out_dir)) not in listed
-    ]  # fmt: skip
-    manifest = build_manifest(out_dir, writer.stage, writer.params, writer.inputs, writer.counts,
+    new_files = sorted(p for p in staging.rglob("*") if p.is_file())
+    # Digests first, from the staged files: the renames below are all that happens between the
+    # first new file appearing in `out_dir` and the manifest that lists it.
+    manifest = build_manifest(staging, writer.stage, writer.params, writer.inputs, writer.counts,
                               writer.extra, writer.started_at, files=new_files)  # fmt: skip
     manifest["outputs"] = parent_outputs + manifest["outputs"]
     manifest["version"] = writer.version
     manifest["parent_version"] = {
         "version": writer.version - 1,
-        "manifest": str(parent_copy.relative_to(out_dir)),
+        "manifest": str(parent_copy.relative_to(staging)),
         "sha256": sha256_file(parent_copy),
     }
+    for path in new_files:
+        final = out_dir / path.relative_to(staging)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        path.rename(final)
     write_manifest(out_dir, manifest)

@@ -4,21 +4,32 @@ tracking server and a Prefect process worker, all on 127.0.0.1 (`lmforge up` / `
 Each service runs detached in its own process group, with a pid file and a log under the state
 directory, so `down` from another shell stops it and every process it started. Prefect keeps its
 SQLite database in `<state>/prefect`, MLflow its SQLite store and artifacts in `<state>/mlflow`.
+
+Neither server can be driven from another web page: each answers cross-origin requests only from
+its own UI's origin, the Prefect API demands a login (`<state>/prefect-auth`, generated on the
+first `up`, readable by its owner only) and a CSRF token for every change, and MLflow refuses
+Host headers other than its own address (DNS rebinding). Prefect has no Host check; a rebound
+page has the attacker's origin, so the browser sends it no stored login: the API stays closed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from lmforge.errors import LmforgeError
 
 PREFECT = "prefect-server"
 MLFLOW = "mlflow"
@@ -32,7 +43,7 @@ QUIET = {
 }
 
 
-class ServiceError(RuntimeError):
+class ServiceError(LmforgeError, RuntimeError):
     """A service could not start (port taken, crashed, never healthy) or stop."""
 
 
@@ -66,9 +77,69 @@ class ServiceConfig:
     def mlflow_url(self) -> str:
         return f"http://{self.host}:{self.mlflow_port}"
 
+    @property
+    def prefect_auth_file(self) -> Path:
+        """`user:password` of the Prefect API (and of its UI's login page)."""
+        return self.state_dir / "prefect-auth"
+
+    def ui_origins(self, port: int) -> str:
+        """The origins a browser shows a UI on this port under: the only ones allowed CORS."""
+        return f"http://{self.host}:{port},http://localhost:{port}"
+
     def client_env(self) -> dict[str, str]:
-        """What a shell exports to send flows to these servers."""
-        return {"PREFECT_API_URL": self.prefect_api_url, "MLFLOW_TRACKING_URI": self.mlflow_url}
+        """What a process exports to send flows to these servers (the login included)."""
+        return {"PREFECT_API_URL": self.prefect_api_url,
+                "PREFECT_API_AUTH_STRING": prefect_auth_string(self),
+                "MLFLOW_TRACKING_URI": self.mlflow_url}
+
+
+PREFECT_USER = "lmforge"
+
+
+def create_prefect_auth(config: ServiceConfig) -> str | None:
+    """Generate the Prefect API login into the state directory (mode 0600) unless it exists;
+    returns it when it was just created, else None."""
+    path = config.prefect_auth_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # O_EXCL: two `up`s at once cannot each write (and print) a different login.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return None
+    auth = f"{PREFECT_USER}:{secrets.token_urlsafe(24)}"
+    with os.fdopen(fd, "w") as file:
+        file.write(auth + "\n")
+    return auth
+
+
+def prefect_auth_string(config: ServiceConfig) -> str:
+    """The Prefect API login `up` generated for this state directory."""
+    try:
+        return config.prefect_auth_file.read_text().strip()
+    except FileNotFoundError:
+        raise ServiceError(
+            f"{config.prefect_auth_file} is missing, so nothing can log in to the Prefect server "
+            "of this state directory: run `lmforge down` then `lmforge up` (a new login is made)"
+        ) from None
+
+
+def shell_exports(config: ServiceConfig) -> list[str]:
+    """`export` lines pointing a shell's flows at these servers; the login is read from its file
+    when the line runs, so these lines (and `<state>/env`) can be shown without revealing it."""
+    auth_file = shlex.quote(str(config.prefect_auth_file.resolve()))
+    values = {**config.client_env(), "PREFECT_API_AUTH_STRING": f'"$(cat {auth_file})"'}
+    return [f"export {key}={value}" for key, value in values.items()]
+
+
+@contextlib.contextmanager
+def prefect_client_settings(config: ServiceConfig) -> Iterator[None]:
+    """Prefect clients created inside talk to this server, logged in."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    settings = {PREFECT_API_URL: config.prefect_api_url,
+                PREFECT_API_AUTH_STRING: prefect_auth_string(config)}
+    with temporary_settings(settings):
+        yield
 
 
 def service_command(name: str, config: ServiceConfig) -> list[str]:
@@ -83,7 +154,9 @@ def service_command(name: str, config: ServiceConfig) -> list[str]:
                 "--host", config.host, "--port", str(config.mlflow_port),
                 "--backend-store-uri", f"sqlite:///{state / 'mlflow' / 'mlflow.db'}",
                 "--artifacts-destination", str(state / "mlflow" / "artifacts"),
-                "--allowed-hosts", hosts, "--workers", "1"]
+                "--allowed-hosts", hosts,
+                "--cors-allowed-origins", config.ui_origins(config.mlflow_port),
+                "--workers", "1"]
     if name == WORKER:
         return [sys.executable, "-m", "prefect", "worker", "start",
                 "--pool", config.work_pool, "--type", "process"]
@@ -97,6 +170,9 @@ def service_env(name: str, config: ServiceConfig) -> dict[str, str]:
         env["PREFECT_HOME"] = str(config.state_dir.resolve() / "prefect")
         # The UI (in the browser) calls the API at this address; the default is port 4200.
         env["PREFECT_SERVER_UI_API_URL"] = config.prefect_api_url
+        env["PREFECT_SERVER_API_AUTH_STRING"] = prefect_auth_string(config)
+        env["PREFECT_SERVER_CSRF_PROTECTION_ENABLED"] = "true"
+        env["PREFECT_SERVER_CORS_ALLOWED_ORIGINS"] = config.ui_origins(config.prefect_port)
     elif name == WORKER:
         env.update(config.client_env())
         env["PREFECT_WORKER_QUERY_SECONDS"] = str(config.worker_poll_seconds)
@@ -209,6 +285,10 @@ def start_services(config: ServiceConfig, echo: Callable[[str], None] = print) -
     dies or never answers its health check.
     """
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    new_auth = create_prefect_auth(config)
+    if new_auth:
+        echo(f"Prefect login (the UI asks for it): {new_auth}  -- shown once, kept in "
+             f"{config.prefect_auth_file} (owner-only)")
     ports = {PREFECT: config.prefect_port, MLFLOW: config.mlflow_port}
     servers = [name for name in (PREFECT, MLFLOW) if read_pid(config, name) is None]
     for name in servers:
@@ -233,11 +313,9 @@ def start_services(config: ServiceConfig, echo: Callable[[str], None] = print) -
 
 def register(config: ServiceConfig) -> None:
     """Create the work pool and (re)register the deployments on this Prefect server."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from lmforge.flows.deployments import register_deployments
 
-    with temporary_settings({PREFECT_API_URL: config.prefect_api_url}):
+    with prefect_client_settings(config):
         register_deployments(
             config.work_pool,
             working_dir=config.working_dir,
@@ -247,9 +325,8 @@ def register(config: ServiceConfig) -> None:
 
 def worker_online(config: ServiceConfig) -> bool:
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: config.prefect_api_url}):
+    with prefect_client_settings(config):
         with get_client(sync_client=True) as client:
             workers = client.read_workers_for_work_pool(config.work_pool)
     return any(worker.status == "ONLINE" for worker in workers)
@@ -274,7 +351,7 @@ def load_config(state_dir: str | Path, **overrides) -> ServiceConfig:
 def write_env_file(config: ServiceConfig) -> Path:
     """`<state>/env`: `source` it to point a shell's flows at these servers."""
     path = config.state_dir / "env"
-    path.write_text("".join(f"export {k}={v}\n" for k, v in config.client_env().items()))
+    path.write_text("".join(f"{line}\n" for line in shell_exports(config)))
     return path
 
 

@@ -52,7 +52,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
-        if self.d_ff is None:
+        if self.d_ff is None and isinstance(self.d_model, int):  # else _validate names d_model
             self.d_ff = default_d_ff(self.d_model, self.mlp)
         self._validate()
 
@@ -64,8 +64,13 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
         for name in ("rope_theta", "norm_eps", "init_std"):
             value = getattr(self, name)
-            if not value > 0:
-                raise ValueError(f"ModelConfig.{name} must be positive, got {value!r}")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"ModelConfig.{name} must be a positive number, got {value!r}")
+        for name in ("tie_embeddings", "qk_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"ModelConfig.{name} must be true or false, got {getattr(self, name)!r}"
+                )
         for name, allowed in _CHOICES.items():
             value = getattr(self, name)
             if value not in allowed:
@@ -98,11 +103,17 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        """Inverse of `to_dict`; an unknown key (a typo, a newer lmforge's field) raises."""
+        """Inverse of `to_dict` (e.g. of a parsed `model_config.json`); ValueError for anything
+        but a mapping of known fields with vocab_size: an unknown key is a typo or a newer
+        lmforge's field."""
+        if not isinstance(values, dict):
+            raise ValueError(f"a ModelConfig is an object of fields, not {type(values).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown ModelConfig field(s): {', '.join(unknown)}")
+        if "vocab_size" not in values:
+            raise ValueError("ModelConfig.vocab_size is missing")
         return cls(**values)
 
     @classmethod

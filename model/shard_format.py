@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from lmforge.errors import LmforgeError
+
 SHARD_PATTERN = "shard-*.arrow"
 VOCAB_SIZE_KEY = b"lmforge.vocab_size"
 EOT_ID_KEY = b"lmforge.eot_id"
@@ -26,7 +28,7 @@ TOKEN_TYPES = (pa.uint16(), pa.uint32())
 MAX_SHARD_TOKENS = 2**31 - 1  # Arrow `list` offsets are int32
 
 
-class TokenDataError(ValueError):
+class TokenDataError(LmforgeError, ValueError):
     """A split directory or shard cannot be read as lmforge token shards; the message names it."""
 
 

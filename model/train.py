@@ -25,10 +25,20 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from lmforge.manifest import MANIFEST_NAME, build_manifest, describe_input, utc_now, write_manifest
+from lmforge.errors import OutputRefused
+from lmforge.manifest import (
+    MANIFEST_NAME,
+    build_manifest,
+    claim_output_dir,
+    describe_input,
+    utc_now,
+    write_manifest,
+)
 from lmforge.model.checkpoint import (
+    CHECKPOINTS_DIR,
     CONFIG_FILE,
     WEIGHTS_FILE,
+    CheckpointError,
     latest_checkpoint,
     load_checkpoint_weights,
     load_training_state,
@@ -65,6 +75,7 @@ from lmforge.model.schedule import LRSchedule
 
 TOKENIZER_FILE = "tokenizer.json"
 DTYPES = ("auto", "float32", "bfloat16")
+STAGE = "pretrain"  # the stage a finished run's manifest names
 
 LogCallback = Callable[[int, dict[str, float]], None]
 
@@ -182,9 +193,11 @@ def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult
     on_log(step, metrics) receives {"loss", "lr", "grad_norm", "tokens_per_s", "tokens", "epoch"}
     and, when the device's peak is known, "mfu" every log_every steps, and {"val_loss"} every
     eval_every steps (step = optimizer steps done; loss and tokens/s are over all ranks).
-    Raises ManifestError/TokenDataError for unusable shards, FileExistsError when out_dir holds
-    checkpoints and resume is False, ValueError when a resumed checkpoint's settings differ or
-    the strategy does not fit the number of processes.
+    Raises ManifestError/TokenDataError for unusable shards, OutputRefused when out_dir is not
+    this run's to write (see `check_out_dir`), CheckpointError for a checkpoint that cannot be
+    read, ValueError when a resumed checkpoint's settings differ or the strategy does not fit
+    the number of processes. Until the first step nothing in out_dir changes: a run that fails
+    to resume leaves a finished run finished.
     """
     wall_start = time.perf_counter()
     started_at = utc_now()
@@ -216,7 +229,7 @@ def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult
     bf16 = uses_bf16(device, config.dtype)
     # FSDP2 casts parameters itself (bf16 compute, fp32 master weights); autocast is not needed.
     autocast = autocast_context(device, "float32" if fsdp else config.dtype)
-    resume_from = prepare_out_dir(out_dir, config.resume, env.is_main)
+    resume_from = check_out_dir(out_dir, config.resume)
 
     torch.manual_seed(config.seed)  # every rank builds the same initial weights
     if device.type == "cuda":
@@ -237,7 +250,7 @@ def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult
     step, tokens, train_loss = 0, 0, math.nan
     state: dict[str, Any] | None = None
     if resume_from is not None:
-        state = load_training_state(resume_from)
+        state = load_resume_state(resume_from)
         check_resumable(resume_from, state["settings"], settings)
         batches.load_state_dict(state["loader"])
         load_checkpoint_weights(model, resume_from)  # before sharding: every rank loads it all
@@ -261,6 +274,10 @@ def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult
     if state is not None:
         load_optimizer_state(owner, optimizer, state["optimizer"], sharded=fsdp)
         set_rng_state(state["rng"], device)
+    if env.is_distributed:
+        dist.barrier()  # every rank has looked at out_dir before rank 0 changes it
+    if env.is_main:
+        begin_writing(out_dir)
 
     # The chunked head+loss pass is cache-friendly on a CPU; it calls the model's own methods, so
     # only where no wrapper (DDP, FSDP, pipeline) must see the forward, and not under compile.
@@ -555,23 +572,50 @@ def evaluate_batches(
     return total / count
 
 
-def prepare_out_dir(out_dir: Path, resume: bool, is_main: bool = True) -> Path | None:
-    """Create out_dir and return the checkpoint to resume from (None: start fresh).
+def check_out_dir(out_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint a run in out_dir continues from (None: a fresh start); changes nothing.
 
-    A fresh run refuses a directory that holds another run's checkpoints rather than mixing
-    them up or deleting them. The manifest goes first: it would vouch for files about to change.
+    A folder holding checkpoints is a training run (finished or not): continued with resume,
+    refused without it rather than mixing two runs' checkpoints. A folder without any may
+    receive a run when `claim_output_dir` allows a STAGE output there (a new or empty
+    folder, a finished run's output), or when it holds only a checkpoints/ folder (a run that
+    stopped before its first checkpoint was complete); anything else, such as a user's folder
+    of other files, is refused with OutputRefused.
     """
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
     newest = latest_checkpoint(out_dir)
-    if newest is not None and not resume:
-        raise FileExistsError(
-            f"{out_dir} already holds checkpoints of a training run (newest: {newest.name}); "
-            "pass resume=True to continue it, or choose another out_dir"
+    if newest is not None:
+        if not resume:
+            raise OutputRefused(
+                f"{out_dir} holds the checkpoints of a training run (newest: {newest.name}): "
+                "pass --resume (resume=True) to continue it, or choose another folder for --out"
+            )
+        return newest
+    if not (out_dir.is_dir() and {p.name for p in out_dir.iterdir()} == {CHECKPOINTS_DIR}):
+        claim_output_dir(out_dir, STAGE)
+    return None
+
+
+RESUME_STATE_KEYS = ("step", "tokens", "train_loss", "settings", "loader", "rng", "optimizer")
+
+
+def load_resume_state(checkpoint: Path) -> dict[str, Any]:
+    """The training state a run continues from; CheckpointError when the file is unreadable or
+    is not a training checkpoint's state (see `save_training_checkpoint` for what it holds)."""
+    state = load_training_state(checkpoint)
+    missing = [key for key in RESUME_STATE_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(
+            f"{checkpoint} cannot be resumed from: its training state lacks {', '.join(missing)}; "
+            "resume from a checkpoint lmforge's training wrote, or start a new run elsewhere"
         )
-    if is_main:
-        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
-    return newest
+    return state
+
+
+def begin_writing(out_dir: Path) -> None:
+    """Make out_dir ready for this run's files, once all it resumes from has loaded. The
+    manifest goes first: it would vouch for files about to change."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
 
 
 def trajectory_settings(config: TrainConfig, model_config: ModelConfig) -> dict[str, Any]:
@@ -630,7 +674,7 @@ def write_final_outputs(
     }
     manifest = build_manifest(
         out_dir,
-        "pretrain",
+        STAGE,
         params=asdict(config),
         inputs=[shards_input],
         counts=counts,

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmforge.errors import LmforgeError
 from lmforge.tasks.jsonl import read_jsonl
 
 
-class BenchmarkFormatError(ValueError):
+class BenchmarkFormatError(LmforgeError, ValueError):
     """A benchmark file that is not in its task's published format; the message names file+line."""
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmforge.errors import LmforgeError
 from lmforge.tasks.jsonl import read_jsonl
 
 
-class BlimpFormatError(ValueError):
+class BlimpFormatError(LmforgeError, ValueError):
     """A BLiMP directory or file cannot be read; the message names the file (and line)."""
 
 

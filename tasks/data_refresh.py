@@ -21,10 +21,10 @@ from typing import Any
 from lmforge.tasks.data_config import DataConfig
 from lmforge.tasks.dataset_versions import unprocessed_inputs
 from lmforge.tasks.dataset_writer import continues_dataset, find_duplicates, write_dataset
-from lmforge.tasks.inputs import resolve_inputs
+from lmforge.tasks.inputs import check_remote_inputs, resolve_inputs
 from lmforge.tasks.warc_processing import process_warc_file
 
-from lmforge.manifest import read_manifest
+from lmforge.manifest import output_lock, read_manifest
 
 __all__ = ["refresh_dataset", "resolve_inputs"]  # resolve_inputs lives in `inputs`
 
@@ -39,14 +39,19 @@ def refresh_dataset(
     `out_dir` already processed (its ledger), process each new file, deduplicate against the
     documents kept before, and add a dataset version (see `dataset_writer.write_dataset`).
     Staged files go to `staging_dir` (default: a temporary directory removed afterwards).
-    Returns the manifest (unchanged when every input was processed before)."""
-    paths = resolve_inputs(patterns)
-    if continues_dataset(out_dir, config):
-        paths, _already_done = unprocessed_inputs(out_dir, paths)
-        if not paths:
-            return read_manifest(out_dir)
-    with tempfile.TemporaryDirectory(prefix="lmforge-staging-") as scratch:
-        staging = Path(staging_dir) if staging_dir is not None else Path(scratch)
-        results = [process_warc_file(path, config, staging) for path in paths]
-        duplicates = find_duplicates(results, config, data_dir=out_dir)
-        return write_dataset(results, duplicates, out_dir, config, inputs=paths)
+    Returns the manifest (unchanged when every input was processed before).
+
+    Holds `out_dir`'s lock throughout, waiting for another writer to finish. Raises
+    `inputs.InputsUnavailable` before any work when a remote input does not answer."""
+    with output_lock(out_dir):
+        paths = resolve_inputs(patterns)
+        if continues_dataset(out_dir, config):
+            paths, _already_done = unprocessed_inputs(out_dir, paths)
+            if not paths:
+                return read_manifest(out_dir)
+        check_remote_inputs(paths)
+        with tempfile.TemporaryDirectory(prefix="lmforge-staging-") as scratch:
+            staging = Path(staging_dir) if staging_dir is not None else Path(scratch)
+            results = [process_warc_file(path, config, staging) for path in paths]
+            duplicates = find_duplicates(results, config, data_dir=out_dir)
+            return write_dataset(results, duplicates, out_dir, config, inputs=paths)

@@ -10,8 +10,13 @@ Layout of a data directory (every file name carries its version, `v00002`):
     index/v00002.parquet                dedup index rows of the documents kept by version 2
     ledger/v00002.parquet               sha256 of each input file version 2 processed
 
+    .uncommitted-v00003/                a version being written, laid out like the above
+
 Only files the manifest lists are part of the dataset: a crashed refresh's leftovers are never
-read, and are removed by the next refresh. The `lang=xx` directories follow the Hive
+read, and are removed by the next refresh. A new version's files are written in the hidden
+`.uncommitted-vNNNNN/` and renamed into `docs/`, `removed/`, ... just before the manifest
+that lists them, so a plain `pq.read_table("data/docs")` does not see a version being written
+(or left half-written by a crash) either. The `lang=xx` directories follow the Hive
 convention, so the files do not repeat the language; `document_batches` puts it back.
 """
 

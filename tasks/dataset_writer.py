@@ -7,7 +7,8 @@ A refresh into a directory that holds a dataset built with the same `DataConfig`
 version (see `lmforge.tasks.dataset_versions` for the layout): input files whose sha256 is in
 the ledger are skipped, new documents are deduplicated against every document kept before, and
 old files are never rewritten. A directory holding a dataset built with other settings (or
-before datasets had versions) is replaced by a new version 1, as every refresh used to do.
+before datasets had versions) is replaced by a new version 1, as every refresh used to do; a
+directory holding anything else, or an input file, is refused (`claim_output_dir`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from lmforge.errors import LmforgeError
 from lmforge.tasks.data_config import DataConfig
 from lmforge.tasks.data_stats import merge_file_stats
 from lmforge.tasks.dataset_versions import (
@@ -49,6 +51,7 @@ from lmforge.tasks.dedup_index import (
 from lmforge.tasks.warc_processing import DOC_SCHEMA, REMOVED_SCHEMA, FileResult
 
 from lmforge.manifest import (
+    claim_output_dir,
     describe_input,
     manifest_version,
     read_manifest,
@@ -64,7 +67,7 @@ STAGE_NAME = "data_refresh"
 PARTITIONED_DOC_SCHEMA = DOC_SCHEMA.remove(DOC_SCHEMA.get_field_index(LANGUAGE_KEY))
 
 
-class AccountingError(RuntimeError):
+class AccountingError(LmforgeError, RuntimeError):
     """Kept plus removed documents do not add up to the responses read: something vanished."""
 
 
@@ -230,9 +233,11 @@ def write_dataset(
     `inputs` describe the WARC files in the manifest (default: the files of `file_results`,
     using the digests computed while processing them). Raises AccountingError, leaving
     `out_dir` as it was, if kept + removed differs from the responses read or a duplicate
-    names a document that is not among the candidates.
+    names a document that is not among the candidates. Raises OutputRefused, before any
+    work, when `out_dir` holds anything but a `data_refresh` output or overlaps an input file.
     """
     out_dir = Path(out_dir)
+    claim_output_dir(out_dir, STAGE_NAME, [r.warc_path for r in file_results])
     continuing = continues_dataset(out_dir, config)
     if has_dataset(out_dir) and not continuing:
         log.warning("%s holds a dataset built with other settings (or before versions): "
@@ -254,13 +259,14 @@ def write_dataset(
     else:
         context = stage_output(out_dir, STAGE_NAME, config.to_dict(), described)
     with context as writer:
-        _write_version(writer, results, duplicates, config, continuing)
+        _write_version(writer, out_dir, results, duplicates, config, continuing)
     return read_manifest(out_dir)
 
 
-def _write_version(writer, results: list[FileResult], duplicates: DuplicateReport,
+def _write_version(writer, out_dir: Path, results: list[FileResult], duplicates: DuplicateReport,
                    config: DataConfig, continuing: bool) -> None:  # fmt: skip
-    """The body of one version: parts, index, ledger, counts (see `write_dataset`)."""
+    """The body of one version: parts, index, ledger, counts (see `write_dataset`). New files
+    go under `writer.path` (laid out like `out_dir`, where the committed dataset is read)."""
     root, version = writer.path, writer.version
     if not continuing:
         writer.extra.update({"version": 1, "parent_version": None})
@@ -324,7 +330,7 @@ def _write_version(writer, results: list[FileResult], duplicates: DuplicateRepor
             f"kept ({kept}) + removed ({removed}) != responses ({responses}): "
             f"{responses - kept - removed} documents vanished or were counted twice"
         )
-    _write_index(writer, duplicates, index_spots, config, continuing)
+    _write_index(writer, out_dir, duplicates, index_spots, config, continuing)
     write_ledger(root / LEDGER_DIR / f"{tag}.parquet", writer.inputs, version)
 
     read_errors = [
@@ -359,17 +365,18 @@ def _write_version(writer, results: list[FileResult], duplicates: DuplicateRepor
     writer.extra["read_errors"] = parent.get("read_errors", []) + read_errors
 
 
-def _write_index(writer, duplicates: DuplicateReport, spots: list[tuple[int, str, Path, int]],
-                 config: DataConfig, continuing: bool) -> None:  # fmt: skip
+def _write_index(writer, out_dir: Path, duplicates: DuplicateReport,
+                 spots: list[tuple[int, str, Path, int]], config: DataConfig,
+                 continuing: bool) -> None:  # fmt: skip
     """`index/vNNNNN.parquet`: rows of the documents kept by this version, numbered after the
-    earlier ones; when the earlier index files are gone (or from other settings), the rows
-    rebuilt from the kept documents come first and the old files leave the manifest."""
+    earlier ones; when the earlier index files in `out_dir` are gone (or from other settings),
+    the rows rebuilt from the kept documents come first and the old files leave the manifest."""
     root = writer.path
     prior = duplicates.stats.get("prior_documents", 0)
     tables = []
-    if continuing and not index_is_usable(root, config.minhash):
-        tables.append(rebuild_index(root, config.minhash))
-        writer.retired_outputs.update(str(p.relative_to(root)) for p in index_files(root))
+    if continuing and not index_is_usable(out_dir, config.minhash):
+        tables.append(rebuild_index(out_dir, config.minhash))
+        writer.retired_outputs.update(str(p.relative_to(out_dir)) for p in index_files(out_dir))
     kept: KeptSignatures = duplicates.kept
     rows = [spot[0] for spot in spots]
     subset = KeptSignatures([kept.ids[r] for r in rows], kept.keys[rows], kept.bands[rows],

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from lmforge.errors import LmforgeError
 from lmforge.tasks.dataset_versions import (
     INDEX_DIR,
     committed_files,
@@ -54,7 +55,7 @@ from lmforge.manifest import read_manifest
 INDEX_FORMAT = 2
 
 
-class DedupIndexError(RuntimeError):
+class DedupIndexError(LmforgeError, RuntimeError):
     """The dedup index does not match the dataset it belongs to."""
 
 

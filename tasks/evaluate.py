@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from lmforge.errors import LmforgeError
 from lmforge.manifest import read_manifest
 from lmforge.model.checkpoint import load_model
 from lmforge.model.data import TokenSplit, open_token_split, sequential_windows
@@ -33,6 +34,7 @@ from lmforge.tasks.dataset_versions import (
     document_batches,
     has_dataset,
 )
+from lmforge.tasks.shards import STAGE as SHARDS_STAGE
 from lmforge.tasks.shards import TOKENIZER_FILE, is_validation_document
 from lmforge.tasks.tokenizer import (
     load_tokenizer,
@@ -48,7 +50,7 @@ IGNORE_INDEX = -100  # cross_entropy's marker for positions that carry no loss (
 log = logging.getLogger(__name__)
 
 
-class EvaluationError(ValueError):
+class EvaluationError(LmforgeError, ValueError):
     """A checkpoint, tokenizer and shards that do not belong together, or unusable settings."""
 
 
@@ -459,10 +461,11 @@ def evaluate_checkpoint(
     fewshot_sources, seed, limit, cache_dir).
 
     Raises EvaluationError when the tokenizer is not the one the shards were built with, or its
-    vocabulary differs from the model's; ManifestError for a shards directory without manifest.
+    vocabulary differs from the model's; ManifestError for a folder that is not a shards output;
+    FileNotFoundError/CheckpointError for a checkpoint that is missing or cannot be read.
     """
     checkpoint_dir, shards_dir = Path(checkpoint_dir), Path(shards_dir)
-    shards_manifest = read_manifest(shards_dir)
+    shards_manifest = read_manifest(shards_dir, stage=SHARDS_STAGE)
     tokenizer_path = checkpoint_tokenizer_path(checkpoint_dir, shards_dir)
     tokenizer = load_tokenizer(tokenizer_path)
     if tokenizer_sha256(tokenizer_path) != shards_manifest["tokenizer"]["sha256"]:

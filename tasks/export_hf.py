@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 import torch
 
-from lmforge.manifest import replace_directory
+from lmforge.errors import LmforgeError
+from lmforge.manifest import claim_output_dir, stage_output
 from lmforge.model.checkpoint import load_model
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import GPT
@@ -33,7 +33,10 @@ from lmforge.tasks.tokenizer import (
 )
 
 
-class ExportError(ValueError):
+STAGE = "export_hf"
+
+
+class ExportError(LmforgeError, ValueError):
     """The checkpoint uses a feature the target format cannot express."""
 
 
@@ -131,13 +134,18 @@ def export_hf(
     """Write a Hugging Face Llama folder for `checkpoint` into `out` and return `out`.
 
     `out` receives config.json, generation_config.json, model.safetensors (float32, as trained),
-    tokenizer.json (copied unchanged), tokenizer_config.json and special_tokens_map.json. The
-    tokenizer defaults to the checkpoint's own (see `checkpoint_tokenizer_file`). The folder is
-    written under a temporary name and renamed, replacing an existing `out`.
+    tokenizer.json (copied unchanged), tokenizer_config.json and special_tokens_map.json, and
+    lmforge's manifest.json (stage `export_hf`, naming the checkpoint and tokenizer by digest).
+    The tokenizer defaults to the checkpoint's own (see `checkpoint_tokenizer_file`). The folder
+    is written under a temporary name and renamed (`stage_output`), replacing an existing `out`
+    only when that is an earlier export.
 
-    Raises ExportError when the architecture is not Llama's or the tokenizer has more tokens than
-    the model's vocabulary, FileNotFoundError when the checkpoint or tokenizer is missing.
+    Raises OutputRefused before any work when `out` holds anything else or overlaps the
+    checkpoint or tokenizer, ExportError when the architecture is not Llama's or the tokenizer
+    has more tokens than the model's vocabulary, FileNotFoundError when the checkpoint or
+    tokenizer is missing.
     """
+    claim_output_dir(out, STAGE, [checkpoint] + ([tokenizer] if tokenizer else []))
     model = load_model(checkpoint)
     problems = llama_incompatibilities(model.config)
     if problems:
@@ -156,36 +164,33 @@ def export_hf(
         )
     special = special_token_ids(loaded)
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    inputs = [checkpoint, tokenizer_path]
+    with stage_output(out, STAGE, params={}, inputs=inputs) as stage:
+        folder = stage.path
         safetensors.torch.save_file(
-            llama_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"}
+            llama_state_dict(model), str(folder / "model.safetensors"), metadata={"format": "pt"}
         )
-        _write_json(tmp / "config.json", llama_config(model.config, special.eot_id, special.pad_id))
         _write_json(
-            tmp / "generation_config.json",
+            folder / "config.json", llama_config(model.config, special.eot_id, special.pad_id)
+        )
+        _write_json(
+            folder / "generation_config.json",
             {
                 "bos_token_id": special.eot_id,
                 "eos_token_id": special.eot_id,
                 "pad_token_id": special.pad_id,
             },
         )
-        shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+        shutil.copyfile(tokenizer_path, folder / "tokenizer.json")
         _write_json(
-            tmp / "tokenizer_config.json",
+            folder / "tokenizer_config.json",
             tokenizer_config(EOT_TOKEN, PAD_TOKEN, model.config.max_seq_len),
         )
         _write_json(
-            tmp / "special_tokens_map.json",
+            folder / "special_tokens_map.json",
             {"bos_token": EOT_TOKEN, "eos_token": EOT_TOKEN, "pad_token": PAD_TOKEN},
         )
-        replace_directory(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return Path(out)
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from lmforge.tasks.dataset_versions import read_documents
 
-from lmforge.manifest import read_manifest, stage_output
+from lmforge.manifest import claim_output_dir, read_manifest, stage_output
 from lmforge.model.checkpoint import load_model
 from lmforge.model.classifier import SequenceClassifier, save_classifier
 from lmforge.model.schedule import LRSchedule
@@ -238,6 +238,15 @@ def predict(
     return predicted, loss_sum / max(1, len(rows))
 
 
+STAGE = "finetune_classifier"
+
+
+def claim_classifier_output(config: ClassifierConfig) -> None:
+    """OutputRefused, before any work, unless `config.out_dir` may receive this stage's output
+    (new, empty or an earlier one; clear of the base model and the data)."""
+    claim_output_dir(config.out_dir, STAGE, [config.base_model, config.data])
+
+
 def finetune_classifier(
     config: ClassifierConfig, on_log: LogCallback | None = None
 ) -> ClassifierResult:
@@ -250,6 +259,7 @@ def finetune_classifier(
     """
     wall_start = time.perf_counter()
     log = MetricsHistory(on_log)
+    claim_classifier_output(config)
 
     base_dir = Path(config.base_model)
     read_manifest(base_dir)  # a base model is a finished training output: fail early otherwise
@@ -347,7 +357,7 @@ def write_classifier_output(
         "per_class_f1": result.per_class_f1,
     }
     with stage_output(
-        config.out_dir, "finetune_classifier", asdict(config), inputs=[base_dir, config.data]
+        config.out_dir, STAGE, asdict(config), inputs=[base_dir, config.data]
     ) as stage:
         save_classifier(classifier, stage.path, result.labels)
         shutil.copyfile(base_dir / TOKENIZER_FILE, stage.path / TOKENIZER_FILE)

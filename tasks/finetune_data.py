@@ -17,7 +17,8 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from lmforge.tasks.jsonl import read_jsonl
+from lmforge.errors import LmforgeError
+from lmforge.tasks.jsonl import read_jsonl, utf8_lines
 from lmforge.tasks.tokenizer import special_token_ids, to_valid_utf8
 
 IGNORE_INDEX = -100
@@ -44,7 +45,7 @@ ROLE_HEADERS = {
 }
 
 
-class FinetuneDataError(ValueError):
+class FinetuneDataError(LmforgeError, ValueError):
     """A fine-tuning file that is missing, unreadable, or holds a record that cannot be used."""
 
 
@@ -81,9 +82,11 @@ def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, record) for each record of a CSV or JSONL file; blank JSONL lines are skipped.
 
     Raises FinetuneDataError naming the file (and line) for a missing file, an unknown suffix,
-    invalid JSON, or a JSON line that is not an object.
+    text that is not UTF-8, invalid JSON, or a JSON line that is not an object.
     """
     path = Path(path)
+    if path.is_dir():
+        raise FinetuneDataError(f"{path} is a folder: give a .csv or .jsonl fine-tuning data file")
     if not path.is_file():
         raise FinetuneDataError(f"fine-tuning data file {path} does not exist")
     if path.suffix.lower() not in SUFFIXES:
@@ -91,10 +94,10 @@ def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             f"{path}: unsupported file type {path.suffix!r}; use .csv (with a header row) or .jsonl"
         )
     if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            for row in reader:
-                yield reader.line_num, row
+        # Line endings kept, as csv wants them (quoted fields may span lines).
+        reader = csv.DictReader(line for _, line in utf8_lines(path, FinetuneDataError))
+        for row in reader:
+            yield reader.line_num, row
         return
     yield from read_jsonl(path, FinetuneDataError)
 

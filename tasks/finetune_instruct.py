@@ -28,7 +28,7 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 
-from lmforge.manifest import read_manifest, stage_output
+from lmforge.manifest import claim_output_dir, read_manifest, stage_output
 from lmforge.model.checkpoint import load_model, save_model
 from lmforge.model.gpt import GPT
 from lmforge.model.lora import DEFAULT_TARGETS, LoRAConfig, apply_lora, lora_state_dict, merge_lora
@@ -197,6 +197,15 @@ def generate_responses(
     return samples
 
 
+STAGE = "finetune_instruct"
+
+
+def claim_instruct_output(config: InstructConfig) -> None:
+    """OutputRefused, before any work, unless `config.out_dir` may receive this stage's output
+    (new, empty or an earlier one; clear of the base model and the data)."""
+    claim_output_dir(config.out_dir, STAGE, [config.base_model, config.data])
+
+
 def finetune_instruct(config: InstructConfig, on_log: LogCallback | None = None) -> InstructResult:
     """Fine-tune `config.base_model` on `config.data`; write `config.out_dir` (see module doc).
 
@@ -207,6 +216,7 @@ def finetune_instruct(config: InstructConfig, on_log: LogCallback | None = None)
     """
     wall_start = time.perf_counter()
     log = MetricsHistory(on_log)
+    claim_instruct_output(config)
 
     base_dir = Path(config.base_model)
     read_manifest(base_dir)
@@ -308,7 +318,7 @@ def write_instruct_output(
 ) -> None:
     """The stage directory: merged model, tokenizer, adapter (LoRA), samples, metrics, manifest."""
     with stage_output(
-        config.out_dir, "finetune_instruct", asdict(config), inputs=[base_dir, config.data]
+        config.out_dir, STAGE, asdict(config), inputs=[base_dir, config.data]
     ) as stage:
         save_model(model, stage.path)
         shutil.copyfile(base_dir / TOKENIZER_FILE, stage.path / TOKENIZER_FILE)

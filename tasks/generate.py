@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from lmforge.model.checkpoint import check_model_dir
 from lmforge.model.gpt import GPT, KVCache, check_sampling, sample_next_token
 from lmforge.tasks.tokenizer import special_token_ids, to_valid_utf8
 
@@ -26,7 +27,8 @@ def checkpoint_tokenizer_file(checkpoint: str | Path, tokenizer: str | Path | No
     """The tokenizer.json for `checkpoint`: `tokenizer` when given, else the one in the
     checkpoint directory, else the training run's (for `OUT/checkpoints/step-NNNNNN`).
 
-    Raises FileNotFoundError naming the places searched when there is none.
+    Raises FileNotFoundError naming the places searched when there is none, or the checkpoint
+    folder when it does not exist (no tokenizer could help then).
     """
     if tokenizer is not None:
         path = Path(tokenizer)
@@ -34,6 +36,8 @@ def checkpoint_tokenizer_file(checkpoint: str | Path, tokenizer: str | Path | No
             raise FileNotFoundError(f"tokenizer file {path} does not exist")
         return path
     checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        check_model_dir(checkpoint)  # says what the path is instead, and what to pass
     candidates = [checkpoint / TOKENIZER_FILE]
     if checkpoint.parent.name == "checkpoints":  # a resumable checkpoint inside a training output
         candidates.append(checkpoint.parent.parent / TOKENIZER_FILE)

@@ -21,6 +21,7 @@ import numpy as np
 
 from tokenizers import Encoding, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from lmforge.errors import LmforgeError
 from lmforge.manifest import sha256_file
 
 EOT_TOKEN = "<|endoftext|>"
@@ -28,7 +29,7 @@ PAD_TOKEN = "<|pad|>"
 SPECIAL_TOKENS = (EOT_TOKEN, PAD_TOKEN)  # in id order: EOT is 0, PAD is 1
 
 
-class TokenizerError(ValueError):
+class TokenizerError(LmforgeError, ValueError):
     """A tokenizer file is missing, unreadable, or lacks lmforge's special tokens."""
 
 

@@ -2,10 +2,13 @@
 status and size, filter by URL, decide HTML, decode, extract the main text, identify the
 language, apply the quality filters, redact PII. Candidates and removals stream to staged Parquet
 files; every step's documents and bytes in/out and drop reasons are counted (`data_stats`); the
-call returns a small picklable `FileResult`. The file may be local or remote (`inputs`)."""
+call returns a small `FileResult`, which `to_json`/`from_json` keep as plain data (a crashed
+refresh resumes from it; nothing is ever unpickled from disk). The file may be local or remote
+(`inputs`)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import Counter
@@ -22,7 +25,8 @@ from lmforge.tasks.data_stats import StepStats
 from lmforge.tasks.filters import DocumentFilter
 from lmforge.tasks.filters.text_units import TextUnits
 from lmforge.tasks.html_text import decode_page, extract_main_text, html_rejection
-from lmforge.tasks.inputs import WARC_SUFFIXES, input_name, local_input
+from lmforge.manifest import sha256_file
+from lmforge.tasks.inputs import WARC_SUFFIXES, input_name, local_input, path_inside
 from lmforge.tasks.declared_language import declared_language
 from lmforge.tasks.language_id import LanguageIdentifier
 from lmforge.tasks.warc import WarcResponse, WarcResponseReader
@@ -59,6 +63,8 @@ REMOVED_SCHEMA = pa.schema(
         ("warc_offset", pa.int64()),
     ]
 )
+# Bumped whenever FileResult's JSON changes: a record of another format is not reused.
+RESULT_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,88 @@ class FileResult:
         """How the manifest describes this input: `{"path", "bytes", "sha256"}` (path: a local
         path or a URL)."""
         return {"path": self.warc_path, "bytes": self.size_bytes, "sha256": self.sha256}
+
+    def to_json(self) -> str:
+        """This result as JSON, its staged files by name (they sit in one staging directory)
+        with their sha256, so `from_json` can tell they are the files it describes."""
+        staged = {}
+        for role, path in (("candidates", self.candidates_path), ("removed", self.removed_path)):
+            staged[role] = {"name": Path(path).name, "sha256": sha256_file(path)}
+        return json.dumps({
+            "format": RESULT_FORMAT, "warc_path": self.warc_path, "warc_file": self.warc_file,
+            "sha256": self.sha256, "size_bytes": self.size_bytes, "staged": staged,
+            "stats": self.stats,
+        }, sort_keys=True)  # fmt: skip
+
+    @classmethod
+    def from_json(cls, text: str, staging_dir: str | os.PathLike[str]) -> FileResult:
+        """The result `to_json` wrote, its staged files found in `staging_dir`. Raises
+        ValueError, trusting nothing, when the record is not valid JSON of this format with
+        fields of the right types, or when a staged file is missing, lies outside
+        `staging_dir` or does not match its recorded sha256."""
+        record = json.loads(text)
+        _check_shape(record, _RECORD_SHAPE, "record")
+        if record["format"] != RESULT_FORMAT:
+            raise ValueError(f"record format {record['format']}, expected {RESULT_FORMAT}")
+        paths = {}
+        for role, staged in record["staged"].items():
+            path = path_inside(staging_dir, staged["name"])
+            if not path.is_file():
+                raise ValueError(f"staged file {path} is missing")
+            if sha256_file(path) != staged["sha256"]:
+                raise ValueError(f"staged file {path} does not match its recorded sha256")
+            paths[role] = str(path)
+        return cls(
+            warc_path=record["warc_path"], warc_file=record["warc_file"],
+            sha256=record["sha256"], candidates_path=paths["candidates"],
+            removed_path=paths["removed"], stats=record["stats"],
+            size_bytes=record["size_bytes"],
+        )  # fmt: skip
+
+
+# The types a FileResult record must have; `{str: T}` is a mapping of any keys to T values.
+_COUNTS = {str: int}
+_STAGED = {"name": str, "sha256": str}
+_RECORD_SHAPE: dict[Any, Any] = {
+    "format": int, "warc_path": str, "warc_file": str, "sha256": str, "size_bytes": int,
+    "staged": {"candidates": _STAGED, "removed": _STAGED},
+    "stats": {
+        "responses": int, "candidates": int, "payload_bytes": int, "text_bytes": int,
+        "removed": {str: _COUNTS}, "languages": _COUNTS,
+        "read_errors": [{"offset": int, "message": str}],
+        "steps": {str: {"docs_in": int, "docs_out": int, "bytes_in": int, "bytes_out": int,
+                        "dropped": _COUNTS}},
+        "removed_by_language": {str: _COUNTS},
+    },
+}  # fmt: skip
+
+
+def _check_shape(value: Any, shape: Any, where: str) -> None:
+    """Raise ValueError naming the first place where `value` does not have `shape`: a type, a
+    one-item list (every element), `{str: T}` (any keys) or a dict of exactly these keys."""
+    if isinstance(shape, type):
+        # bool is an int to isinstance; a count or an offset never is one.
+        if not isinstance(value, shape) or (shape is int and isinstance(value, bool)):
+            raise ValueError(f"{where} is {type(value).__name__}, expected {shape.__name__}")
+        if shape is int and value < 0:
+            raise ValueError(f"{where} is negative")
+        return
+    if isinstance(shape, list):
+        if not isinstance(value, list):
+            raise ValueError(f"{where} is {type(value).__name__}, expected a list")
+        for index, item in enumerate(value):
+            _check_shape(item, shape[0], f"{where}[{index}]")
+        return
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} is {type(value).__name__}, expected an object")
+    if set(shape) == {str}:
+        for key, item in value.items():
+            _check_shape(item, shape[str], f"{where}.{key}")
+        return
+    if set(value) != set(shape):
+        raise ValueError(f"{where} has fields {sorted(value)}, expected {sorted(shape)}")
+    for key, item_shape in shape.items():
+        _check_shape(value[key], item_shape, f"{where}.{key}")
 
 
 def staged_name(warc_path: str | os.PathLike[str]) -> str:
@@ -202,14 +290,16 @@ def process_warc_file(
     Rows stream to the staged Parquet files in batches, so memory does not grow with the file.
     Deterministic: the same file and config give the same staged files on any worker.
     Damaged records are counted in `stats["read_errors"]`, never raised. Raises
-    FileNotFoundError for a missing file or URL.
+    FileNotFoundError for a missing local file, `inputs.InputError` for a URL that cannot be
+    read. Staged files are named after the input (`inputs.input_name`, one safe path
+    component) and never written outside `staging_dir`.
     """
     staging = Path(staging_dir)
     staging.mkdir(parents=True, exist_ok=True)
     judge = _ResponseJudge(config)
     name = staged_name(warc_path)
-    candidates_path = staging / f"{name}.candidates.parquet"
-    removed_path = staging / f"{name}.removed.parquet"
+    candidates_path = path_inside(staging, f"{name}.candidates.parquet")
+    removed_path = path_inside(staging, f"{name}.removed.parquet")
     removed_counts: dict[str, Counter[str]] = {}
     languages: Counter[str] = Counter()
     responses = payload_bytes = text_bytes = 0

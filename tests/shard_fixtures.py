@@ -13,6 +13,7 @@ from tokenizers import Tokenizer, models
 
 from lmforge.manifest import sha256_file, stage_output
 from lmforge.model.shard_format import shard_name, shard_schema, write_shard
+from lmforge.tasks.shards import STAGE
 
 
 def write_rows(path: Path, rows: list[tuple[str, list[int]]], schema) -> None:
@@ -71,7 +72,7 @@ def write_shards_dir(
     manifest_vocab_size False leaves `tokenizer.vocab_size` out of the manifest, so readers must
     fall back to the shards' schema metadata.
     """
-    with stage_output(shards_dir, "shards", params={"shard_tokens": shard_tokens}) as stage:
+    with stage_output(shards_dir, STAGE, params={"shard_tokens": shard_tokens}) as stage:
         tokenizer = Tokenizer(models.BPE())
         tokenizer.add_special_tokens(["<|endoftext|>", "<|pad|>"])
         tokenizer.save(str(stage.path / "tokenizer.json"))

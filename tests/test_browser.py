@@ -47,10 +47,11 @@ def screenshot(page, name: str) -> None:
 def flow_run_named(services, name: str, timeout: float = 120.0):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from lmforge.servers import prefect_client_settings
 
     deadline = time.monotonic() + timeout
-    with temporary_settings({PREFECT_API_URL: services.prefect_api_url}):
+    with prefect_client_settings(services):
         with get_client(sync_client=True) as client:
             while time.monotonic() < deadline:
                 runs = client.read_flow_runs(
@@ -62,10 +63,21 @@ def flow_run_named(services, name: str, timeout: float = 120.0):
     pytest.fail(f"no flow run named {name!r} appeared after submitting the form")
 
 
+def log_in(page, services) -> None:
+    """The Prefect UI's login page, filled with the login `lmforge up` printed."""
+    from lmforge.servers import prefect_auth_string
+
+    page.goto(services.prefect_url)
+    page.get_by_placeholder("admin:pass").fill(prefect_auth_string(services))
+    page.get_by_role("button", name="Login").click()
+    page.wait_for_url(lambda url: "/login" not in url)
+
+
 @pytest.fixture(scope="module")
 def run_from_the_form(page, lmforge_services):
     """Deployments -> pipeline -> Run -> Custom run -> edit the form -> Submit; then the flow
     run's page until it shows Completed. Returns the flow run."""
+    log_in(page, lmforge_services)
     page.goto(f"{lmforge_services.prefect_url}/deployments")
     row = page.locator("tr", has=page.get_by_role("link", name="pipeline", exact=True))
     row.get_by_role("link", name="lmforge").click()

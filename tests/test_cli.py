@@ -70,7 +70,11 @@ def test_input_matching_nothing_is_a_clear_error(cli_env, tmp_path):
 
 def test_invalid_parameter_value_is_reported_without_a_traceback(capsys):
     assert main(["train", "--max-steps", "0"]) == 2
-    assert "max_steps" in capsys.readouterr().err
+    error, hint = capsys.readouterr().err.splitlines()
+    assert error == (
+        "lmforge train: error: --max-steps: Input should be greater than or equal to 1 (got 0)"
+    )
+    assert "--debug" in hint
 
 
 def test_sample_then_data_refresh_writes_a_dataset(cli_env, tmp_path):

@@ -74,6 +74,9 @@ def test_prefect_runs_on_postgres_with_its_api_auth_string():
     assert server["PREFECT_SERVER_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
     assert "@postgres:5432/prefect" in server["PREFECT_SERVER_DATABASE_CONNECTION_URL"]
     assert server["PREFECT_SERVER_API_AUTH_STRING"].startswith("${PREFECT_AUTH_STRING")
+    assert server["PREFECT_SERVER_CSRF_PROTECTION_ENABLED"] == "true"
+    origins = interpolate(server["PREFECT_SERVER_CORS_ALLOWED_ORIGINS"], env_example())
+    assert origins == "http://localhost:4200,http://127.0.0.1:4200"
     for client in ("worker", "deploy"):
         env = services[client]["environment"]
         assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api"
@@ -85,7 +88,8 @@ def test_mlflow_runs_on_postgres_with_s3_artifacts_basic_auth_and_its_service_na
     mlflow = services["mlflow"]
     options = dict(arg.lstrip("-").split("=", 1) for arg in mlflow["command"])
     # SQLAlchemy 2.1 reads plain postgresql:// as psycopg 3, which the image does not have.
-    assert options["backend-store-uri"].startswith("postgresql+psycopg2://")
+    backend = mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"]
+    assert backend.startswith("postgresql+psycopg2://")
     assert options["artifacts-destination"].startswith("s3://")
     assert "mlflow:5000" in options["allowed-hosts"].split(",")
     assert mlflow["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://s3:8333"
@@ -95,6 +99,64 @@ def test_mlflow_runs_on_postgres_with_s3_artifacts_basic_auth_and_its_service_na
     worker = services["worker"]["environment"]
     assert worker["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert worker["MLFLOW_TRACKING_PASSWORD"] == mlflow["environment"]["MLFLOW_AUTH_ADMIN_PASSWORD"]
+
+
+def test_the_uis_are_published_on_127_0_0_1_unless_lmforge_bind_says_otherwise():
+    published = {name: service["ports"] for name, service in load_compose()["services"].items()
+                 if "ports" in service}
+    assert set(published) == {"prefect-server", "mlflow"}
+    for ports in published.values():
+        for port in ports:
+            assert port.startswith("${LMFORGE_BIND:-127.0.0.1}:"), port
+    assert env_example()["LMFORGE_BIND"] == "127.0.0.1"
+
+
+def test_no_password_is_put_on_a_command_line():
+    # Anyone on the host can read a process's arguments; environments stay private.
+    for name, service in load_compose()["services"].items():
+        argv = json.dumps([service.get("entrypoint"), service.get("command")])
+        assert not re.search(r"\$\{\w*(PASSWORD|SECRET|AUTH|KEY)", argv), name
+
+
+GUARD = "/lmforge/refuse-placeholder-secrets.sh"
+GUARDED = ("postgres", "prefect-server", "s3", "mlflow")
+
+
+def interpolate(value: str, variables: dict[str, str]) -> str:
+    """Compose's `${VAR}`, `${VAR:-default}` and `${VAR:?message}` (`$$` is a literal `$`)."""
+    def substitute(match: re.Match) -> str:
+        name, operator, default = match.group(1), match.group(2), match.group(3)
+        return variables.get(name) or (default if operator == ":-" else "")
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", substitute, value).replace("$$", "$")
+
+
+def guarded_start(name: str, variables: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run the guard as service `name`'s container would, with its environment from `variables`,
+    before a stand-in for the service's own command."""
+    service = load_compose()["services"][name]
+    argv = [*(service.get("entrypoint") or []), *(service.get("command") or [])]
+    assert argv[:2] == ["/bin/sh", GUARD], f"{name} does not start through the guard"
+    assert f"./infra/refuse-placeholder-secrets.sh:{GUARD}:ro" in service["volumes"], name
+    env = {key: interpolate(str(value), variables) for key, value in service["environment"].items()}
+    return subprocess.run(
+        ["sh", str(ROOT / "infra" / "refuse-placeholder-secrets.sh"), "echo", "started"],
+        env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=10,
+    )
+
+
+@pytest.mark.parametrize("name", GUARDED)
+def test_servers_refuse_to_start_with_the_env_example_placeholders(name):
+    refused = guarded_start(name, env_example())
+    assert refused.returncode == 78 and "started" not in refused.stdout
+    assert "refusing to start" in refused.stderr and "change-me" in refused.stderr
+    assert "PASSWORD" in refused.stderr or "SECRET" in refused.stderr or "AUTH" in refused.stderr
+
+
+@pytest.mark.parametrize("name", GUARDED)
+def test_servers_start_once_every_placeholder_is_replaced(name):
+    real = {key: value.replace("change-me", "Xq7-real") for key, value in env_example().items()}
+    started = guarded_start(name, real)
+    assert started.returncode == 0 and started.stdout == "started\n", started.stderr
 
 
 def test_the_init_script_creates_every_database_the_services_use():
@@ -203,9 +265,27 @@ def postgres():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def api_request(url: str, auth: str | None = None, body: dict | None = None) -> int:
-    """POST `body` (JSON) to `url`, optionally with HTTP basic auth `user:password`; the status."""
-    request = urllib.request.Request(url, data=json.dumps(body or {}).encode(), method="POST")
+def process_group_command_lines(group: int) -> list[str]:
+    """The command lines (/proc/<pid>/cmdline) of every process in process group `group`."""
+    lines = []
+    for proc in Path("/proc").iterdir():
+        try:
+            # Field 5 of stat is the process group; the name in field 2 may hold spaces.
+            fields = (proc / "stat").read_text().rpartition(")")[2].split()
+            if proc.name.isdigit() and int(fields[2]) == group:
+                lines.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, IndexError, ValueError):
+            continue  # not a process, or it exited meanwhile
+    return lines
+
+
+def api_request(
+    url: str, auth: str | None = None, body: dict | None = None, method: str = "POST"
+) -> int:
+    """POST `body` (JSON) to `url` (or GET it), optionally with HTTP basic auth `user:password`;
+    the status."""
+    data = json.dumps(body or {}).encode() if method == "POST" else None
+    request = urllib.request.Request(url, data=data, method=method)
     request.add_header("Content-Type", "application/json")
     if auth:
         request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
@@ -235,15 +315,18 @@ def test_prefect_on_postgres_with_an_auth_string_serves_only_authenticated_clien
     env = {**os.environ, "PREFECT_HOME": str(tmp_path), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_SERVER_DATABASE_CONNECTION_URL":
                f"postgresql+asyncpg://lmforge@127.0.0.1:{postgres}/prefect",
-           "PREFECT_SERVER_API_AUTH_STRING": auth}
+           "PREFECT_SERVER_API_AUTH_STRING": auth, "PREFECT_SERVER_CSRF_PROTECTION_ENABLED": "true"}
     env.pop("PREFECT_API_URL", None)
     server = serve([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                     "--port", str(port)], env, tmp_path)
     api = f"http://127.0.0.1:{port}/api"
     try:
         assert wait_healthy(f"{api}/health", server) == "true"  # health stays open for probes
-        assert api_request(f"{api}/flows/filter") == 401
-        assert api_request(f"{api}/flows/filter", auth="admin:wrong") == 401
+        assert api_request(f"{api}/flows/filter") == 403  # a change needs a CSRF token first
+        token = f"{api}/csrf-token?client=compose-check"  # ... which needs the login
+        assert api_request(token, method="GET") == 401
+        assert api_request(token, auth="admin:wrong", method="GET") == 401
+        assert api_request(token, auth=auth, method="GET") == 200
         client_env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_API_AUTH_STRING": auth,
                       "PREFECT_HOME": str(tmp_path / "client")}
         run = subprocess.run([sys.executable, "-c", TINY_FLOW], env=client_env,
@@ -268,24 +351,31 @@ def test_mlflow_on_postgres_with_basic_auth_through_the_compose_entrypoint(postg
     from mlflow.tracking import MlflowClient
 
     port = free_port()
-    database = f"postgresql+psycopg2://lmforge@127.0.0.1:{postgres}"
+    # A password in the URIs, as in compose (trust authentication ignores it).
+    database_password = "pg-password-for-the-test"
+    database = f"postgresql+psycopg2://lmforge:{database_password}@127.0.0.1:{postgres}"
     # The entrypoint execs `mlflow` from PATH, as in the image: this venv's.
     path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": path,
+           "MLFLOW_BACKEND_STORE_URI": f"{database}/mlflow",
            "MLFLOW_AUTH_DATABASE_URI": f"{database}/mlflow_auth",
            "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
            "MLFLOW_AUTH_ADMIN_PASSWORD": "test-secret-password",
            "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-key", "TMPDIR": str(tmp_path)}
+    # As compose starts it: the placeholder guard, then the image's entrypoint.
     server = serve(
-        ["sh", str(ROOT / "infra" / "mlflow-entrypoint.sh"), "--host", "127.0.0.1",
-         "--port", str(port), "--backend-store-uri", f"{database}/mlflow",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1",
-         "--allowed-hosts", f"127.0.0.1:{port}"],
+        ["sh", str(ROOT / "infra" / "refuse-placeholder-secrets.sh"),
+         "sh", str(ROOT / "infra" / "mlflow-entrypoint.sh"), "--host", "127.0.0.1",
+         "--port", str(port), "--artifacts-destination", str(tmp_path / "artifacts"),
+         "--workers", "1", "--allowed-hosts", f"127.0.0.1:{port}"],
         env, tmp_path,
     )
     uri = f"http://127.0.0.1:{port}"
     try:
         assert wait_healthy(f"{uri}/health", server).strip() == "OK"
+        command_lines = process_group_command_lines(server.pid)
+        assert any("mlflow" in line for line in command_lines), command_lines
+        assert not [line for line in command_lines if database_password in line]
         assert api_request(f"{uri}/api/2.0/mlflow/experiments/create", body={"name": "x"}) == 401
         os.environ.update(
             MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD="test-secret-password"

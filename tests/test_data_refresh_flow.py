@@ -94,6 +94,11 @@ def test_a_rerun_after_a_crash_skips_the_files_already_processed(
         refresh(crawl_dir, out, runner="threads", workers=2)
     assert processed == ["crawl-00000.warc.gz"]
     assert not (out / "manifest.json").exists()
+    # The finished file's result is recorded as JSON beside its staged files, nothing pickled.
+    results = tmp_path / ".data.staging" / flow_module.RESULTS_DIR
+    (record,) = results.iterdir()
+    assert record.name == file_cache_key(crawl_dir / "crawl-00000.warc.gz", DataConfig()) + ".json"
+    assert json.loads(record.read_text())["warc_file"] == "crawl-00000.warc.gz"
 
     def count_calls(path, config, staging):
         processed.append(path.name)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
 from datetime import datetime, timezone
 
 import pyarrow.parquet as pq
@@ -179,6 +182,82 @@ def test_a_crash_mid_refresh_leaves_the_previous_version_intact(crawls, tmp_path
     assert read_manifest(out) == before
     assert sorted(p for p in out.rglob("*") if p.is_file()) == files_before
     verify_outputs(out)
+
+
+def plain_read_ids(data_dir):
+    """Document ids as the README reads them, without lmforge: `pq.read_table("data/docs")`."""
+    return sorted(pq.read_table(data_dir / "docs", columns=["id"]).column("id").to_pylist())
+
+
+def test_a_version_being_written_is_invisible_to_a_plain_parquet_reader(crawls, tmp_path,
+                                                                       monkeypatch):  # fmt: skip
+    a, b, _ = crawls
+    out = tmp_path / "data"
+    refresh_dataset([a], out)
+    committed = plain_read_ids(out)
+    seen_while_writing = []
+
+    def read_then_crash(*args, **kwargs):  # version 2's documents are written by now
+        seen_while_writing.append(plain_read_ids(out))
+        raise OSError("disk full")
+
+    monkeypatch.setattr(dataset_writer, "_write_index", read_then_crash)
+    with pytest.raises(OSError, match="disk full"):
+        refresh_dataset([b], out)
+    assert seen_while_writing == [committed]
+    assert plain_read_ids(out) == committed
+
+
+# Runs `refresh_dataset(argv[1], argv[2])` and is killed (SIGKILL: no cleanup runs) once the
+# version's document and removed parts are written, before its index, ledger and commit.
+KILLED_REFRESH = """
+import os, signal, sys
+from lmforge.tasks import dataset_writer
+from lmforge.tasks.data_refresh import refresh_dataset
+
+dataset_writer._write_index = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+refresh_dataset([sys.argv[1]], sys.argv[2], staging_dir=sys.argv[3])
+"""
+
+
+def killed_refresh(warc, out, staging):
+    result = subprocess.run([sys.executable, "-c", KILLED_REFRESH, str(warc), str(out),
+                             str(staging)], capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == -signal.SIGKILL, result.stderr
+
+
+def test_a_refresh_killed_mid_write_leaves_the_previous_version_readable(crawls, tmp_path):
+    a, b, _ = crawls
+    out = tmp_path / "data"
+    refresh_dataset([a], out)
+    before, committed = read_manifest(out), plain_read_ids(out)
+
+    killed_refresh(b, out, tmp_path / "staging")
+    assert plain_read_ids(out) == committed
+    assert read_manifest(out) == before
+    verify_outputs(out)
+
+    manifest = refresh_dataset([b], out)  # the next refresh removes the leftovers, then commits
+    assert manifest["version"] == 2
+    assert not list(out.glob(".uncommitted-*"))
+    on_disk = {p for p in out.rglob("*") if p.is_file() and p.name != "manifest.json"}
+    assert on_disk == {out / e["path"] for e in manifest["outputs"]}
+    assert plain_read_ids(out) == sorted(read_documents(out, ["id"]).column("id").to_pylist())
+
+
+def test_a_first_version_that_crashes_leaves_no_output_folder(crawls, tmp_path, monkeypatch):
+    a, _, _ = crawls
+    killed_refresh(a, tmp_path / "killed", tmp_path / "staging")
+    assert not (tmp_path / "killed").exists()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(dataset_writer, "_write_index", crash)
+    with pytest.raises(OSError, match="disk full"):
+        refresh_dataset([a], tmp_path / "failed")
+    assert not (tmp_path / "failed").exists()
+    assert not list(tmp_path.glob(".failed.tmp-*"))
 
 
 def test_leftovers_of_a_killed_refresh_are_never_read_and_are_removed_next_time(crawls, tmp_path):

@@ -80,6 +80,7 @@ def test_export_folder_holds_llama_config_weights_and_tokenizer(tmp_path, tokeni
         "tokenizer.json",
         "tokenizer_config.json",
         "special_tokens_map.json",
+        "manifest.json",  # lmforge's: what was exported, so a rerun may replace the folder
     }
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["model_type"] == "llama"

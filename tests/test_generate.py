@@ -100,8 +100,14 @@ def test_tokenizer_is_found_beside_the_checkpoint_or_in_its_training_run(tmp_pat
     step.mkdir(parents=True)
     (tmp_path / "run" / "tokenizer.json").write_text("{}")
     assert checkpoint_tokenizer_file(step) == tmp_path / "run" / "tokenizer.json"
+    (tmp_path / "elsewhere").mkdir()
     with pytest.raises(FileNotFoundError, match="--tokenizer"):
         checkpoint_tokenizer_file(tmp_path / "elsewhere")
+
+
+def test_a_missing_checkpoint_folder_is_reported_as_missing_not_as_lacking_a_tokenizer(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint folder .*nowhere does not exist"):
+        checkpoint_tokenizer_file(tmp_path / "nowhere")
 
 
 def write_checkpoint(directory: Path, model: GPT, tokenizer) -> None:

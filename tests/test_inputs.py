@@ -1,12 +1,15 @@
 """Inputs beyond local files: URLs and Common Crawl listings, read from a real HTTP server on
-127.0.0.1, with retries that survive a dropped connection."""
+127.0.0.1, with retries that survive a dropped connection, errors that say whether retrying can
+help, and names that never lead outside the staging directory."""
 
 from __future__ import annotations
 
 import functools
 import gzip
 import hashlib
+import pickle
 import threading
+import urllib.error
 from datetime import datetime, timezone
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
@@ -14,14 +17,19 @@ import pyarrow.parquet as pq
 import pytest
 from data_stage_fixtures import ARTICLES_EN, html_page
 from lmforge.tasks.data_config import DataConfig
+from conftest import free_port
 from lmforge.tasks.inputs import (
+    InputError,
+    InputsUnavailable,
     RetryPolicy,
+    check_remote_inputs,
     crawl_listing_url,
     crawl_warc_urls,
     download_to,
     input_name,
     is_transient,
     local_input,
+    path_inside,
     resolve_inputs,
     with_retries,
 )
@@ -35,13 +43,39 @@ HTML = (("Content-Type", "text/html; charset=utf-8"),)
 
 class _Handler(SimpleHTTPRequestHandler):
     """Serves a directory; `/flaky/NAME` sends half of NAME and drops the connection on the first
-    request, then serves it whole. Every request path is recorded."""
+    request, then serves it whole; `/down/...` answers 503; `/gone/NAME` answers HEAD but its
+    GET is a 404 (a file deleted after the check); `/any/...` serves `any.warc.gz` whatever
+    the rest of the path. GET paths are recorded as they are, HEADs as `HEAD path`."""
 
     requests: list[str]
     flaky_done: set[str]
 
+    def do_HEAD(self) -> None:  # noqa: N802
+        self.requests.append(f"HEAD {self.path}")
+        if self.path.startswith("/down/"):
+            self.send_error(503)
+        elif self.path.startswith(("/gone/", "/any/")):
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        else:
+            super().do_HEAD()
+
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         self.requests.append(self.path)
+        if self.path.startswith("/down/"):
+            self.send_error(503)
+            return
+        if self.path.startswith("/gone/"):
+            self.send_error(404)
+            return
+        if self.path.startswith("/any/"):
+            data = (self.server.root / "any.warc.gz").read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         if self.path.startswith("/flaky/"):
             name = self.path.removeprefix("/flaky/")
             data = (self.server.root / name).read_bytes()
@@ -114,9 +148,9 @@ def test_a_malformed_crawl_id_is_a_clear_error():
 
 def test_an_unknown_crawl_says_so_without_retrying(server):
     base, _, requests = server
-    with pytest.raises(FileNotFoundError, match="published crawl"):
+    with pytest.raises(InputError, match="HTTP 404.*published crawl") as raised:
         crawl_warc_urls("CC-MAIN-1999-01", base_url=base, policy=NO_WAIT)
-    assert len(requests) == 1  # a 404 is permanent
+    assert raised.value.permanent and len(requests) == 1  # a 404 is permanent
 
 
 def test_process_warc_file_reads_a_url_like_the_local_file(server, tmp_path):
@@ -151,13 +185,60 @@ def test_a_dropped_connection_is_retried_and_the_download_completes(server, tmp_
     assert requests == ["/flaky/blob.bin", "/flaky/blob.bin"]
 
 
-def test_a_missing_url_is_file_not_found_and_leaves_no_spool_file(server, tmp_path):
+def test_a_missing_url_fails_at_the_first_answer_and_leaves_no_spool_file(server, tmp_path):
     base, _, requests = server
     spool = tmp_path / "spool"
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(InputError, match="nothere.warc.gz: HTTP 404") as raised:
         with local_input(base + "nothere.warc.gz", spool, NO_WAIT):
             pass
+    assert raised.value.permanent
     assert requests == ["/nothere.warc.gz"] and list(spool.iterdir()) == []
+
+
+def test_a_server_error_is_retried_then_reported_as_transient(server, tmp_path):
+    base, _, requests = server
+    with pytest.raises(InputError, match="HTTP 503.*[(]3 attempts[)]; still failing after retries") as raised:
+        download_to(base + "down/web.warc.gz", tmp_path / "spool", NO_WAIT)
+    assert not raised.value.permanent and requests == ["/down/web.warc.gz"] * 3
+
+
+def test_a_refused_connection_is_retried_not_taken_for_a_missing_file(tmp_path, caplog):
+    url = f"http://127.0.0.1:{free_port()}/web.warc.gz"  # nothing listens there
+    with pytest.raises(InputError, match="connection refused [(]3 attempts[)]") as raised:
+        download_to(url, tmp_path / "spool", NO_WAIT)
+    assert not raised.value.permanent
+    assert sum("retrying in" in record.getMessage() for record in caplog.records) == 2
+
+
+def test_input_errors_cross_process_boundaries_as_plain_data(server, tmp_path):
+    from tblib import pickling_support
+
+    base, _, _ = server
+    with pytest.raises(InputError) as raised:
+        download_to(base + "nothere.warc.gz", tmp_path / "spool", NO_WAIT)
+    # As under dask: exceptions pickle with their chain, where an HTTP error's socket would be.
+    pickling_support.install(raised.value)
+    copy = pickle.loads(pickle.dumps(raised.value))
+    expected = (base + "nothere.warc.gz", "HTTP 404 File not found", True)
+    assert (copy.location, copy.reason, copy.permanent) == expected
+    assert str(copy) == str(raised.value) and "\n" not in str(copy)
+
+
+def test_remote_inputs_are_checked_before_any_work_and_every_bad_one_is_named(server):
+    base, root, requests = server
+    write_warc(root / "good.warc.gz", [])
+    refused = f"http://127.0.0.1:{free_port()}/refused.warc.gz"
+    inputs = [base + "good.warc.gz", base + "missing.warc.gz", refused, base + "down/x.warc.gz"]
+    with pytest.raises(InputsUnavailable) as raised:
+        check_remote_inputs(inputs, NO_WAIT)
+    message = str(raised.value)
+    assert message.startswith("3 of 4 remote inputs cannot be read, so nothing was processed")
+    assert f"{base}missing.warc.gz: HTTP 404" in message
+    assert f"{refused}: connection refused (3 attempts)" in message
+    assert f"{base}down/x.warc.gz: HTTP 503" in message and "good.warc.gz" not in message
+    assert all(r.startswith("HEAD ") for r in requests)  # nothing downloaded
+    assert requests.count("HEAD /missing.warc.gz") == 1  # permanent: asked once
+    check_remote_inputs([base + "good.warc.gz", "/local/files/are/not/checked.warc.gz"], NO_WAIT)
 
 
 def test_with_retries_backs_off_exponentially_then_gives_up():
@@ -190,6 +271,60 @@ def test_permanent_errors_are_not_transient():
     assert not is_transient(FileNotFoundError("x")) and not is_transient(PermissionError("x"))
     assert not is_transient(ValueError("bad data"))
     assert is_transient(ConnectionResetError()) and is_transient(TimeoutError())
+
+    def http(code):
+        return urllib.error.HTTPError("http://h/x", code, "", None, None)
+
+    assert not any(is_transient(http(code)) for code in (403, 404, 410))
+    assert all(is_transient(http(code)) for code in (408, 429, 500, 502, 503))
+
+
+def test_the_default_policy_is_five_attempts_waiting_1_2_4_8_seconds():
+    assert RetryPolicy().attempts == 5 and list(RetryPolicy().delays()) == [1, 2, 4, 8]
+
+
+@pytest.mark.parametrize("escape", ["%2F..%2F..%2Fescape%2Fpwn.warc.gz",
+                                    "..%2F..%2Fescape%2Fpwn.warc.gz"])  # fmt: skip
+def test_a_url_name_cannot_lead_outside_the_staging_directory(server, tmp_path, escape):
+    base, root, _ = server
+    write_warc(root / "any.warc.gz", [
+        ("https://docs.example.org/printing.html", "Printing", ARTICLES_EN["printing"]),
+    ])  # fmt: skip
+    staging = tmp_path / "out" / "staging"
+    (tmp_path / "escape").mkdir()  # where `../../escape/` would land, were it followed
+    result = process_warc_file(base + "any/" + escape, DataConfig(), staging)
+    assert list((tmp_path / "escape").iterdir()) == []
+    assert {p.parent for p in staging.iterdir()} == {staging.resolve()}
+    assert result.warc_file == input_name(base + "any/" + escape)
+    assert "/" not in result.warc_file and result.warc_file.endswith(".warc.gz")
+    assert result.stats["candidates"] == 1
+
+
+def test_crawl_listing_entries_cannot_lead_outside_the_staging_directory(server, tmp_path):
+    base, root, _ = server
+    write_warc(root / "any.warc.gz", [])
+    listing = root / f"crawl-data/{CRAWL}/warc.paths.gz"
+    listing.parent.mkdir(parents=True)
+    listing.write_bytes(gzip.compress(b"any/..%2F..%2Fescape%2Fpwn.warc.gz\n"))
+    (tmp_path / "escape").mkdir()
+    (url,) = resolve_inputs(crawl=CRAWL, crawl_base_url=base)
+    process_warc_file(url, DataConfig(), tmp_path / "out" / "staging")
+    assert list((tmp_path / "escape").iterdir()) == []
+
+
+def test_input_names_are_one_safe_component_and_stay_unique():
+    assert input_name("https://h/crawl/CC-MAIN-00001.warc.gz") == "CC-MAIN-00001.warc.gz"
+    assert input_name("/data/données.warc.gz") == "données.warc.gz"  # a safe name is kept
+    for url in ("http://h/%2F..%2Fetc%2Fx.warc.gz", "http://h/..", "http://h/a%00b.warc",
+                "http://h/" + "a" * 400 + ".warc.gz", "http://h/.hidden.warc.gz"):  # fmt: skip
+        name = input_name(url)
+        assert name and not name.startswith(".") and len(name.encode()) <= 160
+        assert not set(name) & {"/", "\\", "\0"}
+        assert path_inside("/tmp/staging", name).parent.name == "staging"
+    assert input_name("http://h/a%2Fb.warc.gz") != input_name("http://h/a%3Fb.warc.gz")
+    for bad in ("..", "", "a/b", "x\0y"):
+        with pytest.raises(ValueError, match="not a file name inside"):
+            path_inside("/tmp/staging", bad)
 
 
 def test_resolve_inputs_mixes_local_files_urls_and_a_crawl(server, tmp_path):

@@ -18,9 +18,10 @@ def triggered_run(lmforge_services):
     """A pipeline flow run created from the deployment with the form's parameters, run by the
     worker that `lmforge up` started."""
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: lmforge_services.prefect_api_url}):
+    from lmforge.servers import prefect_client_settings
+
+    with prefect_client_settings(lmforge_services):  # the server demands its login
         with get_client(sync_client=True) as client:
             deployment = client.read_deployment_by_name("pipeline/lmforge")
             # The form as the UI fills it from the deployment's defaults: a tiny pipeline in

@@ -1,14 +1,18 @@
 import json
 import math
-import pickle
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from lmforge.errors import OutputRefused
 from lmforge.manifest import read_manifest, verify_outputs
 from lmforge.model.checkpoint import (
     TRAINING_STATE_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
     latest_checkpoint,
     list_checkpoints,
     load_model,
@@ -138,8 +142,29 @@ class Payload:
 def test_training_state_loading_refuses_arbitrary_pickled_objects(tmp_path):
     checkpoint = save_checkpoint(tmp_path, 1, micro_model(), {"step": 1}, keep=1)
     torch.save({"step": 1, "payload": Payload()}, checkpoint / TRAINING_STATE_FILE)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointError, match="objects other than tensors .* could run code"):
         load_training_state(checkpoint)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [lambda data: data[: len(data) // 2], lambda data: b"", lambda data: b"\x00garbage" * 30],
+    ids=["truncated", "empty", "garbage"],
+)
+def test_a_damaged_training_state_is_named_as_damaged(tmp_path, damage):
+    checkpoint = save_checkpoint(tmp_path, 1, micro_model(), {"step": 1}, keep=1)
+    state = checkpoint / TRAINING_STATE_FILE
+    state.write_bytes(damage(state.read_bytes()))
+    with pytest.raises(CheckpointError, match=f"{state} is damaged or incomplete"):
+        load_training_state(checkpoint)
+
+
+def test_truncated_weights_are_named_as_damaged_not_a_library_error(tmp_path):
+    save_model(micro_model(), tmp_path / "model")
+    weights = tmp_path / "model" / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=f"{weights} is damaged or incomplete"):
+        load_model(tmp_path / "model")
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -175,7 +200,7 @@ def test_finished_run_writes_model_tokenizer_and_manifest_last(repetitive_shards
         "model.safetensors", "model_config.json", "tokenizer.json"
     ]
     assert manifest["stage"] == "pretrain"
-    assert manifest["inputs"][0]["stage"] == "shards"
+    assert manifest["inputs"][0]["stage"] == "build_shards"
     assert manifest["params"]["max_steps"] == 20 and manifest["params"]["lr"] == 1e-2
     assert manifest["counts"] == {
         "steps": 20,
@@ -221,8 +246,90 @@ def test_fresh_run_refuses_a_directory_holding_another_runs_checkpoints(
 ):
     out = tmp_path / "out"
     run(micro_config(repetitive_shards, out, stop_after=5))
-    with pytest.raises(FileExistsError, match="pass resume=True"):
+    with pytest.raises(OutputRefused, match="holds the checkpoints .* pass --resume"):
         run(micro_config(repetitive_shards, out))
+
+
+def test_training_refuses_a_folder_of_other_files_and_leaves_it_alone(repetitive_shards, tmp_path):
+    out = tmp_path / "my-folder"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    for resume in (False, True):
+        with pytest.raises(OutputRefused, match="not an lmforge output"):
+            run(micro_config(repetitive_shards, out, resume=resume))
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_can_start_again(
+    repetitive_shards, tmp_path
+):
+    out = tmp_path / "out"
+    (out / "checkpoints" / ".step-000005.tmp-0123abcd").mkdir(parents=True)  # killed mid-write
+    result, _ = run(micro_config(repetitive_shards, out, max_steps=3))
+    assert result.completed and (out / "manifest.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def finished_run(repetitive_shards, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("finished") / "out"
+    run(micro_config(repetitive_shards, out))
+    return out
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def corrupt_state(checkpoint: Path) -> None:
+    state = checkpoint / TRAINING_STATE_FILE
+    state.write_bytes(state.read_bytes()[:100])
+
+
+def foreign_state(checkpoint: Path) -> None:
+    torch.save({"step": 20, "payload": Payload()}, checkpoint / TRAINING_STATE_FILE)
+
+
+def state_of_another_kind(checkpoint: Path) -> None:
+    torch.save({"step": 20}, checkpoint / TRAINING_STATE_FILE)
+
+
+def truncated_weights(checkpoint: Path) -> None:
+    weights = checkpoint / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:-64])
+
+
+@pytest.mark.parametrize(
+    "damage, error, message",
+    [
+        (corrupt_state, CheckpointError, "training_state.pt is damaged or incomplete"),
+        (foreign_state, CheckpointError, "objects other than tensors"),
+        (state_of_another_kind, CheckpointError, "training state lacks tokens"),
+        (truncated_weights, CheckpointError, "model.safetensors is damaged or incomplete"),
+    ],
+    ids=["garbage-state", "unpicklable-state", "foreign-state", "truncated-weights"],
+)
+def test_a_failed_resume_leaves_a_finished_run_finished_and_unchanged(
+    finished_run, repetitive_shards, tmp_path, damage, error, message
+):
+    out = tmp_path / "out"
+    shutil.copytree(finished_run, out)
+    damage(latest_checkpoint(out))
+    before = files_of(out)
+    with pytest.raises(error, match=message):
+        run(micro_config(repetitive_shards, out, resume=True))
+    assert files_of(out) == before
+    verify_outputs(out)  # the manifest still vouches for the finished model
+
+
+def test_a_resume_with_changed_settings_leaves_a_finished_run_unchanged(
+    finished_run, repetitive_shards, tmp_path
+):
+    out = tmp_path / "out"
+    shutil.copytree(finished_run, out)
+    before = files_of(out)
+    with pytest.raises(ValueError, match="settings differ"):
+        run(micro_config(repetitive_shards, out, resume=True, lr=3e-3))
+    assert files_of(out) == before
 
 
 def test_resume_with_changed_settings_is_refused(repetitive_shards, tmp_path):

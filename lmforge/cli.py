@@ -499,7 +499,7 @@ def run_export_hf(args: argparse.Namespace) -> int:
 
 def run_generate(args: argparse.Namespace) -> int:
     from lmforge.model.checkpoint import check_model_dir, load_model
-    from lmforge.model.train import resolve_device
+    from lmforge.model.runtime import resolve_device
     from lmforge.tasks.generate import checkpoint_tokenizer_file, stream_generate
     from lmforge.tasks.tokenizer import load_tokenizer
 

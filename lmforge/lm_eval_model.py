@@ -21,7 +21,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from lmforge.model.checkpoint import load_model
-from lmforge.model.train import resolve_device
+from lmforge.model.runtime import resolve_device
 from lmforge.tasks.evaluate import continuation_scores
 from lmforge.tasks.generate import checkpoint_tokenizer_file, stream_generate
 from lmforge.tasks.tokenizer import load_tokenizer, special_token_ids, to_valid_utf8

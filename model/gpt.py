@@ -2,13 +2,15 @@
 
 token embedding -> n_layer x [x + attn(norm(x)); x + mlp(norm(x))] -> norm -> LM head
 
-Plain single-device PyTorch: data parallelism, compilation and mixed precision are applied from
-outside (see `lmforge.model.train`); the model never knows about them.
+Plain single-device PyTorch: parallelism, compilation and mixed precision are applied from
+outside (see `lmforge.model.parallel` and `lmforge.model.strategies`); the model never knows
+about them. Decoding is one loop, `GPT.iter_next_tokens`, which `generate` and streaming share.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,25 @@ def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Te
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)
     return angles.cos(), angles.sin()
+
+
+class RotaryTables(nn.Module):
+    """RoPE's cos and sin tables for every position up to max_seq_len, read a slice per pass.
+
+    A module without weights, so that the tables travel with whichever module holds them (the
+    GPT, or the pipeline stages that share its blocks); not persistent: derived from the config,
+    so they never enter a checkpoint.
+    """
+
+    def __init__(self, head_dim: int, max_seq_len: int, theta: float) -> None:
+        super().__init__()
+        cos, sin = rope_tables(head_dim, max_seq_len, theta)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def forward(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for positions [start, start + length)."""
+        return self.cos[start : start + length], self.sin[start : start + length]
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -177,11 +198,9 @@ class GPT(nn.Module):
         if config.tie_embeddings:
             # One matrix reads and writes tokens: saves vocab x d_model parameters, trains as well.
             self.lm_head.weight = self.tok_emb.weight
+        self.rope = None
         if config.position == "rope":
-            cos, sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta)
-            # Not persistent: derived from the config, so they never enter a checkpoint.
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
+            self.rope = RotaryTables(config.head_dim, config.max_seq_len, config.rope_theta)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -212,17 +231,21 @@ class GPT(nn.Module):
             raise ValueError(
                 f"sequence of {start + T} tokens exceeds max_seq_len={self.config.max_seq_len}"
             )
-        x = self.tok_emb(idx)
-        if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
-        rope = None
-        if self.config.position == "rope":
-            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+        x = self.embed(idx, start)
+        rope = self.rope(start, T) if self.rope is not None else None
         for block in self.blocks:
             x = block(x, rope, kv_cache)
         if kv_cache is not None:
             kv_cache.length += T
         return self.norm(x)
+
+    def embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """The residual stream's input [B, T, d_model] for token ids `idx` [B, T] at positions
+        [start, start + T): token embeddings, plus learned position embeddings when used."""
+        x = self.tok_emb(idx)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(start, start + idx.shape[1], device=idx.device))
+        return x
 
     def num_parameters(self) -> int:
         """Trainable parameters; a tied embedding/head matrix counts once."""
@@ -255,13 +278,35 @@ class GPT(nn.Module):
         eos_id: int | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Continue the prompts `idx` [B, T] by up to `max_new_tokens` tokens, with a KV cache.
+        """Continue the prompts `idx` [B, T] by up to `max_new_tokens` tokens: [B, T + n], n <=
+        max_new_tokens. The tokens of `iter_next_tokens` (see there for sampling, `eos_id` and
+        the context window), all at once. Raises ValueError for an empty `idx` or bad settings.
+        """
+        steps = self.iter_next_tokens(
+            idx, max_new_tokens, temperature, top_k, top_p, eos_id, generator
+        )
+        return torch.cat((idx, *(token[:, None] for token in steps)), dim=1)
+
+    @torch.no_grad()
+    def iter_next_tokens(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Yield the next token of each prompt in `idx` [B, T], one [B] tensor per forward step,
+        up to `max_new_tokens` of them; the one decoding loop (`generate` and streaming use it).
 
         temperature 0 is greedy decoding; top_k keeps the k likeliest tokens; top_p keeps the
         smallest set whose probability reaches top_p. A sequence that emits `eos_id` is finished
-        (later positions repeat eos_id); generation stops once every sequence is finished, so the
-        result [B, T + n] has n <= max_new_tokens. Past max_seq_len the context slides: the last
-        max_seq_len tokens are re-encoded, exactly as a model without a cache would see them.
+        (its later tokens are eos_id); the loop stops after the step that finishes the last one.
+        Keys and values are cached; past max_seq_len the context slides: the last max_seq_len
+        tokens are re-encoded, exactly as a model without a cache would see them.
+        Raises ValueError (on the first `next`) for an empty `idx` or bad settings.
         """
         if idx.dim() != 2 or idx.shape[1] == 0:
             raise ValueError(
@@ -281,15 +326,15 @@ class GPT(nn.Module):
             if eos_id is not None:
                 next_token = next_token.masked_fill(finished, eos_id)
                 finished |= next_token == eos_id
-            tokens = torch.cat((tokens, next_token[:, None]), dim=1)
+            yield next_token
             if eos_id is not None and bool(finished.all()):
-                break
+                return
+            tokens = torch.cat((tokens, next_token[:, None]), dim=1)
             if tokens.shape[1] <= window:
                 pending = next_token[:, None]
             else:  # every position shifts: the cached keys no longer apply
                 cache.reset()
                 pending = tokens[:, -window:]
-        return tokens
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:

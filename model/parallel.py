@@ -1,14 +1,16 @@
 """Parallelism applied to a plain `GPT` from outside: the model never knows how it is trained.
 
 Small functions, applied in this order (as torchtitan does): activation checkpointing, then
-`torch.compile` per block, then one data/pipeline strategy:
+`torch.compile` per block, then the wrapper of one training strategy (`lmforge.model.strategies`
+decides which and drives it):
 
-- "single": one process, the model as it is.
-- "ddp": DistributedDataParallel; every rank holds the whole model, gradients are all-reduced.
-- "fsdp": FSDP2 `fully_shard` per block and on the root; parameters, gradients and optimizer
-  state are sharded across ranks and gathered block by block for compute.
-- "pipeline": each rank runs a contiguous slice of the blocks (`torch.distributed.pipelining`),
-  micro-batches flow through the stages; for models whose layers do not fit one device.
+- DistributedDataParallel (`apply_ddp`): every rank holds the whole model, gradients are
+  all-reduced.
+- FSDP2 (`apply_fsdp`): `fully_shard` per block and on the root; parameters, gradients and
+  optimizer state are sharded across ranks and gathered block by block for compute.
+- Pipeline (`PipelineRunner`): each rank runs a contiguous slice of the blocks
+  (`torch.distributed.pipelining`), micro-batches flow through the stages; for models whose
+  layers do not fit one device.
 
 Checkpoints stay in one format whatever the strategy: full (unsharded) weights in the plain
 model's names, and an optimizer state keyed by parameter name, so a run may resume under another
@@ -36,8 +38,6 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.utils.checkpoint import checkpoint
 
 from lmforge.model.gpt import GPT
-
-STRATEGIES = ("single", "ddp", "fsdp", "pipeline")
 
 
 @dataclass(frozen=True)
@@ -74,19 +74,6 @@ def init_distributed(env: DistributedEnv, device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size)
-
-
-def check_strategy(strategy: str, world_size: int) -> None:
-    """Raise ValueError when `strategy` is unknown or cannot run on `world_size` processes."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    if strategy == "single" and world_size > 1:
-        raise ValueError(
-            f"strategy 'single' runs one process but {world_size} were started: "
-            "choose ddp, fsdp or pipeline"
-        )
-    if strategy == "pipeline" and world_size < 2:
-        raise ValueError("strategy 'pipeline' needs at least 2 processes (one per stage)")
 
 
 def apply_activation_checkpointing(model: GPT) -> None:
@@ -142,7 +129,8 @@ def apply_fsdp(model: GPT, bf16: bool) -> GPT:
 
 class PipelineStageModel(nn.Module):
     """Blocks [first, last) of a GPT, plus the token embedding on the first stage and the final
-    norm and head on the last. Sub-modules are the GPT's own, so weight names stay global.
+    norm and head on the last. Sub-modules are the GPT's own, so weight names stay global; so is
+    the computation: the GPT's `embed`, its rope tables, and its norm and head as in `forward`.
 
     The first stage takes token ids [B, T]; the others take hidden states [B, T, d_model]; the
     last returns logits.
@@ -155,25 +143,21 @@ class PipelineStageModel(nn.Module):
         self.is_first, self.is_last = first == 0, last == config.n_layer
         self.tok_emb = model.tok_emb if self.is_first else None
         self.pos_emb = model.pos_emb if self.is_first else None
+        # A bound method, not a sub-module: the stage trains the embeddings registered above,
+        # never the rest of the GPT that the method belongs to.
+        self.embed = model.embed if self.is_first else None
+        self.rope = model.rope  # the tables move to the stage's device with it
         self.blocks = nn.ModuleDict({str(i): model.blocks[i] for i in range(first, last)})
         self.norm = model.norm if self.is_last else None
         self.lm_head = model.lm_head if self.is_last else None
-        if config.position == "rope":
-            self.register_buffer("rope_cos", model.rope_cos, persistent=False)
-            self.register_buffer("rope_sin", model.rope_sin, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T = x.shape[1]
-        if self.tok_emb is not None:
-            x = self.tok_emb(x)
-            if self.pos_emb is not None:
-                x = x + self.pos_emb(torch.arange(T, device=x.device))
-        rope = None
-        if self.config.position == "rope":
-            rope = (self.rope_cos[:T], self.rope_sin[:T])
+        if self.embed is not None:
+            x = self.embed(x)
+        rope = self.rope(0, x.shape[1]) if self.rope is not None else None
         for block in self.blocks.values():
             x = block(x, rope, None)
-        if self.lm_head is not None:
+        if self.is_last:
             x = self.lm_head(self.norm(x))
         return x
 
@@ -286,47 +270,57 @@ class PipelineRunner:
                 p.grad.detach().mul_(scale.to(p.grad.dtype))
         return total
 
+    def full_model_state(self) -> dict[str, Any]:
+        """Every stage's weights gathered on the CPU of rank 0, in the plain GPT's names (other
+        ranks: empty). A collective: every rank calls it."""
+        local = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
+        parts = self._gather_on_main(local)
+        return {k: v for part in parts for k, v in part.items()} if self.env.is_main else {}
+
+    def full_optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """Every stage's optimizer state, keyed by parameter name, merged on rank 0 (other
+        ranks: empty). A collective: every rank calls it."""
+        local = get_optimizer_state_dict(
+            self.module, optimizer, options=StateDictOptions(cpu_offload=True)
+        )
+        parts = self._gather_on_main(local)
+        if not self.env.is_main:
+            return {}
+        merged: dict[str, Any] = {"state": {}, "param_groups": []}
+        for part in parts:
+            merged["state"].update(part["state"])
+            for index, group in enumerate(part["param_groups"]):
+                if index == len(merged["param_groups"]):
+                    merged["param_groups"].append({**group, "params": []})
+                merged["param_groups"][index]["params"].extend(group["params"])
+        return merged
+
+    def _gather_on_main(self, local: Any) -> list[Any]:
+        """Every rank's `local`, in rank order, on rank 0 (other ranks: None)."""
+        parts: list[Any] = [None] * self.env.world_size if self.env.is_main else None
+        dist.gather_object(local, parts, dst=0)
+        return parts
+
 
 # --- strategy-independent checkpoint state ----------------------------------------------------
 
 
-def full_model_state(module: nn.Module, env: DistributedEnv, pipeline: bool) -> dict[str, Any]:
-    """Unsharded weights in the plain GPT's names, on the CPU; complete on rank 0 only.
-
-    A collective under FSDP and pipeline parallelism: every rank must call it.
-    """
-    if pipeline:
-        local = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-        parts: list[Any] = [None] * env.world_size if env.is_main else None
-        dist.gather_object(local, parts, dst=0)
-        return {k: v for part in parts for k, v in part.items()} if env.is_main else {}
+def full_model_state(module: nn.Module, env: DistributedEnv) -> dict[str, Any]:
+    """Unsharded weights in the plain GPT's names, on the CPU when distributed; complete on
+    rank 0 at least. A collective under FSDP: every rank must call it. (Pipeline stages:
+    `PipelineRunner.full_model_state`.)"""
     offload = StateDictOptions(full_state_dict=True, cpu_offload=env.is_distributed)
     return get_model_state_dict(module, options=offload)
 
 
 def full_optimizer_state(
-    module: nn.Module, optimizer: torch.optim.Optimizer, env: DistributedEnv, pipeline: bool
+    module: nn.Module, optimizer: torch.optim.Optimizer, env: DistributedEnv
 ) -> dict[str, Any]:
-    """Optimizer state keyed by parameter name, unsharded; complete on rank 0 only.
-
-    A collective under FSDP and pipeline parallelism: every rank must call it.
-    """
+    """Optimizer state keyed by parameter name, unsharded; complete on rank 0 at least.
+    A collective under FSDP: every rank must call it. (Pipeline stages:
+    `PipelineRunner.full_optimizer_state`.)"""
     offload = StateDictOptions(full_state_dict=True, cpu_offload=env.is_distributed)
-    if not pipeline:
-        return get_optimizer_state_dict(module, optimizer, options=offload)
-    local = get_optimizer_state_dict(module, optimizer, options=StateDictOptions(cpu_offload=True))
-    parts: list[Any] = [None] * env.world_size if env.is_main else None
-    dist.gather_object(local, parts, dst=0)
-    if not env.is_main:
-        return {}
-    merged: dict[str, Any] = {"state": {}, "param_groups": []}
-    for part in parts:
-        merged["state"].update(part["state"])
-        for index, group in enumerate(part["param_groups"]):
-            if index == len(merged["param_groups"]):
-                merged["param_groups"].append({**group, "params": []})
-            merged["param_groups"][index]["params"].extend(group["params"])
-    return merged
+    return get_optimizer_state_dict(module, optimizer, options=offload)
 
 
 def load_optimizer_state(

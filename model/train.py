@@ -8,7 +8,6 @@ orchestration layer decides where they go (this module never imports a tracker).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
 import sys
@@ -21,8 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from lmforge.errors import OutputRefused
@@ -54,24 +51,21 @@ from lmforge.model.data import (
     shards_vocab_size,
 )
 from lmforge.model.gpt import GPT
-from lmforge.model.loss import linear_cross_entropy
 from lmforge.model.mfu import model_flops_utilization, peak_flops
 from lmforge.model.parallel import (
-    STRATEGIES,
-    DistributedEnv,
-    PipelineRunner,
     apply_activation_checkpointing,
     apply_compile,
-    apply_ddp,
-    apply_fsdp,
-    check_strategy,
     distributed_env,
-    full_model_state,
-    full_optimizer_state,
     init_distributed,
-    load_optimizer_state,
 )
+from lmforge.model.runtime import build_optimizer, resolve_device, rng_state, set_rng_state
 from lmforge.model.schedule import LRSchedule
+from lmforge.model.strategies import (
+    STRATEGIES,
+    TrainingStrategy,
+    check_strategy,
+    make_strategy,
+)
 
 TOKENIZER_FILE = "tokenizer.json"
 DTYPES = ("auto", "float32", "bfloat16")
@@ -224,11 +218,9 @@ def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult
         device = torch.device("cuda", env.local_rank)  # one GPU per rank
     owns_process_group = env.is_distributed and not dist.is_initialized()
     init_distributed(env, device)
-    pipeline = config.strategy == "pipeline"
-    fsdp = config.strategy == "fsdp"
-    bf16 = uses_bf16(device, config.dtype)
-    # FSDP2 casts parameters itself (bf16 compute, fp32 master weights); autocast is not needed.
-    autocast = autocast_context(device, "float32" if fsdp else config.dtype)
+    strategy = make_strategy(
+        config.strategy, env, device, config.dtype, config.microbatches, config.compile
+    )
     resume_from = check_out_dir(out_dir, config.resume)
 
     torch.manual_seed(config.seed)  # every rank builds the same initial weights
@@ -237,7 +229,7 @@ def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult
     model = GPT(model_config)
     flops_per_token = model.flops_per_token(seq_len)
     num_parameters = model.num_parameters()
-    data_rank, data_world = (0, 1) if pipeline else (env.rank, env.world_size)
+    data_rank, data_world = strategy.data_rank, strategy.data_world
     batches = TrainBatches(
         train_split, config.batch_size, seq_len, config.seed, rank=data_rank, world_size=data_world
     )
@@ -261,43 +253,15 @@ def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult
         apply_activation_checkpointing(model)
     if config.compile:
         apply_compile(model)
-    runner: PipelineRunner | None = None
-    if pipeline:
-        runner = PipelineRunner(model, env, device, config.microbatches)
-        owner: torch.nn.Module = runner.module  # the parameters this rank trains
-        eval_batches = [(x, y) for x, y in eval_batches if len(x) % config.microbatches == 0]
-    else:
-        model.to(device)
-        owner = apply_fsdp(model, bf16) if fsdp else model
-    forward = apply_ddp(model, device) if config.strategy == "ddp" else owner
-    optimizer = build_optimizer(owner, config.lr, config.weight_decay, config.betas, device)
+    trained = strategy.wrap(model)  # the parameters this rank trains
+    optimizer = build_optimizer(trained, config.lr, config.weight_decay, config.betas, device)
     if state is not None:
-        load_optimizer_state(owner, optimizer, state["optimizer"], sharded=fsdp)
+        strategy.load_optimizer_state(optimizer, state["optimizer"])
         set_rng_state(state["rng"], device)
     if env.is_distributed:
         dist.barrier()  # every rank has looked at out_dir before rank 0 changes it
     if env.is_main:
         begin_writing(out_dir)
-
-    # The chunked head+loss pass is cache-friendly on a CPU; it calls the model's own methods, so
-    # only where no wrapper (DDP, FSDP, pipeline) must see the forward, and not under compile.
-    fused_loss = (
-        config.strategy == "single" and device.type == "cpu" and not config.compile
-    )
-
-    def batch_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean loss of one batch without gradients, on every rank."""
-        if runner is not None:
-            return runner.eval_loss(x, y)
-        with autocast:
-            logits = forward(x)
-        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-
-    def validate() -> float:
-        loss = evaluate_batches(batch_loss, eval_batches, device, owner)
-        if fsdp:  # no backward follows to re-shard the root: parameters must be shards again
-            owner.reshard()
-        return loss
 
     last_step = config.max_steps
     if config.stop_after is not None:
@@ -308,7 +272,7 @@ def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult
     val_loss: float | None = None
     saved: Path | None = None
     window_start, window_steps, paused = time.perf_counter(), 0, 0.0
-    owner.train()
+    trained.train()
     progress = tqdm(
         total=config.max_steps,
         initial=step,
@@ -327,29 +291,9 @@ def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult
             # Micro-batches are consecutive loader steps, so the order survives a grad_accum split.
             x, y = batches.batch(step * config.grad_accum + micro)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if runner is not None:
-                loss_sum += runner.train_step(x, y, 1.0 / config.grad_accum).detach()
-                continue
-            last_micro = micro == config.grad_accum - 1
-            if fsdp:
-                owner.set_requires_gradient_sync(last_micro)  # reduce-scatter once per step
-            no_sync = forward.no_sync() if isinstance(forward, DDP) and not last_micro else None
-            if fused_loss:
-                hidden = owner.hidden_states(x).flatten(0, 1)
-                loss = linear_cross_entropy(hidden, owner.lm_head.weight, y.flatten())
-            else:
-                with no_sync or contextlib.nullcontext(), autocast:
-                    logits = forward(x)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-            with no_sync or contextlib.nullcontext():
-                (loss / config.grad_accum).backward()
-            loss_sum += loss.detach()
-        max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
-        if runner is not None:
-            runner.sync_tied_gradients()
-            grad_norm = runner.clip_gradients(max_norm)
-        else:  # under FSDP the parameters are DTensors and the norm is computed across shards
-            grad_norm = torch.nn.utils.clip_grad_norm_(owner.parameters(), max_norm)
+            last_micro_batch = micro == config.grad_accum - 1
+            loss_sum += strategy.forward_backward(x, y, config.grad_accum, last_micro_batch)
+        grad_norm = strategy.clip_gradients(config.grad_clip if config.grad_clip > 0 else math.inf)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -362,9 +306,7 @@ def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult
         stops_early = step == last_step and last_step < config.max_steps
         is_checkpoint_step = step % config.checkpoint_every == 0 or stops_early
         if is_log_step or is_checkpoint_step or step == config.max_steps:
-            if data_world > 1:  # the loss of the global batch: mean over the data ranks
-                dist.all_reduce(loss_sum)
-                loss_sum /= data_world
+            loss_sum = strategy.mean_over_data_ranks(loss_sum)  # the global batch's loss
             train_loss = (loss_sum / config.grad_accum).item()  # .item() waits for the GPU
         if is_log_step:
             seconds = time.perf_counter() - window_start - paused
@@ -388,11 +330,11 @@ def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult
             window_start, window_steps, paused = time.perf_counter(), 0, 0.0
         pause_start = time.perf_counter()
         if is_eval_step:
-            val_loss = validate()
+            val_loss = strategy.validation_loss(eval_batches)
             log(step, {"val_loss": val_loss})
         if is_checkpoint_step:
             saved = save_training_checkpoint(
-                out_dir, step, config, env, model_config, model, owner, optimizer, pipeline,
+                out_dir, step, strategy, optimizer, config.keep_checkpoints,
                 {
                     "step": step,
                     "tokens": tokens,
@@ -418,8 +360,8 @@ def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult
     )
     if result.completed:
         if result.final_val_loss is None:  # resumed a run whose last step was already done
-            result.final_val_loss = validate()
-        final = plain_model(model_config, model, owner, env, config.strategy)
+            result.final_val_loss = strategy.validation_loss(eval_batches)
+        final = strategy.full_model()
         if env.is_main:
             write_final_outputs(config, result, final, tokenizer_path, shards_input, started_at)
     if env.is_distributed:
@@ -437,104 +379,28 @@ def full_value(value: torch.Tensor) -> float:
     return float(value.item())
 
 
-def plain_model(
-    model_config: ModelConfig,
-    model: GPT,
-    owner: torch.nn.Module,
-    env: DistributedEnv,
-    strategy: str,
-) -> GPT:
-    """The whole trained model as a plain `GPT` on rank 0, for saving (other ranks: `model`).
-
-    Single process and DDP already hold it; under FSDP and pipelining the weights are gathered
-    (a collective: every rank calls this) into a GPT whose tensors are the gathered CPU copies.
-    """
-    if strategy in ("single", "ddp"):
-        return model
-    weights = full_model_state(owner, env, pipeline=strategy == "pipeline")
-    if not env.is_main:
-        return model
-    with torch.device("meta"):  # no memory until the gathered tensors are assigned
-        gathered = GPT(model_config)
-    gathered.load_state_dict(weights, strict=False, assign=True)
-    if model_config.tie_embeddings:
-        gathered.lm_head.weight = gathered.tok_emb.weight
-    missing = [name for name, p in gathered.named_parameters() if p.is_meta]
-    if missing:
-        raise RuntimeError(f"gathered weights lack {', '.join(missing)}")
-    return gathered
-
-
 def save_training_checkpoint(
     out_dir: Path,
     step: int,
-    config: TrainConfig,
-    env: DistributedEnv,
-    model_config: ModelConfig,
-    model: GPT,
-    owner: torch.nn.Module,
+    strategy: TrainingStrategy,
     optimizer: torch.optim.Optimizer,
-    pipeline: bool,
+    keep: int,
     state: dict[str, Any],
 ) -> Path | None:
-    """Gather weights and optimizer state from every rank; rank 0 writes the checkpoint.
+    """Gather weights and optimizer state from every rank; rank 0 writes the checkpoint (and
+    keeps the newest `keep`).
 
     The optimizer state is keyed by parameter name and unsharded, so any strategy resumes it.
     Returns the checkpoint path (None on other ranks).
     """
-    state = {**state, "optimizer": full_optimizer_state(owner, optimizer, env, pipeline)}
-    final = plain_model(model_config, model, owner, env, config.strategy)
+    state = {**state, "optimizer": strategy.full_optimizer_state(optimizer)}
+    final = strategy.full_model()
     saved = None
-    if env.is_main:
-        saved = save_checkpoint(out_dir, step, final, state, config.keep_checkpoints)
-    if env.is_distributed:
+    if strategy.env.is_main:
+        saved = save_checkpoint(out_dir, step, final, state, keep)
+    if strategy.env.is_distributed:
         dist.barrier()  # a checkpoint is complete for all ranks before any goes on
     return saved
-
-
-def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; anything else must name a usable device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device {name!r} requested but CUDA is not available (use 'cpu' or 'auto')"
-        )
-    return device
-
-
-def uses_bf16(device: torch.device, dtype: str) -> bool:
-    """bf16 where asked for, or for "auto" on a GPU that has it; else float32."""
-    return dtype == "bfloat16" or (
-        dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    )
-
-
-def autocast_context(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast where asked for (or "auto" on a GPU that has it); else plain float32."""
-    if uses_bf16(device, dtype):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def build_optimizer(
-    model: torch.nn.Module,
-    lr: float,
-    weight_decay: float,
-    betas: tuple[float, float],
-    device: torch.device,
-) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (matmul weights, embeddings): decaying norm
-    gains pulls them towards zero, which fights the normalisation instead of regularising."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    # The fused CUDA kernel updates every parameter in a few launches instead of one per tensor.
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device.type == "cuda")
 
 
 def validation_batches(
@@ -549,27 +415,6 @@ def validation_batches(
         tokens = torch.from_numpy(np.stack(windows[first : first + batch_size]).astype(np.int64))
         batches.append((tokens[:, :-1], tokens[:, 1:]))
     return batches
-
-
-@torch.no_grad()
-def evaluate_batches(
-    batch_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
-    device: torch.device,
-    model: torch.nn.Module,
-) -> float:
-    """Mean cross-entropy per target token over `batches`; `batch_loss(x, y)` gives one batch's
-    mean, `model` is switched to eval mode meanwhile."""
-    model.eval()
-    total, count = 0.0, 0
-    try:
-        for x, y in batches:
-            x, y = x.to(device), y.to(device)
-            total += batch_loss(x, y).item() * y.numel()
-            count += y.numel()
-    finally:
-        model.train()
-    return total / count
 
 
 def check_out_dir(out_dir: Path, resume: bool) -> Path | None:
@@ -629,19 +474,6 @@ def trajectory_settings(config: TrainConfig, model_config: ModelConfig) -> dict[
         "grad_clip": config.grad_clip,
         "seed": config.seed,
     }
-
-
-def rng_state(device: torch.device) -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def check_resumable(checkpoint: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:

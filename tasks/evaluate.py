@@ -25,8 +25,8 @@ from lmforge.errors import LmforgeError
 from lmforge.manifest import read_manifest
 from lmforge.model.checkpoint import load_model
 from lmforge.model.data import TokenSplit, open_token_split, sequential_windows
+from lmforge.model.runtime import resolve_device
 from lmforge.model.shard_format import SHARD_PATTERN
-from lmforge.model.train import resolve_device
 from lmforge.tasks.blimp import MinimalPair, load_blimp
 from lmforge.tasks.dataset_versions import (
     UNKNOWN_LANGUAGE,

@@ -35,8 +35,8 @@ from lmforge.tasks.dataset_versions import read_documents
 from lmforge.manifest import claim_output_dir, read_manifest, stage_output
 from lmforge.model.checkpoint import load_model
 from lmforge.model.classifier import SequenceClassifier, save_classifier
+from lmforge.model.runtime import autocast_context, build_optimizer, resolve_device
 from lmforge.model.schedule import LRSchedule
-from lmforge.model.train import autocast_context, build_optimizer, resolve_device
 from lmforge.tasks import plots
 from lmforge.tasks.finetune_data import FinetuneDataError, LabelledText, load_labelled_texts
 from lmforge.tasks.finetune_steps import LogCallback, MetricsHistory, optimizer_step

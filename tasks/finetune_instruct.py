@@ -32,8 +32,8 @@ from lmforge.manifest import claim_output_dir, read_manifest, stage_output
 from lmforge.model.checkpoint import load_model, save_model
 from lmforge.model.gpt import GPT
 from lmforge.model.lora import DEFAULT_TARGETS, LoRAConfig, apply_lora, lora_state_dict, merge_lora
+from lmforge.model.runtime import autocast_context, build_optimizer, resolve_device
 from lmforge.model.schedule import LRSchedule
-from lmforge.model.train import autocast_context, build_optimizer, resolve_device
 from lmforge.tasks.finetune_data import (
     IGNORE_INDEX,
     FinetuneDataError,

@@ -16,7 +16,7 @@ import torch
 from tokenizers import Tokenizer
 
 from lmforge.model.checkpoint import check_model_dir
-from lmforge.model.gpt import GPT, KVCache, check_sampling, sample_next_token
+from lmforge.model.gpt import GPT, check_sampling
 from lmforge.tasks.tokenizer import special_token_ids, to_valid_utf8
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -63,32 +63,19 @@ def iter_new_tokens(
 ) -> Iterator[int]:
     """Yield up to `max_new_tokens` token ids continuing `prompt_ids`, one per forward step.
 
-    The same sampling as `GPT.generate` for a single sequence (same ids for the same generator
-    state), but each id is yielded as soon as it is drawn. Stops after yielding `eos_id`.
-    Past max_seq_len the context slides, re-encoding the last max_seq_len tokens.
+    `GPT.iter_next_tokens` for a single sequence, as ints: the same ids as `GPT.generate` for
+    the same generator state, each yielded as soon as it is drawn. Stops after yielding
+    `eos_id`. Past max_seq_len the context slides, re-encoding the last max_seq_len tokens.
     """
     if not prompt_ids:
         raise ValueError("the prompt must have at least one token")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    check_sampling(temperature, top_k, top_p)
     device = next(model.parameters()).device
-    window = model.config.max_seq_len
-    tokens = list(prompt_ids)
-    cache = KVCache(model.config.n_layer, min(window, len(tokens) + max_new_tokens))
-    pending = tokens[-window:]
-    for _ in range(max_new_tokens):
-        logits = model(torch.tensor([pending], device=device), kv_cache=cache)[:, -1, :]
-        next_id = int(sample_next_token(logits, temperature, top_k, top_p, generator)[0])
-        yield next_id
-        if next_id == eos_id:
-            return
-        tokens.append(next_id)
-        if len(tokens) <= window:
-            pending = [next_id]
-        else:  # every position shifts: the cached keys no longer apply
-            cache.reset()
-            pending = tokens[-window:]
+    prompt = torch.tensor([list(prompt_ids)], device=device)
+    steps = model.iter_next_tokens(
+        prompt, max_new_tokens, temperature, top_k, top_p, eos_id, generator
+    )
+    for next_token in steps:
+        yield int(next_token[0])
 
 
 def decode_stream(tokenizer: Tokenizer, ids: Iterator[int] | Sequence[int]) -> Iterator[str]:

@@ -12,6 +12,8 @@ from dataclasses import asdict
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from lmforge.model.checkpoint import latest_checkpoint, load_model
@@ -19,7 +21,13 @@ from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import GPT
 from lmforge.model.launch import METRICS_MARKER
 from lmforge.model.mfu import gpu_peak_flops, measure_matmul_peak, model_flops_utilization
-from lmforge.model.parallel import apply_activation_checkpointing, stage_layers
+from lmforge.model.parallel import (
+    DistributedEnv,
+    PipelineStageModel,
+    apply_activation_checkpointing,
+    stage_layers,
+)
+from lmforge.model.strategies import DDPStrategy
 from lmforge.model.train import TrainConfig, train
 from lmforge.tasks.pretrain import TorchrunOptions, run_pretraining, torchrun_command
 from shard_fixtures import write_shards_dir
@@ -96,6 +104,19 @@ def test_two_processes_reach_the_losses_of_one_with_the_same_global_batch(
 
 
 @pytest.mark.slow
+def test_ddp_accumulating_micro_batches_reaches_the_losses_of_one_process(shards, tmp_path):
+    # 2 ranks x 2 sequences x 2 micro-batches: the 8 windows of the one-process batch.
+    reference, reference_logs = collect(
+        train, config(shards, tmp_path / "single", batch_size=4, grad_accum=2)
+    )
+    cfg = config(shards, tmp_path / "ddp", strategy="ddp", batch_size=2, grad_accum=2)
+    result, logs = collect(run_pretraining, cfg, launch=TorchrunOptions(nproc=2))
+    assert result.completed and result.tokens == reference.tokens
+    for key in ("loss", "grad_norm", "val_loss"):
+        assert series(logs, key) == pytest.approx(series(reference_logs, key), abs=LOSS_TOLERANCE)
+
+
+@pytest.mark.slow
 def test_a_sharded_checkpoint_resumes_in_a_single_process(shards, tmp_path, single_runs):
     out = tmp_path / "fsdp-then-single"
     first, first_logs = collect(
@@ -161,6 +182,49 @@ def test_activation_checkpointing_recomputes_blocks_only_when_gradients_are_need
     assert torch.equal(model(idx), expected)
     with torch.no_grad():
         assert torch.equal(model(idx), expected)
+
+
+@pytest.fixture
+def one_rank_group(tmp_path):
+    """A gloo process group of this process alone: DDP can wrap a model without torchrun."""
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1
+    )
+    yield DistributedEnv()
+    dist.destroy_process_group()
+
+
+def test_ddp_strategy_accumulates_micro_batch_gradients_like_a_plain_model(one_rank_group):
+    torch.manual_seed(0)
+    x, y = torch.randint(0, VOCAB, (2, 4, 8)), torch.randint(0, VOCAB, (2, 4, 8))
+    reference = GPT(ModelConfig(vocab_size=VOCAB, **MICRO_MODEL))
+    model = GPT(ModelConfig(vocab_size=VOCAB, **MICRO_MODEL))
+    model.load_state_dict(reference.state_dict())
+    strategy = DDPStrategy(one_rank_group, torch.device("cpu"), "float32")
+    strategy.wrap(model)
+
+    for micro in range(2):  # the first micro-batch under no_sync, the second reduces
+        strategy.forward_backward(x[micro], y[micro], grad_accum=2, last_micro_batch=micro == 1)
+        loss = F.cross_entropy(reference(x[micro]).flatten(0, 1), y[micro].flatten())
+        (loss / 2).backward()
+
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+@pytest.mark.parametrize(
+    "overrides", [{}, {"tie_embeddings": False, "position": "learned"}], ids=["rope-tied", "learned"]
+)
+def test_pipeline_stages_chained_compute_the_whole_models_logits_with_its_weights(overrides):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=VOCAB, **MICRO_MODEL, **overrides))
+    first, last = PipelineStageModel(model, 0, 1), PipelineStageModel(model, 1, 2)
+    idx = torch.randint(0, VOCAB, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(last(first(idx)), model(idx))
+    # Each weight is trained by exactly one stage, under the whole model's name.
+    assert not set(first.state_dict()) & set(last.state_dict())
+    assert set(first.state_dict()) | set(last.state_dict()) == set(model.state_dict())
 
 
 def test_pipeline_stages_split_blocks_evenly_and_refuse_more_stages_than_blocks():

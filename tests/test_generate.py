@@ -52,6 +52,29 @@ def test_streamed_tokens_equal_gpt_generate_past_the_context_window(model, sampl
     assert streamed == expected[0, len(prompt) :].tolist()
 
 
+@pytest.mark.parametrize(
+    "sampling", [dict(temperature=0.0), dict(temperature=0.7, top_k=30, top_p=0.9)]
+)
+def test_a_prompt_longer_than_the_window_streams_the_tokens_gpt_generate_returns(model, sampling):
+    prompt = [2 + i % 40 for i in range(30)]  # max_seq_len=24: the context slides from the start
+    streamed = list(
+        iter_new_tokens(model, prompt, 12, generator=torch.Generator().manual_seed(5), **sampling)
+    )
+    expected = model.generate(
+        torch.tensor([prompt]), 12, generator=torch.Generator().manual_seed(5), **sampling
+    )
+    assert streamed == expected[0, len(prompt) :].tolist()
+
+
+def test_streaming_with_eos_yields_generate_s_tokens_up_to_and_including_eos(model):
+    prompt = list(range(2, 12))
+    free = list(iter_new_tokens(model, prompt, 20, temperature=0.0))
+    eos_id = free[15]  # past the window: the cache was reset on the way
+    streamed = list(iter_new_tokens(model, prompt, 20, temperature=0.0, eos_id=eos_id))
+    generated = model.generate(torch.tensor([prompt]), 20, temperature=0.0, eos_id=eos_id)
+    assert streamed == free[: free.index(eos_id) + 1] == generated[0, len(prompt) :].tolist()
+
+
 def test_streaming_stops_after_the_end_of_text_token(model):
     first = next(iter_new_tokens(model, [5, 6, 7], 10, temperature=0.0))
     assert list(iter_new_tokens(model, [5, 6, 7], 10, temperature=0.0, eos_id=first)) == [first]

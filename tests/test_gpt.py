@@ -213,6 +213,16 @@ def test_finished_sequences_repeat_eos_while_others_continue():
     assert torch.equal(stopped, expected_with_eos(free, 4, eos_id))
 
 
+def test_next_tokens_are_yielded_one_forward_pass_at_a_time():
+    model = make_model()
+    forward_passes = []
+    model.register_forward_hook(lambda *args: forward_passes.append(1))
+    steps = model.iter_next_tokens(torch.randint(0, VOCAB, (2, 5)), 10, temperature=0)
+    first = next(steps)
+    assert first.shape == (2,) and len(forward_passes) == 1
+    assert len(list(steps)) == 9 and len(forward_passes) == 10
+
+
 def test_top_k_one_and_tiny_top_p_sample_the_greedy_token():
     torch.manual_seed(0)
     logits = torch.randn(8, VOCAB)

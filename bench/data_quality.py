@@ -25,15 +25,15 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from lmforge.tasks.data_config import DataConfig
-from lmforge.tasks.data_refresh import resolve_inputs
-from lmforge.tasks.data_stats import merge_file_stats
-from lmforge.tasks.dataset_writer import find_duplicates, write_dataset
-from lmforge.tasks.dataset_versions import read_documents
-from lmforge.tasks.dedup import SHINGLE_LANGUAGE_SOURCES, MinHashConfig, normalised_text_key
-from lmforge.tasks.html_text import decode_page, python_codec
-from lmforge.tasks.warc import WarcResponseReader
-from lmforge.tasks.warc_processing import process_warc_file
+from lmforge.tasks.data.config import DataConfig
+from lmforge.tasks.data.refresh import resolve_inputs
+from lmforge.tasks.data.stats import merge_file_stats
+from lmforge.tasks.data.dataset_writer import find_duplicates, write_dataset
+from lmforge.tasks.data.dataset_versions import read_documents
+from lmforge.tasks.data.dedup import SHINGLE_LANGUAGE_SOURCES, MinHashConfig, normalised_text_key
+from lmforge.tasks.data.html_text import decode_page, python_codec
+from lmforge.tasks.data.warc import WarcResponseReader
+from lmforge.tasks.data.warc_processing import process_warc_file
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = REPO.parent / "shared" / "corpus" / "webdocs"

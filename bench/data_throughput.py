@@ -55,8 +55,8 @@ TARGET_SAME_EXTRACTOR = 1.3
 
 
 def _process_one(args: tuple[str, str]) -> Any:
-    from lmforge.tasks.data_config import DataConfig
-    from lmforge.tasks.warc_processing import process_warc_file
+    from lmforge.tasks.data.config import DataConfig
+    from lmforge.tasks.data.warc_processing import process_warc_file
 
     path, staging = args
     return process_warc_file(Path(path), DataConfig(), Path(staging))
@@ -64,15 +64,15 @@ def _process_one(args: tuple[str, str]) -> Any:
 
 def _warm_worker() -> None:
     # The language model and code point tables load once per worker, before timing starts.
-    from lmforge.tasks.language_id import LanguageIdentifier
+    from lmforge.tasks.data.language_id import LanguageIdentifier
 
     LanguageIdentifier(None).identify("warm up the language model")
 
 
 def lmforge_whole_stage(files: list[Path], workers: int, scratch: Path) -> dict[str, Any]:
     """Wall seconds of process pool -> find_duplicates -> write_dataset on `files`."""
-    from lmforge.tasks.data_config import DataConfig
-    from lmforge.tasks.dataset_writer import find_duplicates, write_dataset
+    from lmforge.tasks.data.config import DataConfig
+    from lmforge.tasks.data.dataset_writer import find_duplicates, write_dataset
 
     staging, out = scratch / "lmforge-staging", scratch / "lmforge-data"
     context = multiprocessing.get_context("spawn")
@@ -124,10 +124,10 @@ class StepClock:
 
 def lmforge_steps(files: list[Path], scratch: Path) -> dict[str, Any]:
     """Per-step CPU seconds of the real per-file code in this process, then dedup and write."""
-    from lmforge.tasks import warc_processing
-    from lmforge.tasks.data_config import DataConfig
-    from lmforge.tasks.dataset_writer import find_duplicates, write_dataset
-    from lmforge.tasks.language_id import LanguageIdentifier
+    from lmforge.tasks.data import warc_processing
+    from lmforge.tasks.data.config import DataConfig
+    from lmforge.tasks.data.dataset_writer import find_duplicates, write_dataset
+    from lmforge.tasks.data.language_id import LanguageIdentifier
 
     clock = StepClock()
     config = DataConfig()

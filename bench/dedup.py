@@ -23,7 +23,7 @@ the labels' definition. Each peer is scored
   inside predicted clusters with the pairs inside labelled groups (`bench/data_quality.py`'s
   `dedup_scores`, so both benchmarks agree);
 - against groups derived by the labels' own rule from the text lmforge deduplicates: pairs with
-  exact Jaccard >= 0.8 over `lmforge.tasks.dedup.shingles` (each way of choosing the shingle
+  exact Jaccard >= 0.8 over `lmforge.tasks.data.dedup.shingles` (each way of choosing the shingle
   language), computed by brute force for *every* pair of documents (a sparse document x shingle
   matrix times its transpose), closed transitively.
 The rows "brute-force Jaccard >= 0.8 (ceiling)" are those perfect clusterings themselves: what
@@ -66,16 +66,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from data_quality import dedup_scores, read_labels
-from lmforge.tasks.data_config import DataConfig
-from lmforge.tasks.warc_processing import process_warc_file
-from lmforge.tasks.dedup import (
+from lmforge.tasks.data.config import DataConfig
+from lmforge.tasks.data.warc_processing import process_warc_file
+from lmforge.tasks.data.dedup import (
     DedupDocument,
     KeptSignatures,
     MinHashConfig,
     find_duplicates,
     shingles,
 )
-from lmforge.tasks.dedup_index import index_table
+from lmforge.tasks.data.dedup_index import index_table
 from scipy import sparse
 
 REPO = Path(__file__).resolve().parents[1]

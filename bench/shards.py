@@ -28,9 +28,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lmforge.manifest import stage_output
-from lmforge.tasks.sample_corpus import collect_doc_pages, page_text
-from lmforge.tasks.shards import ShardParams, build_shards, document_files
-from lmforge.tasks.tokenizer import load_tokenizer
+from lmforge.tasks.data.sample.corpus import collect_doc_pages, page_text
+from lmforge.tasks.tokens.shards import ShardParams, build_shards, document_files
+from lmforge.tasks.tokens.tokenizer import load_tokenizer
 
 TARGET = 0.85
 

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lmforge.tasks.data_config import DataConfig
-from lmforge.tasks.data_refresh import refresh_dataset
-from lmforge.tasks.shards import ShardParams, build_shards
+from lmforge.tasks.data.config import DataConfig
+from lmforge.tasks.data.refresh import refresh_dataset
+from lmforge.tasks.tokens.shards import ShardParams, build_shards
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = REPO.parent / "shared" / "corpus" / "webdocs"

@@ -11,8 +11,8 @@ from lmforge.flows.params import ShardParams
 from lmforge.flows.reports import mlflow_run_markdown, publish_markdown
 from lmforge.flows.tracking import configure_tracking, log_stage_manifest, stage_run
 from lmforge.manifest import claim_output_dir
-from lmforge.tasks.shards import STAGE
-from lmforge.tasks.shards import build_shards as build_token_shards
+from lmforge.tasks.tokens.shards import STAGE
+from lmforge.tasks.tokens.shards import build_shards as build_token_shards
 
 
 @task(name="tokenize-and-shard")

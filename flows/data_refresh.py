@@ -33,18 +33,18 @@ from lmforge.flows.stage_cache import code_version
 from lmforge.flows.tracking import configure_tracking, log_stage_manifest, stage_run
 from lmforge.manifest import claim_output_dir, input_sha256, output_lock, read_manifest
 from lmforge.tasks import plots
-from lmforge.tasks.data_config import DataConfig
-from lmforge.tasks.dataset_versions import unprocessed_inputs
-from lmforge.tasks.dataset_writer import (
+from lmforge.tasks.data.config import DataConfig
+from lmforge.tasks.data.dataset_versions import unprocessed_inputs
+from lmforge.tasks.data.dataset_writer import (
     STAGE_NAME,
     continues_dataset,
     find_duplicates,
     write_dataset,
 )
-from lmforge.tasks.dedup import DuplicateReport
-from lmforge.tasks.inputs import InputError, InputsUnavailable, check_remote_inputs, input_name
-from lmforge.tasks.sample_corpus import build_sample_corpus
-from lmforge.tasks.warc_processing import FileResult, process_warc_file
+from lmforge.tasks.data.dedup import DuplicateReport
+from lmforge.tasks.data.inputs import InputError, InputsUnavailable, check_remote_inputs, input_name
+from lmforge.tasks.data.sample.corpus import build_sample_corpus
+from lmforge.tasks.data.warc_processing import FileResult, process_warc_file
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from lmforge.manifest import (
     overlapping_input,
     stage_output,
 )
-from lmforge.tasks.benchmarks import benchmark_metrics, results_markdown, results_table
-from lmforge.tasks.evaluate import evaluate_checkpoint
+from lmforge.tasks.evaluate.benchmarks import benchmark_metrics, results_markdown, results_table
+from lmforge.tasks.evaluate.checkpoint import evaluate_checkpoint
 
 
 STAGE = "evaluate"

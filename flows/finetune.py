@@ -30,14 +30,14 @@ from lmforge.manifest import manifest_digest
 from lmforge.model.checkpoint import load_model
 from lmforge.model.classifier import load_classifier
 from lmforge.tasks import plots
-from lmforge.tasks.finetune_classify import (
+from lmforge.tasks.finetune.classify import (
     ClassifierConfig,
     ClassifierResult,
     claim_classifier_output,
 )
-from lmforge.tasks.finetune_classify import finetune_classifier as train_classifier
-from lmforge.tasks.finetune_instruct import InstructConfig, InstructResult, claim_instruct_output
-from lmforge.tasks.finetune_instruct import finetune_instruct as train_instruct
+from lmforge.tasks.finetune.classify import finetune_classifier as train_classifier
+from lmforge.tasks.finetune.instruct import InstructConfig, InstructResult, claim_instruct_output
+from lmforge.tasks.finetune.instruct import finetune_instruct as train_instruct
 
 
 def base_model_lineage(

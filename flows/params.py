@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:  # imported where used: the CLI builds its options without loading the tasks
-    from lmforge.tasks.data_config import DataConfig
+    from lmforge.tasks.data.config import DataConfig
 
 Preset = Literal["tiny", "small", "medium", "1b"]
 
@@ -101,10 +101,10 @@ class DataRefreshParams(StageParams):
 
     def data_config(self) -> DataConfig:
         """The `DataConfig` these parameters describe (what decides which documents are kept)."""
-        from lmforge.tasks.data_config import DataConfig
-        from lmforge.tasks.dedup import MinHashConfig
-        from lmforge.tasks.filters import URLFilter
-        from lmforge.tasks.html_text import ExtractionConfig
+        from lmforge.tasks.data.config import DataConfig
+        from lmforge.tasks.data.dedup import MinHashConfig
+        from lmforge.tasks.data.filters import URLFilter
+        from lmforge.tasks.data.html_text import ExtractionConfig
 
         return DataConfig(
             languages=tuple(self.languages) if self.languages else None,
@@ -123,8 +123,8 @@ class DataRefreshParams(StageParams):
 
     def input_files(self) -> list[Path | str]:
         """`input` and the first `max_files` files of `crawl`, resolved (local paths as Paths,
-        URLs as strings); see `lmforge.tasks.inputs.resolve_inputs` for the errors."""
-        from lmforge.tasks.inputs import resolve_inputs
+        URLs as strings); see `lmforge.tasks.data.inputs.resolve_inputs` for the errors."""
+        from lmforge.tasks.data.inputs import resolve_inputs
 
         return resolve_inputs(self.input, self.crawl, self.max_files, self.crawl_base_url)
 
@@ -297,7 +297,7 @@ class EvalParams(StageParams):
         # The CLI hands over one string, `hellaswag=PATH,arc_easy`; the UI and Python a mapping.
         if not isinstance(value, str):
             return value
-        from lmforge.tasks.benchmark_formats import benchmark_task
+        from lmforge.tasks.evaluate.benchmark_formats import benchmark_task
 
         sources = {}
         for entry in filter(None, (part.strip() for part in value.split(","))):

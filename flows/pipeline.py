@@ -37,7 +37,7 @@ from lmforge.flows.reports import (
 from lmforge.flows.stage_cache import StageCache, code_version, stage_key
 from lmforge.flows.tracking import configure_tracking, log_stage_manifest, prefect_tags, stage_run
 from lmforge.manifest import describe_input, read_manifest
-from lmforge.tasks.data_refresh import resolve_inputs
+from lmforge.tasks.data.refresh import resolve_inputs
 
 STAGES = ("data_refresh", "build_shards", "pretrain", "evaluate")
 

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from lmforge.manifest import MANIFEST_NAME, manifest_digest
 from lmforge.model.checkpoint import load_model
-from lmforge.tasks.shards import TOKENIZER_FILE
+from lmforge.tasks.tokens.shards import TOKENIZER_FILE
 
 CANDIDATE_ALIAS = "candidate"
 

@@ -336,7 +336,7 @@ def check_inputs(
 ) -> None:
     """Fail before a flow run starts when a local input matches nothing or the crawl id is
     malformed (the flow checks too). Remote files are not fetched here: the run reports them."""
-    from lmforge.tasks.inputs import crawl_listing_url, is_remote, resolve_inputs
+    from lmforge.tasks.data.inputs import crawl_listing_url, is_remote, resolve_inputs
 
     if max_files is not None and crawl is None:
         raise ValueError("--max-files limits a Common Crawl crawl: give --crawl CC-MAIN-YYYY-WW")
@@ -412,7 +412,7 @@ def run_data_refresh(args: argparse.Namespace) -> int:
 
 
 def run_build_sample(args: argparse.Namespace) -> int:
-    from lmforge.tasks.sample_corpus import build_sample_corpus
+    from lmforge.tasks.data.sample.corpus import build_sample_corpus
 
     for path in build_sample_corpus(Path(args.out)):
         print(path)
@@ -501,7 +501,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from lmforge.model.checkpoint import check_model_dir, load_model
     from lmforge.model.runtime import resolve_device
     from lmforge.tasks.generate import checkpoint_tokenizer_file, stream_generate
-    from lmforge.tasks.tokenizer import load_tokenizer
+    from lmforge.tasks.tokens.tokenizer import load_tokenizer
 
     device = resolve_device(args.device or "auto")
     check_model_dir(args.checkpoint)  # before the tokenizer: a wrong folder is the likelier slip

@@ -24,11 +24,11 @@ from lmforge.flows.params import (
 from lmforge.manifest import read_manifest
 from lmforge.model.checkpoint import check_model_dir
 from lmforge.model.train import check_out_dir
-from lmforge.tasks.blimp import load_blimp
-from lmforge.tasks.dataset_writer import STAGE_NAME as DATA_STAGE
-from lmforge.tasks.shards import STAGE as SHARDS_STAGE
-from lmforge.tasks.shards import TOKENIZER_FILE
-from lmforge.tasks.tokenizer import load_tokenizer
+from lmforge.tasks.evaluate.blimp import load_blimp
+from lmforge.tasks.data.dataset_writer import STAGE_NAME as DATA_STAGE
+from lmforge.tasks.tokens.shards import STAGE as SHARDS_STAGE
+from lmforge.tasks.tokens.shards import TOKENIZER_FILE
+from lmforge.tasks.tokens.tokenizer import load_tokenizer
 
 
 def check_pipeline_inputs(params: PipelineParams) -> None:
@@ -59,7 +59,7 @@ def check_eval_inputs(params: EvalParams) -> None:
 
 
 def check_classifier_inputs(params: FinetuneClassifierParams) -> None:
-    from lmforge.tasks.finetune_data import load_labelled_texts
+    from lmforge.tasks.finetune.data import load_labelled_texts
 
     check_base_model(params.base_model)
     if Path(params.data).is_dir():
@@ -69,7 +69,7 @@ def check_classifier_inputs(params: FinetuneClassifierParams) -> None:
 
 
 def check_instruct_inputs(params: FinetuneInstructParams) -> None:
-    from lmforge.tasks.finetune_data import load_instruction_records
+    from lmforge.tasks.finetune.data import load_instruction_records
 
     check_base_model(params.base_model)
     load_instruction_records(params.data)
@@ -84,8 +84,8 @@ def check_base_model(path: str) -> None:
 
 def check_benchmark_files(sources: Mapping[str, str]) -> None:
     """Local benchmark files are read in their task's format; URLs are left to the run."""
-    from lmforge.tasks.benchmark_formats import benchmark_task
-    from lmforge.tasks.benchmark_sources import fetch_benchmark_file, is_url
+    from lmforge.tasks.evaluate.benchmark_formats import benchmark_task
+    from lmforge.tasks.evaluate.benchmark_sources import fetch_benchmark_file, is_url
 
     for name, source in sources.items():
         if not is_url(source):

@@ -24,7 +24,7 @@ from lmforge.model.checkpoint import load_model
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import GPT
 from lmforge.tasks.generate import checkpoint_tokenizer_file
-from lmforge.tasks.tokenizer import (
+from lmforge.tasks.tokens.tokenizer import (
     EOT_TOKEN,
     PAD_TOKEN,
     load_tokenizer,

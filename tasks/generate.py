@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 
 from lmforge.model.checkpoint import check_model_dir
 from lmforge.model.gpt import GPT, check_sampling
-from lmforge.tasks.tokenizer import special_token_ids, to_valid_utf8
+from lmforge.tasks.tokens.tokenizer import special_token_ids, to_valid_utf8
 
 TOKENIZER_FILE = "tokenizer.json"
 _INCOMPLETE = "\ufffd"  # what the byte-level decoder yields for a character cut short

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, models
 
 from lmforge.manifest import sha256_file, stage_output
 from lmforge.model.shard_format import shard_name, shard_schema, write_shard
-from lmforge.tasks.shards import STAGE
+from lmforge.tasks.tokens.shards import STAGE
 
 
 def write_rows(path: Path, rows: list[tuple[str, list[int]]], schema) -> None:

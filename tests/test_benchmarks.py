@@ -12,7 +12,7 @@ import pytest
 import torch
 from model_fixtures import BigramModel
 
-from lmforge.tasks.benchmark_formats import (
+from lmforge.tasks.evaluate.benchmark_formats import (
     BenchmarkFormatError,
     BenchmarkItem,
     benchmark_task,
@@ -21,8 +21,8 @@ from lmforge.tasks.benchmark_formats import (
     load_lambada,
     load_piqa,
 )
-from lmforge.tasks.benchmark_sources import fetch_benchmark_file
-from lmforge.tasks.benchmarks import (
+from lmforge.tasks.evaluate.benchmark_sources import fetch_benchmark_file
+from lmforge.tasks.evaluate.benchmarks import (
     benchmark_metrics,
     binomial_stderr,
     choice_requests,
@@ -34,8 +34,8 @@ from lmforge.tasks.benchmarks import (
     results_table,
     score_items,
 )
-from lmforge.tasks.evaluate import continuation_scores
-from lmforge.tasks.tokenizer import TokenizerConfig, special_token_ids, train_tokenizer
+from lmforge.tasks.evaluate.checkpoint import continuation_scores
+from lmforge.tasks.tokens.tokenizer import TokenizerConfig, special_token_ids, train_tokenizer
 
 RIGHT, WRONG = "alpha beta alpha", "gamma delta gamma"
 

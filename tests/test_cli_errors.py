@@ -19,7 +19,7 @@ from lmforge.manifest import build_manifest, stage_output, write_manifest
 from lmforge.model.checkpoint import CheckpointError, save_model
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import GPT
-from lmforge.tasks.tokenizer import TokenizerConfig, train_tokenizer
+from lmforge.tasks.tokens.tokenizer import TokenizerConfig, train_tokenizer
 
 torch.set_num_threads(1)
 
@@ -344,6 +344,6 @@ def test_an_unexpected_error_keeps_its_traceback(monkeypatch, tmp_path):
     def bug(*args, **kwargs):
         raise KeyError("a bug, not a user's mistake")
 
-    monkeypatch.setattr("lmforge.tasks.sample_corpus.build_sample_corpus", bug)
+    monkeypatch.setattr("lmforge.tasks.data.sample.corpus.build_sample_corpus", bug)
     with pytest.raises(KeyError):
         main(["data", "sample", "--out", str(tmp_path)])

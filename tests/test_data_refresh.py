@@ -18,13 +18,13 @@ from data_stage_fixtures import (
     REPEATED_LINES,
     html_page,
 )
-from lmforge.tasks.data_config import DataConfig
-from lmforge.tasks.data_refresh import refresh_dataset, resolve_inputs
-from lmforge.tasks.dataset_versions import read_documents
-from lmforge.tasks.dataset_writer import AccountingError, find_duplicates, write_dataset
-from lmforge.tasks.warc_processing import process_warc_file
-from lmforge.tasks.filters import GopherQualityFilter
-from lmforge.tasks.warc_writer import WarcWriter
+from lmforge.tasks.data.config import DataConfig
+from lmforge.tasks.data.refresh import refresh_dataset, resolve_inputs
+from lmforge.tasks.data.dataset_versions import read_documents
+from lmforge.tasks.data.dataset_writer import AccountingError, find_duplicates, write_dataset
+from lmforge.tasks.data.warc_processing import process_warc_file
+from lmforge.tasks.data.filters import GopherQualityFilter
+from lmforge.tasks.data.warc_writer import WarcWriter
 
 from lmforge.manifest import read_manifest, verify_outputs
 

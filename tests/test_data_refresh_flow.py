@@ -17,7 +17,7 @@ from lmforge.flows import data_refresh as flow_module
 from lmforge.flows.data_refresh import data_refresh, file_cache_key, file_progress
 from lmforge.flows.params import DataRefreshParams
 from lmforge.manifest import read_manifest
-from lmforge.tasks.data_config import DataConfig
+from lmforge.tasks.data.config import DataConfig
 
 pytestmark = pytest.mark.slow
 

@@ -8,10 +8,10 @@ from datetime import datetime, timezone
 import pyarrow.parquet as pq
 import pytest
 from data_stage_fixtures import ARTICLE_DE, ARTICLE_JA, ARTICLES_EN, KEYWORD_STUFFING, html_page
-from lmforge.tasks.data_config import DataConfig
-from lmforge.tasks.data_stats import StepStats, merge_file_stats
-from lmforge.tasks.warc_processing import process_warc_file
-from lmforge.tasks.warc_writer import WarcWriter
+from lmforge.tasks.data.config import DataConfig
+from lmforge.tasks.data.stats import StepStats, merge_file_stats
+from lmforge.tasks.data.warc_processing import process_warc_file
+from lmforge.tasks.data.warc_writer import WarcWriter
 
 HTML = (("Content-Type", "text/html; charset=utf-8"),)
 CONTACT = "Write to maintainer@docs-team.org with questions about this page, any time."

@@ -13,18 +13,18 @@ from datetime import datetime, timezone
 import pyarrow.parquet as pq
 import pytest
 from data_stage_fixtures import ARTICLE_DE, ARTICLES_EN, html_page
-from lmforge.tasks import dataset_writer
-from lmforge.tasks.data_config import DataConfig
-from lmforge.tasks.data_refresh import refresh_dataset
-from lmforge.tasks.dataset_versions import (
+from lmforge.tasks.data import dataset_writer
+from lmforge.tasks.data.config import DataConfig
+from lmforge.tasks.data.refresh import refresh_dataset
+from lmforge.tasks.data.dataset_versions import (
     dataset_doc_files,
     ledger,
     partition_language,
     read_documents,
     unprocessed_inputs,
 )
-from lmforge.tasks.dedup_index import load_index
-from lmforge.tasks.warc_writer import WarcWriter
+from lmforge.tasks.data.dedup_index import load_index
+from lmforge.tasks.data.warc_writer import WarcWriter
 
 from lmforge.manifest import read_manifest, sha256_file, verify_outputs
 
@@ -212,8 +212,8 @@ def test_a_version_being_written_is_invisible_to_a_plain_parquet_reader(crawls, 
 # version's document and removed parts are written, before its index, ledger and commit.
 KILLED_REFRESH = """
 import os, signal, sys
-from lmforge.tasks import dataset_writer
-from lmforge.tasks.data_refresh import refresh_dataset
+from lmforge.tasks.data import dataset_writer
+from lmforge.tasks.data.refresh import refresh_dataset
 
 dataset_writer._write_index = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
 refresh_dataset([sys.argv[1]], sys.argv[2], staging_dir=sys.argv[3])

@@ -9,18 +9,18 @@ from datetime import datetime, timezone
 import pyarrow.parquet as pq
 import pytest
 from data_stage_fixtures import ARTICLES_EN, html_page
-from lmforge.tasks.data_config import DataConfig
-from lmforge.tasks.data_refresh import refresh_dataset
-from lmforge.tasks.dataset_versions import read_documents
-from lmforge.tasks.declared_language import (
+from lmforge.tasks.data.config import DataConfig
+from lmforge.tasks.data.refresh import refresh_dataset
+from lmforge.tasks.data.dataset_versions import read_documents
+from lmforge.tasks.data.declared_language import (
     declared_language,
     html_lang,
     language_of_tag,
     url_language,
 )
-from lmforge.tasks.dedup import DedupDocument, MinHashConfig, find_duplicates
-from lmforge.tasks.dedup_index import load_index
-from lmforge.tasks.warc_writer import WarcWriter
+from lmforge.tasks.data.dedup import DedupDocument, MinHashConfig, find_duplicates
+from lmforge.tasks.data.dedup_index import load_index
+from lmforge.tasks.data.warc_writer import WarcWriter
 
 from lmforge.manifest import read_manifest
 
@@ -158,7 +158,7 @@ def test_a_refresh_dedups_by_the_language_pages_declare_when_asked(localised_cra
 
 
 def test_an_index_of_another_format_is_not_used(localised_crawl, tmp_path, monkeypatch):
-    from lmforge.tasks import dedup_index
+    from lmforge.tasks.data import dedup_index
 
     warc, _ = localised_crawl
     refresh_dataset([warc], tmp_path / "data")

@@ -7,8 +7,8 @@ import numpy as np
 from datasketch import MinHash
 import pytest
 from data_stage_fixtures import ARTICLE_JA, ARTICLES_EN, paragraphs_text
-from lmforge.tasks import dedup
-from lmforge.tasks.dedup import (
+from lmforge.tasks.data import dedup
+from lmforge.tasks.data.dedup import (
     DedupDocument,
     MinHashConfig,
     MinHasher,

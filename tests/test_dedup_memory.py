@@ -1,5 +1,5 @@
 """Dedup holds fixed-width state per document (issue #4), and its sorting-based internals give
-exactly what the rule in `lmforge.tasks.dedup`'s docstring says, checked against a plain
+exactly what the rule in `lmforge.tasks.data.dedup`'s docstring says, checked against a plain
 dict-and-set reference on random inputs."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from itertools import combinations
 
 import numpy as np
 import pytest
-from lmforge.tasks import dedup
-from lmforge.tasks.dedup import (
+from lmforge.tasks.data import dedup
+from lmforge.tasks.data.dedup import (
     EXACT_DUPLICATE,
     NEAR_DUPLICATE,
     DedupDocument,

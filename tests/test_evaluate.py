@@ -14,8 +14,8 @@ from lmforge.model.checkpoint import save_model
 from lmforge.model.config import ModelConfig
 from lmforge.model.data import open_token_split
 from lmforge.model.gpt import GPT
-from lmforge.tasks.blimp import BlimpFormatError, MinimalPair, load_blimp
-from lmforge.tasks.evaluate import (
+from lmforge.tasks.evaluate.blimp import BlimpFormatError, MinimalPair, load_blimp
+from lmforge.tasks.evaluate.checkpoint import (
     EvaluationError,
     blimp_accuracy,
     evaluate_checkpoint,
@@ -26,8 +26,8 @@ from lmforge.tasks.evaluate import (
     validation_metrics,
     window_loss,
 )
-from lmforge.tasks.shards import build_shards
-from lmforge.tasks.tokenizer import TokenizerConfig, train_tokenizer
+from lmforge.tasks.tokens.shards import build_shards
+from lmforge.tasks.tokens.tokenizer import TokenizerConfig, train_tokenizer
 
 PAIRS = [
     ("the cat sleeps on the mat", "the cat sleep on the mat"),

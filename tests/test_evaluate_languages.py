@@ -15,15 +15,15 @@ from lmforge.manifest import stage_output
 from lmforge.model.checkpoint import save_model
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import GPT
-from lmforge.tasks.evaluate import (
+from lmforge.tasks.evaluate.checkpoint import (
     evaluate_checkpoint,
     language_metrics,
     shards_data_dir,
     shards_language_metrics,
     validation_documents,
 )
-from lmforge.tasks.shards import build_shards, is_validation_document
-from lmforge.tasks.tokenizer import load_tokenizer
+from lmforge.tasks.tokens.shards import build_shards, is_validation_document
+from lmforge.tasks.tokens.tokenizer import load_tokenizer
 
 VAL_FRACTION = 0.4
 ENGLISH = "the cat sleeps on the mat while the dogs run in the park"

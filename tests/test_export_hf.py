@@ -14,7 +14,7 @@ from lmforge.model.checkpoint import save_model
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import GPT
 from lmforge.tasks.export_hf import ExportError, export_hf
-from lmforge.tasks.tokenizer import TokenizerConfig, train_tokenizer
+from lmforge.tasks.tokens.tokenizer import TokenizerConfig, train_tokenizer
 
 TEXTS = ["the quick brown fox jumps over the lazy dog", "héllo wörld, 中文 and 🙂 too"] * 20
 

@@ -17,7 +17,7 @@ from data_stage_fixtures import (
     SYMBOL_SOUP,
     paragraphs_text,
 )
-from lmforge.tasks.filters import (
+from lmforge.tasks.data.filters import (
     C4QualityFilter,
     FineWebQualityFilter,
     GopherQualityFilter,
@@ -25,9 +25,9 @@ from lmforge.tasks.filters import (
     PIIFormatter,
     first_rejection,
 )
-from lmforge.tasks.filters.c4 import count_sentences
-from lmforge.tasks.filters.gopher import duplicate_ngram_char_count, top_ngram_char_count
-from lmforge.tasks.filters.text_units import TextUnits
+from lmforge.tasks.data.filters.c4 import count_sentences
+from lmforge.tasks.data.filters.gopher import duplicate_ngram_char_count, top_ngram_char_count
+from lmforge.tasks.data.filters.text_units import TextUnits
 
 ALL_FILTERS = (GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter(),
                FineWebQualityFilter())  # fmt: skip

@@ -16,14 +16,14 @@ from lmforge.model.checkpoint import load_model, save_model
 from lmforge.model.classifier import SequenceClassifier, load_classifier
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import GPT
-from lmforge.tasks.finetune_classify import (
+from lmforge.tasks.finetune.classify import (
     ClassifierConfig,
     classification_metrics,
     finetune_classifier,
     stratified_split,
     url_section,
 )
-from lmforge.tasks.finetune_data import (
+from lmforge.tasks.finetune.data import (
     IGNORE_INDEX,
     FinetuneDataError,
     LabelledText,
@@ -33,8 +33,8 @@ from lmforge.tasks.finetune_data import (
     render_record,
     tokenize_example,
 )
-from lmforge.tasks.finetune_instruct import InstructConfig, finetune_instruct
-from lmforge.tasks.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
+from lmforge.tasks.finetune.instruct import InstructConfig, finetune_instruct
+from lmforge.tasks.tokens.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
 
 FRUITS = ["apple", "banana", "cherry", "grape", "lemon", "mango", "peach", "plum"]
 TOOLS = ["hammer", "wrench", "drill", "saw", "chisel", "pliers", "ruler", "level"]

@@ -17,7 +17,7 @@ from lmforge.tasks.generate import (
     iter_new_tokens,
     stream_generate,
 )
-from lmforge.tasks.tokenizer import TokenizerConfig, train_tokenizer
+from lmforge.tasks.tokens.tokenizer import TokenizerConfig, train_tokenizer
 
 # ASCII only: every accented letter, CJK character and emoji is split into single-byte tokens.
 TEXTS = ["the quick brown fox jumps over the lazy dog", "a tiny model says hello"] * 20

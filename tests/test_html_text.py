@@ -14,7 +14,7 @@ from data_stage_fixtures import (
     ARTICLES_EN,
     html_page,
 )
-from lmforge.tasks.html_text import (
+from lmforge.tasks.data.html_text import (
     ExtractionConfig,
     decode_page,
     extract_main_text,

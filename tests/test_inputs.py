@@ -16,9 +16,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow.parquet as pq
 import pytest
 from data_stage_fixtures import ARTICLES_EN, html_page
-from lmforge.tasks.data_config import DataConfig
+from lmforge.tasks.data.config import DataConfig
 from conftest import free_port
-from lmforge.tasks.inputs import (
+from lmforge.tasks.data.inputs import (
     InputError,
     InputsUnavailable,
     RetryPolicy,
@@ -33,8 +33,8 @@ from lmforge.tasks.inputs import (
     resolve_inputs,
     with_retries,
 )
-from lmforge.tasks.warc_processing import process_warc_file
-from lmforge.tasks.warc_writer import WarcWriter
+from lmforge.tasks.data.warc_processing import process_warc_file
+from lmforge.tasks.data.warc_writer import WarcWriter
 
 CRAWL = "CC-MAIN-2099-01"
 NO_WAIT = RetryPolicy(attempts=3, first_delay_s=0.0)
@@ -371,7 +371,7 @@ def test_cli_crawl_options_reach_the_input_resolution(server):
 
 
 def test_a_dataset_built_from_a_url_describes_it_in_the_manifest(server, tmp_path):
-    from lmforge.tasks.data_refresh import refresh_dataset
+    from lmforge.tasks.data.refresh import refresh_dataset
 
     base, root, _ = server
     local = write_warc(root / "web-00002.warc.gz", [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from data_stage_fixtures import ARTICLE_DE, ARTICLE_JA, ARTICLE_RU, ARTICLE_ZH, ARTICLES_EN
-from lmforge.tasks.language_id import (
+from lmforge.tasks.data.language_id import (
     LanguageIdentifier,
     LanguagePrediction,
     bundled_model_path,

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from lmforge.cli import main
 from lmforge.flows.params import EvalParams, PipelineParams
 from lmforge.manifest import read_manifest, sha256_file
-from lmforge.tasks.sample_corpus import build_sample_corpus
+from lmforge.tasks.data.sample.corpus import build_sample_corpus
 
 pytestmark = pytest.mark.slow
 

@@ -14,14 +14,14 @@ import torch
 
 pytest.importorskip("lm_eval")
 
-from lmforge.lm_eval_model import LmforgeLM  # noqa: E402
+from lmforge.tasks.evaluate.lm_eval_model import LmforgeLM  # noqa: E402
 from lmforge.model.checkpoint import save_model  # noqa: E402
 from lmforge.model.config import ModelConfig  # noqa: E402
 from lmforge.model.gpt import GPT  # noqa: E402
-from lmforge.tasks.benchmark_formats import BenchmarkItem  # noqa: E402
-from lmforge.tasks.benchmarks import score_items  # noqa: E402
-from lmforge.tasks.evaluate import sequence_log_probs  # noqa: E402
-from lmforge.tasks.tokenizer import TokenizerConfig, train_tokenizer  # noqa: E402
+from lmforge.tasks.evaluate.benchmark_formats import BenchmarkItem  # noqa: E402
+from lmforge.tasks.evaluate.benchmarks import score_items  # noqa: E402
+from lmforge.tasks.evaluate.checkpoint import sequence_log_probs  # noqa: E402
+from lmforge.tasks.tokens.tokenizer import TokenizerConfig, train_tokenizer  # noqa: E402
 
 QUESTIONS = [
     {"question": "What is two plus two?", "choices": ["four", "five", "twenty two"], "label": 0},
@@ -74,7 +74,7 @@ def test_lm_eval_cli_scores_a_local_task_as_lmforges_own_scorer_does(checkpoint,
            "HF_HOME": str(tmp_path / "hf"), "TOKENIZERS_PARALLELISM": "false"}
     subprocess.run(
         [
-            sys.executable, "-m", "lmforge.lm_eval_model",
+            sys.executable, "-m", "lmforge.tasks.evaluate.lm_eval_model",
             "--model", "lmforge",
             "--model_args", f"checkpoint={checkpoint}",
             "--device", "cpu",

@@ -23,9 +23,9 @@ from lmforge.model.checkpoint import TRAINING_STATE_FILE, save_checkpoint, save_
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import GPT
 from lmforge.tasks.export_hf import export_hf
-from lmforge.tasks.shards import build_shards
-from lmforge.tasks.tokenizer import TokenizerConfig, train_tokenizer
-from lmforge.tasks.warc_writer import WarcWriter
+from lmforge.tasks.tokens.shards import build_shards
+from lmforge.tasks.tokens.tokenizer import TokenizerConfig, train_tokenizer
+from lmforge.tasks.data.warc_writer import WarcWriter
 
 HTML = (("Content-Type", "text/html; charset=utf-8"),)
 TEXTS = ["the quick brown fox jumps over the lazy dog", "a backup that is never restored"] * 20

@@ -12,8 +12,8 @@ import pytest
 
 from lmforge.flows.params import PipelineParams
 from lmforge.manifest import read_manifest, verify_outputs
-from lmforge.tasks.sample_corpus import build_sample_corpus
-from lmforge.tasks.warc import WarcResponseReader
+from lmforge.tasks.data.sample.corpus import build_sample_corpus
+from lmforge.tasks.data.warc import WarcResponseReader
 
 pytestmark = pytest.mark.slow
 

@@ -19,9 +19,9 @@ from lmforge.flows import data_refresh as flow_module
 from lmforge.flows.data_refresh import RESULTS_DIR, data_refresh, file_cache_key
 from lmforge.flows.params import DataRefreshParams
 from lmforge.manifest import OutputLocked, output_lock, read_manifest, stage_version
-from lmforge.tasks.data_config import DataConfig
-from lmforge.tasks.inputs import InputsUnavailable
-from lmforge.tasks.warc_processing import FileResult, process_warc_file
+from lmforge.tasks.data.config import DataConfig
+from lmforge.tasks.data.inputs import InputsUnavailable
+from lmforge.tasks.data.warc_processing import FileResult, process_warc_file
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from fastwarc import ArchiveIterator, WarcRecordType
 
-from lmforge.tasks import sample_corpus
-from lmforge.tasks.sample_corpus import (
+from lmforge.tasks.data.sample import corpus as sample_corpus
+from lmforge.tasks.data.sample.corpus import (
     DOCS_HOST,
     JUNK_PAGES,
     LEGACY_HOST,
@@ -318,7 +318,7 @@ def test_default_corpus_has_demo_size_and_imports_no_stdlib_module(tmp_path):
     script = textwrap.dedent(
         f"""
         import sys
-        from lmforge.tasks.sample_corpus import build_sample_corpus
+        from lmforge.tasks.data.sample.corpus import build_sample_corpus
         before = set(sys.modules)
         paths = build_sample_corpus({str(tmp_path)!r})
         allowed = ("pydoc_data", "encodings.", "_sysconfigdata")

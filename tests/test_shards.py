@@ -15,14 +15,14 @@ from lmforge.manifest import (
     stage_output,
 )
 from lmforge.model.shard_format import token_dtype
-from lmforge.tasks.shards import (
+from lmforge.tasks.tokens.shards import (
     ShardError,
     build_shards,
     is_validation_document,
     read_ahead,
     verify_shards,
 )
-from lmforge.tasks.tokenizer import (
+from lmforge.tasks.tokens.tokenizer import (
     TokenizerConfig,
     decode_document,
     encode_documents,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lmforge.manifest import sha256_file
-from lmforge.tasks.tokenizer import (
+from lmforge.tasks.tokens.tokenizer import (
     EOT_TOKEN,
     PAD_TOKEN,
     LanguageSampling,

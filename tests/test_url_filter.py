@@ -4,8 +4,8 @@ words found even when a spam URL runs them together."""
 from __future__ import annotations
 
 import pytest
-from lmforge.tasks.filters import URLFilter
-from lmforge.tasks.filters.url import default_list, normalise_url
+from lmforge.tasks.data.filters import URLFilter
+from lmforge.tasks.data.filters.url import default_list, normalise_url
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import zlib
 from datetime import datetime, timezone
 
 import pytest
-from lmforge.tasks.warc import WarcResponseReader, parse_content_type
-from lmforge.tasks.warc_writer import WarcWriter
+from lmforge.tasks.data.warc import WarcResponseReader, parse_content_type
+from lmforge.tasks.data.warc_writer import WarcWriter
 
 DATE = datetime(2025, 3, 14, tzinfo=timezone.utc)
 

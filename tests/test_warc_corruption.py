@@ -22,10 +22,10 @@ from datetime import datetime, timezone
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lmforge.tasks.data_config import DataConfig
-from lmforge.tasks.warc import WarcResponse, WarcResponseReader
-from lmforge.tasks.warc_processing import process_warc_file
-from lmforge.tasks.warc_writer import WarcWriter
+from lmforge.tasks.data.config import DataConfig
+from lmforge.tasks.data.warc import WarcResponse, WarcResponseReader
+from lmforge.tasks.data.warc_processing import process_warc_file
+from lmforge.tasks.data.warc_writer import WarcWriter
 
 # Small, so that the 70 kB page is oversized (its body is cut to the cap by design).
 MAX_PAYLOAD = 4096

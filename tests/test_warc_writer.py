@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastwarc import ArchiveIterator, WarcRecordType
 
-from lmforge.tasks.warc_writer import WarcWriter, sha1_base32
+from lmforge.tasks.data.warc_writer import WarcWriter, sha1_base32
 
 DATE = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 PAGE = "<html><body><p>Grüße aus der Dokumentation.</p></body></html>".encode("utf-8")

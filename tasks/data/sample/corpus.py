@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from lmforge.tasks.warc_writer import WarcWriter
+from lmforge.tasks.data.warc_writer import WarcWriter
 
 DOCS_HOST = "docs.example.org"
 MIRROR_HOST = "pydocs-mirror.example.net"

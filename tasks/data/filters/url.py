@@ -5,7 +5,7 @@ Words are checked three ways, because spam URLs run words together: a *banned wo
 when it is one of the URL's words (split at every non-alphanumeric character); two or more
 different *soft words* drop it ("sex" alone may be sex-education); a *banned subword* drops it
 wherever it occurs in the host and path with separators removed (`free-porn_videos` and
-`freepornvideos` both hold "porn"). Small default lists ship in `lmforge/tasks/resources/`;
+`freepornvideos` both hold "porn"). Small default lists ship in `lmforge/tasks/data/resources/`;
 the user's files are added to them (`use_default_lists=False` replaces them).
 
 List files hold one entry per line; blank lines and lines starting with `#` are ignored.
@@ -40,7 +40,7 @@ def read_list(path: str | Path) -> frozenset[str]:
 
 def default_list(kind: str) -> frozenset[str]:
     """One of the lists shipped with lmforge: `domains`, `words`, `soft_words`, `subwords`."""
-    resource = importlib.resources.files("lmforge.tasks") / "resources" / _DEFAULT_FILES[kind]
+    resource = importlib.resources.files("lmforge.tasks.data") / "resources" / _DEFAULT_FILES[kind]
     return read_list(Path(str(resource)))
 
 

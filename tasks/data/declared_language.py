@@ -22,7 +22,7 @@ import functools
 import re
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from lmforge.tasks.language_id import iso639_1_codes
+from lmforge.tasks.data.language_id import iso639_1_codes
 
 _HTML_TAG = re.compile(r"<html\b[^>]*>", re.IGNORECASE)
 _LANG_ATTRIBUTE = re.compile(

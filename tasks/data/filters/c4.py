@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from lmforge.tasks.filters.base import DocumentFilter
-from lmforge.tasks.filters.text_units import TERMINAL_PUNCTUATION, TextUnits
+from lmforge.tasks.data.filters.base import DocumentFilter
+from lmforge.tasks.data.filters.text_units import TERMINAL_PUNCTUATION, TextUnits
 
 _LOREM_IPSUM = re.compile(r"lorem\s+ipsum", re.IGNORECASE)
 _TERMINAL = "".join(sorted(TERMINAL_PUNCTUATION - set("。！？．｡")))

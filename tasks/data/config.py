@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lmforge.tasks.dedup import MinHashConfig
-from lmforge.tasks.filters import (
+from lmforge.tasks.data.dedup import MinHashConfig
+from lmforge.tasks.data.filters import (
     C4QualityFilter,
     DocumentFilter,
     FineWebQualityFilter,
@@ -18,9 +18,9 @@ from lmforge.tasks.filters import (
     PIIFormatter,
     URLFilter,
 )
-from lmforge.tasks.html_text import ExtractionConfig
-from lmforge.tasks.language_id import DEFAULT_VARIANT_GROUPS
-from lmforge.tasks.warc import DEFAULT_MAX_PAYLOAD_BYTES
+from lmforge.tasks.data.html_text import ExtractionConfig
+from lmforge.tasks.data.language_id import DEFAULT_VARIANT_GROUPS
+from lmforge.tasks.data.warc import DEFAULT_MAX_PAYLOAD_BYTES
 
 # Nested config classes by field name, to rebuild a DataConfig from its JSON form.
 _NESTED_CONFIGS: dict[str, type] = {

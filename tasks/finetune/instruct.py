@@ -1,6 +1,6 @@
 """Supervised instruction fine-tuning of a pretrained GPT: `finetune_instruct(InstructConfig(...))`.
 
-Records (Alpaca-style or chat messages, see `lmforge.tasks.finetune_data`) are rendered with the
+Records (Alpaca-style or chat messages, see `lmforge.tasks.finetune.data`) are rendered with the
 prompt template, tokenized with loss on response tokens only, optionally packed into full rows,
 and trained on either every weight or, with `lora_rank > 0`, LoRA adapters only (merged into the
 weights at the end). A held-out share of the records measures the response-token loss before
@@ -34,7 +34,7 @@ from lmforge.model.gpt import GPT
 from lmforge.model.lora import DEFAULT_TARGETS, LoRAConfig, apply_lora, lora_state_dict, merge_lora
 from lmforge.model.runtime import autocast_context, build_optimizer, resolve_device
 from lmforge.model.schedule import LRSchedule
-from lmforge.tasks.finetune_data import (
+from lmforge.tasks.finetune.data import (
     IGNORE_INDEX,
     FinetuneDataError,
     Segment,
@@ -46,9 +46,9 @@ from lmforge.tasks.finetune_data import (
     reference_of,
     tokenize_example,
 )
-from lmforge.tasks.finetune_steps import LogCallback, MetricsHistory, optimizer_step
-from lmforge.tasks.shards import TOKENIZER_FILE
-from lmforge.tasks.tokenizer import load_tokenizer, special_token_ids
+from lmforge.tasks.finetune.steps import LogCallback, MetricsHistory, optimizer_step
+from lmforge.tasks.tokens.shards import TOKENIZER_FILE
+from lmforge.tasks.tokens.tokenizer import load_tokenizer, special_token_ids
 
 ADAPTER_FILE = "lora_adapter.safetensors"
 LORA_CONFIG_FILE = "lora.json"

@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 
 from lmforge.errors import LmforgeError
 from lmforge.tasks.jsonl import read_jsonl, utf8_lines
-from lmforge.tasks.tokenizer import special_token_ids, to_valid_utf8
+from lmforge.tasks.tokens.tokenizer import special_token_ids, to_valid_utf8
 
 IGNORE_INDEX = -100
 SUFFIXES = (".csv", ".jsonl", ".json")

@@ -1,7 +1,7 @@
 """BLiMP minimal pairs, read from the published JSONL files (one file per paradigm).
 
 Each line holds at least `sentence_good` and `sentence_bad`; the paradigm's name is the file's
-stem (e.g. `adjunct_island.jsonl` -> `adjunct_island`). Scoring lives in `tasks/evaluate.py`.
+stem (e.g. `adjunct_island.jsonl` -> `adjunct_island`). Scoring lives in `tasks/evaluate/checkpoint.py`.
 """
 
 from __future__ import annotations

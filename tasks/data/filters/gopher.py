@@ -13,8 +13,8 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-from lmforge.tasks.filters.base import DocumentFilter
-from lmforge.tasks.filters.text_units import (
+from lmforge.tasks.data.filters.base import DocumentFilter
+from lmforge.tasks.data.filters.text_units import (
     TextUnits,
     hash_strings,
     ngram_hashes,

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import torch
 import torch.nn.functional as F
 
-from lmforge.tasks.dataset_versions import read_documents
+from lmforge.tasks.data.dataset_versions import read_documents
 
 from lmforge.manifest import claim_output_dir, read_manifest, stage_output
 from lmforge.model.checkpoint import load_model
@@ -38,10 +38,10 @@ from lmforge.model.classifier import SequenceClassifier, save_classifier
 from lmforge.model.runtime import autocast_context, build_optimizer, resolve_device
 from lmforge.model.schedule import LRSchedule
 from lmforge.tasks import plots
-from lmforge.tasks.finetune_data import FinetuneDataError, LabelledText, load_labelled_texts
-from lmforge.tasks.finetune_steps import LogCallback, MetricsHistory, optimizer_step
-from lmforge.tasks.shards import TOKENIZER_FILE
-from lmforge.tasks.tokenizer import load_tokenizer, special_token_ids, tokenizer_vocab_size
+from lmforge.tasks.finetune.data import FinetuneDataError, LabelledText, load_labelled_texts
+from lmforge.tasks.finetune.steps import LogCallback, MetricsHistory, optimizer_step
+from lmforge.tasks.tokens.shards import TOKENIZER_FILE
+from lmforge.tasks.tokens.tokenizer import load_tokenizer, special_token_ids, tokenizer_vocab_size
 
 LabelSource = Literal["section", "site"]
 

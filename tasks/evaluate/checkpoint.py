@@ -27,16 +27,16 @@ from lmforge.model.checkpoint import load_model
 from lmforge.model.data import TokenSplit, open_token_split, sequential_windows
 from lmforge.model.runtime import resolve_device
 from lmforge.model.shard_format import SHARD_PATTERN
-from lmforge.tasks.blimp import MinimalPair, load_blimp
-from lmforge.tasks.dataset_versions import (
+from lmforge.tasks.evaluate.blimp import MinimalPair, load_blimp
+from lmforge.tasks.data.dataset_versions import (
     UNKNOWN_LANGUAGE,
     dataset_doc_files,
     document_batches,
     has_dataset,
 )
-from lmforge.tasks.shards import STAGE as SHARDS_STAGE
-from lmforge.tasks.shards import TOKENIZER_FILE, is_validation_document
-from lmforge.tasks.tokenizer import (
+from lmforge.tasks.tokens.shards import STAGE as SHARDS_STAGE
+from lmforge.tasks.tokens.shards import TOKENIZER_FILE, is_validation_document
+from lmforge.tasks.tokens.tokenizer import (
     load_tokenizer,
     special_token_ids,
     to_valid_utf8,
@@ -511,7 +511,7 @@ def evaluate_checkpoint(
             blimp_accuracy(model, tokenizer, paradigms, blimp_batch_size, blimp_max_pairs)
         )
     if benchmarks:
-        from lmforge.tasks.benchmarks import evaluate_benchmarks
+        from lmforge.tasks.evaluate.benchmarks import evaluate_benchmarks
 
         results["benchmarks"] = evaluate_benchmarks(
             model,

@@ -3,7 +3,7 @@
 Every task becomes a list of `BenchmarkItem`s: a context, the candidate continuations and the
 index of the right one. Prompts follow lm-eval's task configs (`Question: ...\\nAnswer:` for ARC
 and PIQA, HellaSwag's bracket clean-up, LAMBADA's last word), so scores are comparable.
-Scoring lives in `tasks/benchmarks.py`; fetching files or URLs in `tasks/benchmark_sources.py`.
+Scoring lives in `tasks/evaluate/benchmarks.py`; fetching files or URLs in `tasks/evaluate/benchmark_sources.py`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from lmforge.tasks.filters.text_units import TextUnits
+from lmforge.tasks.data.filters.text_units import TextUnits
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from lmforge.tasks.inputs import is_remote
+from lmforge.tasks.data.inputs import is_remote
 
 from lmforge.manifest import MANIFEST_NAME, input_sha256, read_manifest
 

@@ -45,7 +45,7 @@ def bundled_model_path() -> Path:
 @functools.cache
 def iso639_1_codes() -> dict[str, str]:
     """ISO 639-3 (or 639-2/T) code -> the ISO 639-1 code lmforge uses (the bundled table)."""
-    resource = importlib.resources.files("lmforge.tasks") / "resources" / _ISO_TABLE
+    resource = importlib.resources.files("lmforge.tasks.data") / "resources" / _ISO_TABLE
     table: dict[str, str] = {}
     for line in resource.read_text(encoding="utf-8").splitlines():
         if line and not line.startswith("#"):

@@ -1,11 +1,11 @@
 """lm-evaluation-harness adapter: the model name `lmforge` for any lmforge checkpoint.
 
     lmforge-lm-eval --model lmforge --model_args checkpoint=DIR --tasks hellaswag
-    python -m lmforge.lm_eval_model --model lmforge --model_args checkpoint=DIR --device cuda ...
+    python -m lmforge.tasks.evaluate.lm_eval_model --model lmforge --model_args checkpoint=DIR --device cuda ...
 
 lm-eval 0.4.x finds models only through `@register_model` at import time (it has no entry-point
 discovery for models), so the commands above import this module and then run lm-eval's own CLI
-with the same arguments; in Python, `import lmforge.lm_eval_model` before `simple_evaluate`.
+with the same arguments; in Python, `import lmforge.tasks.evaluate.lm_eval_model` before `simple_evaluate`.
 Scoring reuses lmforge's batched continuation scorer; every text starts after `<|endoftext|>`,
 as documents do in training. Needs the `lm-eval` extra.
 """
@@ -22,9 +22,9 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from lmforge.model.checkpoint import load_model
 from lmforge.model.runtime import resolve_device
-from lmforge.tasks.evaluate import continuation_scores
+from lmforge.tasks.evaluate.checkpoint import continuation_scores
 from lmforge.tasks.generate import checkpoint_tokenizer_file, stream_generate
-from lmforge.tasks.tokenizer import load_tokenizer, special_token_ids, to_valid_utf8
+from lmforge.tasks.tokens.tokenizer import load_tokenizer, special_token_ids, to_valid_utf8
 
 
 @register_model("lmforge")

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lmforge.tasks.filters.base import DocumentFilter
-from lmforge.tasks.filters.gopher import duplicate_fractions
-from lmforge.tasks.filters.text_units import (
+from lmforge.tasks.data.filters.base import DocumentFilter
+from lmforge.tasks.data.filters.gopher import duplicate_fractions
+from lmforge.tasks.data.filters.text_units import (
     TextUnits,
     ends_with_terminal_punctuation,
     nonempty_lines,

@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tokenizers import Encoding, Tokenizer
 
-from lmforge.tasks.dataset_versions import (
+from lmforge.tasks.data.dataset_versions import (
     dataset_doc_files,
     document_batches,
     partition_language,
@@ -66,7 +66,7 @@ from lmforge.model.shard_format import (
     token_dtype,
     write_shard,
 )
-from lmforge.tasks.tokenizer import (
+from lmforge.tasks.tokens.tokenizer import (
     LanguageSampling,
     TokenizerConfig,
     flatten_encodings,

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from lmforge.tasks.benchmark_formats import BenchmarkItem, benchmark_task
-from lmforge.tasks.benchmark_sources import DEFAULT_CACHE, fetch_benchmark_file
-from lmforge.tasks.evaluate import EvaluationError, continuation_scores
-from lmforge.tasks.tokenizer import special_token_ids, to_valid_utf8
+from lmforge.tasks.evaluate.benchmark_formats import BenchmarkItem, benchmark_task
+from lmforge.tasks.evaluate.benchmark_sources import DEFAULT_CACHE, fetch_benchmark_file
+from lmforge.tasks.evaluate.checkpoint import EvaluationError, continuation_scores
+from lmforge.tasks.tokens.tokenizer import special_token_ids, to_valid_utf8
 
 FEWSHOT_DELIMITER = "\n\n"  # between solved examples and before the question, as in lm-eval
 BOOTSTRAP_ITERS = 1000

@@ -46,7 +46,7 @@ from typing import IO, Protocol
 
 import numpy as np
 from datasketch import MinHash
-from lmforge.tasks.filters.text_units import (
+from lmforge.tasks.data.filters.text_units import (
     TextUnits,
     char_shingle_hashes,
     mix64,

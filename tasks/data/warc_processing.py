@@ -20,16 +20,16 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from lmforge.tasks.data_config import DataConfig
-from lmforge.tasks.data_stats import StepStats
-from lmforge.tasks.filters import DocumentFilter
-from lmforge.tasks.filters.text_units import TextUnits
-from lmforge.tasks.html_text import decode_page, extract_main_text, html_rejection
+from lmforge.tasks.data.config import DataConfig
+from lmforge.tasks.data.stats import StepStats
+from lmforge.tasks.data.filters import DocumentFilter
+from lmforge.tasks.data.filters.text_units import TextUnits
+from lmforge.tasks.data.html_text import decode_page, extract_main_text, html_rejection
 from lmforge.manifest import sha256_file
-from lmforge.tasks.inputs import WARC_SUFFIXES, input_name, local_input, path_inside
-from lmforge.tasks.declared_language import declared_language
-from lmforge.tasks.language_id import LanguageIdentifier
-from lmforge.tasks.warc import WarcResponse, WarcResponseReader
+from lmforge.tasks.data.inputs import WARC_SUFFIXES, input_name, local_input, path_inside
+from lmforge.tasks.data.declared_language import declared_language
+from lmforge.tasks.data.language_id import LanguageIdentifier
+from lmforge.tasks.data.warc import WarcResponse, WarcResponseReader
 from resiliparse.parse.html import HTMLParserException
 
 log = logging.getLogger(__name__)

@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lmforge.tasks.data_config import DataConfig
-from lmforge.tasks.dataset_versions import unprocessed_inputs
-from lmforge.tasks.dataset_writer import continues_dataset, find_duplicates, write_dataset
-from lmforge.tasks.inputs import check_remote_inputs, resolve_inputs
-from lmforge.tasks.warc_processing import process_warc_file
+from lmforge.tasks.data.config import DataConfig
+from lmforge.tasks.data.dataset_versions import unprocessed_inputs
+from lmforge.tasks.data.dataset_writer import continues_dataset, find_duplicates, write_dataset
+from lmforge.tasks.data.inputs import check_remote_inputs, resolve_inputs
+from lmforge.tasks.data.warc_processing import process_warc_file
 
 from lmforge.manifest import output_lock, read_manifest
 

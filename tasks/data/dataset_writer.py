@@ -4,7 +4,7 @@ candidates and against the dataset already in the output directory, then add a d
 checking that kept + removed == responses.
 
 A refresh into a directory that holds a dataset built with the same `DataConfig` adds a
-version (see `lmforge.tasks.dataset_versions` for the layout): input files whose sha256 is in
+version (see `lmforge.tasks.data.dataset_versions` for the layout): input files whose sha256 is in
 the ledger are skipped, new documents are deduplicated against every document kept before, and
 old files are never rewritten. A directory holding a dataset built with other settings (or
 before datasets had versions) is replaced by a new version 1, as every refresh used to do; a
@@ -24,9 +24,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from lmforge.errors import LmforgeError
-from lmforge.tasks.data_config import DataConfig
-from lmforge.tasks.data_stats import merge_file_stats
-from lmforge.tasks.dataset_versions import (
+from lmforge.tasks.data.config import DataConfig
+from lmforge.tasks.data.stats import merge_file_stats
+from lmforge.tasks.data.dataset_versions import (
     DOCS_DIR,
     INDEX_DIR,
     LANGUAGE_KEY,
@@ -38,9 +38,9 @@ from lmforge.tasks.dataset_versions import (
     ledger,
     write_ledger,
 )
-from lmforge.tasks.dedup import DedupDocument, DuplicateReport, KeptSignatures, MinHashConfig
-from lmforge.tasks.dedup import find_duplicates as find_duplicate_documents
-from lmforge.tasks.dedup_index import (
+from lmforge.tasks.data.dedup import DedupDocument, DuplicateReport, KeptSignatures, MinHashConfig
+from lmforge.tasks.data.dedup import find_duplicates as find_duplicate_documents
+from lmforge.tasks.data.dedup_index import (
     INDEX_FORMAT,
     index_files,
     index_is_usable,
@@ -48,7 +48,7 @@ from lmforge.tasks.dedup_index import (
     load_index,
     rebuild_index,
 )
-from lmforge.tasks.warc_processing import DOC_SCHEMA, REMOVED_SCHEMA, FileResult
+from lmforge.tasks.data.warc_processing import DOC_SCHEMA, REMOVED_SCHEMA, FileResult
 
 from lmforge.manifest import (
     claim_output_dir,
@@ -121,7 +121,7 @@ def find_duplicates(
     config: DataConfig,
     data_dir: str | os.PathLike[str] | None = None,
 ) -> DuplicateReport:
-    """Exact and near duplicates among the candidates of all files (see `lmforge.tasks.dedup`).
+    """Exact and near duplicates among the candidates of all files (see `lmforge.tasks.data.dedup`).
 
     With `data_dir` holding a dataset that this refresh continues (`continues_dataset`), files
     it already processed are left out and the new documents are also deduplicated against its

@@ -28,14 +28,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from lmforge.errors import LmforgeError
-from lmforge.tasks.dataset_versions import (
+from lmforge.tasks.data.dataset_versions import (
     INDEX_DIR,
     committed_files,
     dataset_doc_files,
     document_batches,
     file_version,
 )
-from lmforge.tasks.dedup import (
+from lmforge.tasks.data.dedup import (
     KEY_BYTES,
     KeptSignatures,
     MinHashConfig,

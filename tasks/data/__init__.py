@@ -1,0 +1,1 @@
+"""The data stage: WARC files in, a filtered, deduplicated Parquet dataset out."""

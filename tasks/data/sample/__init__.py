@@ -1,0 +1,1 @@
+"""The built-in offline demo corpus (a WARC crawl generated from local documentation)."""

@@ -1,0 +1,1 @@
+"""Evaluation: validation metrics, benchmarks (BLiMP, multiple choice), the lm-eval adapter."""

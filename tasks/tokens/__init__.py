@@ -1,0 +1,1 @@
+"""Tokenization: the byte-level BPE tokenizer and token shards."""

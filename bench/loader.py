@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    batch_size = TrainConfig(shards_dir="", out_dir="").batch_size
+    batch_size = TrainConfig().batch_size
     seq_len = ModelConfig.preset("small", VOCAB_SIZE).max_seq_len
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory(prefix="lmforge-bench-") as scratch:

@@ -20,7 +20,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lmforge.model.train import TrainConfig, train  # noqa: E402
+from lmforge.model.config import ModelSpec  # noqa: E402
+from lmforge.model.train import TrainConfig, TrainJob, train  # noqa: E402
 
 RECIPES = {
     "modern (RoPE+RMSNorm+SwiGLU)": dict(position="rope", norm="rmsnorm", mlp="swiglu", d_ff=352),
@@ -42,12 +43,15 @@ def main() -> None:
     for index, (name, overrides) in enumerate(RECIPES.items()):
         history: list[tuple[int, float]] = []
         result = train(
-            TrainConfig(
-                shards_dir=args.shards, out_dir=str(out / f"run{index}"), preset="tiny",
-                model_overrides=overrides, max_steps=args.steps, batch_size=args.batch,
-                seq_len=args.seq, warmup_steps=args.steps // 10, eval_every=max(1, args.steps // 6),
-                log_every=max(1, args.steps // 6), checkpoint_every=args.steps, device="cpu",
-                progress=False,
+            TrainJob(
+                shards_dir=args.shards, out_dir=str(out / f"run{index}"),
+                model=ModelSpec(preset="tiny", **overrides),
+                train=TrainConfig(
+                    max_steps=args.steps, batch_size=args.batch, seq_len=args.seq,
+                    warmup_steps=args.steps // 10, eval_every=max(1, args.steps // 6),
+                    log_every=max(1, args.steps // 6), checkpoint_every=args.steps,
+                    device="cpu", progress=False,
+                ),
             ),
             on_log=lambda step, m, h=history: h.append((step, m["val_loss"])) if "val_loss" in m
             else None,

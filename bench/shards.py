@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from lmforge.manifest import stage_output
 from lmforge.tasks.data.sample.corpus import collect_doc_pages, page_text
-from lmforge.tasks.tokens.shards import ShardParams, build_shards, document_files
+from lmforge.tasks.tokens.shards import ShardConfig, build_shards, document_files
 from lmforge.tasks.tokens.tokenizer import load_tokenizer
 
 TARGET = 0.85
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="a data_refresh output (default: Python docs)")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--vocab-size", type=int, default=ShardParams.vocab_size)
-    parser.add_argument("--batch-size", type=int, default=ShardParams.batch_size)
+    parser.add_argument("--vocab-size", type=int, default=ShardConfig().vocab_size)
+    parser.add_argument("--batch-size", type=int, default=ShardConfig().batch_size)
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="lmforge-bench-") as scratch:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(texts)} documents, {megabytes:.1f} MB of text from {data}")
 
         started = time.perf_counter()
-        trained = build_shards(data, work / "trained", vocab_size=args.vocab_size)
+        trained = build_shards(data, work / "trained", ShardConfig(vocab_size=args.vocab_size))
         with_training = time.perf_counter() - started
         tokenizer_path = work / "trained" / "tokenizer.json"
         tokenizer = load_tokenizer(tokenizer_path)
@@ -86,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         def shards() -> None:
             out = work / "shards"
             shutil.rmtree(out, ignore_errors=True)
-            build_shards(data, out, tokenizer_path=tokenizer_path, batch_size=args.batch_size)
+            build_shards(
+                data, out,
+                ShardConfig(tokenizer_path=str(tokenizer_path), batch_size=args.batch_size),
+            )  # fmt: skip
 
         contenders = {
             "encode_batch": lambda: plain("encode_batch"),

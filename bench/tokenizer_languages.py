@@ -21,7 +21,7 @@ from typing import Any
 
 from lmforge.tasks.data.config import DataConfig
 from lmforge.tasks.data.refresh import refresh_dataset
-from lmforge.tasks.tokens.shards import ShardParams, build_shards
+from lmforge.tasks.tokens.shards import ShardConfig, build_shards
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = REPO.parent / "shared" / "corpus" / "webdocs"
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--data", type=Path, help="reuse this data_refresh output")
     parser.add_argument("--out", type=Path, help="keep the shards here (default: temporary)")
-    parser.add_argument("--vocab-size", type=int, default=ShardParams.vocab_size)
+    parser.add_argument("--vocab-size", type=int, default=ShardConfig().vocab_size)
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 3.0])
     parser.add_argument(
         "--val-fraction", type=float, default=0.2, help="held-out share, larger than the "
@@ -102,9 +102,11 @@ def main(argv: list[str] | None = None) -> int:
             manifests[temperature] = build_shards(
                 data,
                 work / f"shards-T{temperature:g}",
-                vocab_size=args.vocab_size,
-                val_fraction=args.val_fraction,
-                language_temperature=temperature,
+                ShardConfig(
+                    vocab_size=args.vocab_size,
+                    val_fraction=args.val_fraction,
+                    language_temperature=temperature,
+                ),
             )
             vocab = manifests[temperature]["tokenizer"]["vocab_size"]
             print(f"T={temperature:g}: {vocab} tokens, {time.perf_counter() - started:.0f} s")

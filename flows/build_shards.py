@@ -7,47 +7,44 @@ from pathlib import Path
 import mlflow
 from prefect import flow, task
 
-from lmforge.flows.params import ShardParams
+from lmforge.flows.params import ShardsRun
 from lmforge.flows.reports import mlflow_run_markdown, publish_markdown
-from lmforge.flows.tracking import configure_tracking, log_stage_manifest, stage_run
+from lmforge.flows.stages import stage_named
+from lmforge.flows.tracking import (
+    configure_tracking,
+    log_stage_manifest,
+    section_values,
+    stage_run,
+)
 from lmforge.manifest import claim_output_dir
-from lmforge.tasks.tokens.shards import STAGE
+from lmforge.recipes import log_config
+from lmforge.tasks.tokens.shards import STAGE, ShardConfig
 from lmforge.tasks.tokens.shards import build_shards as build_token_shards
 
 
 @task(name="tokenize-and-shard")
-def build_shards_task(params: ShardParams) -> dict:
-    return build_token_shards(
-        params.data,
-        params.out,
-        vocab_size=params.vocab_size,
-        min_frequency=params.min_frequency,
-        shard_tokens=params.shard_tokens,
-        val_fraction=params.val_fraction,
-        seed=params.seed,
-        tokenizer_path=params.tokenizer_path,
-        sample_bytes=params.sample_bytes,
-        language_temperature=params.language_temperature,
-        language_weights=params.language_weights,
-        max_repeats=params.max_repeats,
-        sample_seed=params.sample_seed,
-    )
+def build_shards_task(data_dir: str, out_dir: str, config: ShardConfig) -> dict:
+    return build_token_shards(data_dir, out_dir, config)
 
 
 @flow(name="build_shards", log_prints=True)
-def build_shards(params: ShardParams = ShardParams(), parent_run_id: str | None = None) -> dict:
-    """Train a byte-level BPE tokenizer on the kept documents and write train/val token shards."""
-    out = Path(params.out).resolve()
-    claim_output_dir(out, STAGE, [params.data, params.tokenizer_path])  # before any work
+def build_shards(shards: ShardConfig = ShardConfig(), run: ShardsRun = ShardsRun()) -> dict:
+    """Train a byte-level BPE tokenizer on the kept documents and write train/val token shards.
+
+    `shards` decides the tokenizer, the split and the shards; `run` names the folders."""
+    out = Path(run.out).resolve()
+    claim_output_dir(out, STAGE, [run.data, shards.tokenizer_path])  # before any work
     configure_tracking(out.parent, keep_existing=True)
-    with stage_run("build_shards", params.model_dump(), parent_run_id) as run:
-        manifest = build_shards_task(params)
+    sections = {"shards": shards, "run": run}
+    with stage_run("build_shards", section_values(sections)) as mlflow_run:
+        manifest = build_shards_task(run.data, run.out, shards)
         log_stage_manifest(out)
+        log_config(sections, out, stage_named("build_shards").command)
         mlflow.log_artifact(str(out / "tokenizer.json"), artifact_path="tokenizer")
         splits = manifest["splits"]
         tokenizer = manifest["tokenizer"]
         mlflow_link = mlflow_run_markdown(
-            mlflow.get_tracking_uri(), run.info.experiment_id, run.info.run_id
+            mlflow.get_tracking_uri(), mlflow_run.info.experiment_id, mlflow_run.info.run_id
         )
         publish_markdown(
             "build-shards-summary",

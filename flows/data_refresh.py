@@ -26,12 +26,19 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
 
-from lmforge.flows.params import DataRefreshParams
+from lmforge.flows.params import DataRefreshRun
 from lmforge.flows.reports import mlflow_run_markdown, publish_markdown, publish_table
 from lmforge.flows.runners import make_task_runner
 from lmforge.flows.stage_cache import code_version
-from lmforge.flows.tracking import configure_tracking, log_stage_manifest, stage_run
+from lmforge.flows.stages import stage_named
+from lmforge.flows.tracking import (
+    configure_tracking,
+    log_stage_manifest,
+    section_values,
+    stage_run,
+)
 from lmforge.manifest import claim_output_dir, input_sha256, output_lock, read_manifest
+from lmforge.recipes import log_config
 from lmforge.tasks import plots
 from lmforge.tasks.data.config import DataConfig
 from lmforge.tasks.data.dataset_versions import unprocessed_inputs
@@ -176,11 +183,11 @@ def write_dataset_task(
     return write_dataset(results, duplicates, out, config)
 
 
-def input_files(params: DataRefreshParams, out: Path) -> list[Path | str]:
+def input_files(run: DataRefreshRun, out: Path) -> list[Path | str]:
     """The user's WARC files (paths, globs, URLs, a crawl), or the offline sample built beside
     the output directory."""
-    if params.input or params.crawl:
-        return params.input_files()
+    if run.input or run.crawl:
+        return run.input_files()
     return build_sample_corpus(out.parent / "sample")
 
 
@@ -267,40 +274,41 @@ def log_stats(
 
 
 @flow(name="data_refresh", log_prints=True)
-def data_refresh(
-    params: DataRefreshParams = DataRefreshParams(), parent_run_id: str | None = None
-) -> dict:
+def data_refresh(data: DataConfig = DataConfig(), run: DataRefreshRun = DataRefreshRun()) -> dict:
     """Read WARC responses, extract main text, identify languages, filter, deduplicate, and
-    write kept documents and removal reasons as Parquet with a manifest."""
-    out = Path(params.out).resolve()
+    write kept documents and removal reasons as Parquet with a manifest.
+
+    `data` decides which documents are kept; `run` says where they come from, where they go
+    and where the per-file work runs."""
+    out = Path(run.out).resolve()
     claim_output_dir(out, STAGE_NAME)  # before anything is built, the sample corpus included
     # Held from start to finish: two refreshes into one folder would share its staging files.
     with output_lock(out, wait=False):
-        return _refresh(params, out, parent_run_id)
+        return _refresh(data, run, out)
 
 
-def _refresh(params: DataRefreshParams, out: Path, parent_run_id: str | None) -> dict:
-    files = input_files(params, out)
+def _refresh(config: DataConfig, run: DataRefreshRun, out: Path) -> dict:
+    files = input_files(run, out)
     claim_output_dir(out, STAGE_NAME, files)  # an input inside (or being) `out` is refused
     configure_tracking(out.parent, keep_existing=True)
-    config = params.data_config()
     if continues_dataset(out, config):
         files, done = unprocessed_inputs(out, files)
         if not files:
             print(f"data_refresh: all {len(done)} inputs are already in {out}; nothing to add")
             return read_manifest(out)
     check_remote_inputs(files)
-    runner = make_task_runner(params.runner, params.workers, params.dask_address)
+    runner = make_task_runner(run.runner, run.workers, run.dask_address)
     staging = out.parent / f".{out.name}.staging"
     staging.mkdir(parents=True, exist_ok=True)
-    run_params = {**params.model_dump(), "files": len(files)}
-    with stage_run("data_refresh", run_params, parent_run_id) as run:
+    sections = {"data": config, "run": run}
+    with stage_run("data_refresh", {**section_values(sections), "files": len(files)}) as mlflow_run:
         mlflow.set_tag("lmforge.code_version", code_version())
         results = process_warc_files.with_options(task_runner=runner)(files, config, staging)
         duplicates = find_duplicates_task(results, config, out)
         manifest = write_dataset_task(results, duplicates, out, config)
         log_stage_manifest(out)
-        log_stats(manifest, config, run, out)
+        log_config(sections, out, stage_named("data_refresh").command)
+        log_stats(manifest, config, mlflow_run, out)
     # Only a finished dataset retires the staged files and their cached per-file results.
     shutil.rmtree(staging, ignore_errors=True)
     counts = manifest["counts"]

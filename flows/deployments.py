@@ -36,19 +36,11 @@ class DeploymentSpec:
 
 
 def deployment_specs() -> list[DeploymentSpec]:
-    """The five flows the UI can trigger, in pipeline order."""
-    from lmforge.flows.build_shards import build_shards
-    from lmforge.flows.data_refresh import data_refresh
-    from lmforge.flows.evaluate import evaluate
-    from lmforge.flows.pipeline import pipeline
-    from lmforge.flows.pretrain import pretrain
+    """The flows the UI can trigger (the registry's deployed stages), in pipeline order."""
+    from lmforge.flows.stages import STAGES
 
     return [
-        DeploymentSpec(pipeline, "lmforge", "WARC files in, evaluated model out: every stage."),
-        DeploymentSpec(data_refresh, "lmforge", "WARC -> filtered, deduplicated Parquet dataset."),
-        DeploymentSpec(build_shards, "lmforge", "Dataset -> BPE tokenizer and token shards."),
-        DeploymentSpec(pretrain, "lmforge", "Token shards -> pretrained checkpoint."),
-        DeploymentSpec(evaluate, "lmforge", "Checkpoint -> loss, bits per byte, BLiMP, samples."),
+        DeploymentSpec(stage.flow(), "lmforge", stage.summary) for stage in STAGES if stage.deployed
     ]
 
 
@@ -90,7 +82,7 @@ def register_deployments(
     (turn it on from the UI's deployment page). Flow runs start in `working_dir`, where relative
     parameters such as `work_dir=work/pipeline` resolve; without it a process worker runs each
     flow in a temporary directory that it deletes afterwards. `parameters` (by flow name, e.g.
-    `{"pipeline": {"params": {...}}}`) become a deployment's defaults, which the UI's Quick run
+    `{"pipeline": {"train": {...}, "run": {...}}}`) become a deployment's defaults, which the UI's Quick run
     uses and its Custom run form starts from. Needs a reachable Prefect API
     (`PREFECT_API_URL`). Returns the deployment ids in `deployment_specs()` order.
     """

@@ -10,13 +10,15 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from prefect import flow, task
 
-from lmforge.flows.params import EvalParams
+from lmforge.flows.params import EvalRun
 from lmforge.flows.reports import publish_markdown, publish_table
 from lmforge.flows.registry import versions_of_run
+from lmforge.flows.stages import stage_named
 from lmforge.flows.tracking import (
     configure_tracking,
     find_stage_run,
     log_stage_manifest,
+    section_values,
     stage_run,
 )
 from lmforge.errors import OutputRefused
@@ -27,17 +29,18 @@ from lmforge.manifest import (
     overlapping_input,
     stage_output,
 )
+from lmforge.recipes import log_config
 from lmforge.tasks.evaluate.benchmarks import benchmark_metrics, results_markdown, results_table
-from lmforge.tasks.evaluate.checkpoint import evaluate_checkpoint
+from lmforge.tasks.evaluate.checkpoint import EvalConfig, evaluate_checkpoint
 
 
 STAGE = "evaluate"
 
 
-def evaluation_inputs(params: EvalParams) -> list[str]:
+def evaluation_inputs(config: EvalConfig, run: EvalRun) -> list[str]:
     """The local folders and files an evaluation reads (benchmark URLs are left to the task)."""
-    sources = [params.checkpoint, params.shards, params.blimp, params.data]
-    sources += [*(params.tasks or {}).values(), *(params.fewshot_from or {}).values()]
+    sources = [run.checkpoint, run.shards, run.blimp, run.data]
+    sources += [*(config.tasks or {}).values(), *(config.fewshot_from or {}).values()]
     return [source for source in sources if source]
 
 
@@ -59,32 +62,15 @@ def claim_results_file(path: str | None, inputs: list[str]) -> None:
 
 
 @task(name="evaluate-checkpoint")
-def evaluate_task(params: EvalParams) -> dict:
+def evaluate_task(config: EvalConfig, run: EvalRun) -> dict:
     return evaluate_checkpoint(
-        params.checkpoint,
-        params.shards,
-        blimp_dir=params.blimp,
-        blimp_max_pairs=params.blimp_max_pairs,
-        max_val_tokens=params.max_val_tokens,
-        max_tokens_per_language=params.max_tokens_per_language,
-        data_dir=params.data,
-        prompts=params.prompts,
-        max_new_tokens=params.max_new_tokens,
-        benchmarks=params.tasks,
-        benchmark_options=benchmark_options(params),
+        run.checkpoint,
+        run.shards,
+        config,
+        data_dir=run.data,
+        blimp_dir=run.blimp,
+        benchmark_cache=run.benchmark_cache,
     )
-
-
-def benchmark_options(params: EvalParams) -> dict:
-    options = {
-        "num_fewshot": params.num_fewshot,
-        "fewshot_sources": params.fewshot_from,
-        "seed": params.fewshot_seed,
-        "limit": params.benchmark_limit,
-    }
-    if params.benchmark_cache:
-        options["cache_dir"] = params.benchmark_cache
-    return options
 
 
 def model_lineage_tags(checkpoint: Path) -> dict[str, str]:
@@ -143,26 +129,32 @@ def language_rows(results: dict) -> list[dict]:
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate(params: EvalParams = EvalParams(), parent_run_id: str | None = None) -> dict:
-    """Score a checkpoint and write `results.json` with a manifest naming checkpoint and shards."""
-    checkpoint = Path(params.checkpoint).resolve()
-    out = Path(params.out).resolve() if params.out else checkpoint.parent / "eval"
-    claim_output_dir(out, STAGE, evaluation_inputs(params))  # before any work
-    claim_results_file(params.results_json, evaluation_inputs(params))
+def evaluate(eval: EvalConfig = EvalConfig(), run: EvalRun = EvalRun()) -> dict:
+    """Score a checkpoint and write `results.json` with a manifest naming checkpoint and shards.
+
+    `eval` decides what is measured and how; `run` names the checkpoint, the shards, the other
+    inputs and where the results go."""
+    checkpoint = Path(run.checkpoint).resolve()
+    out = Path(run.out).resolve() if run.out else checkpoint.parent / "eval"
+    inputs = evaluation_inputs(eval, run)
+    claim_output_dir(out, STAGE, inputs)  # before any work
+    claim_results_file(run.results_json, inputs)
     configure_tracking(out.parent, keep_existing=True)
-    with stage_run("evaluate", params.model_dump(), parent_run_id) as run:
+    sections = {"eval": eval, "run": run}
+    with stage_run("evaluate", section_values(sections)) as mlflow_run:
         lineage = model_lineage_tags(checkpoint)
         mlflow.set_tags(lineage)
-        results = evaluate_task(params)
+        results = evaluate_task(eval, run)
         with stage_output(
-            out, STAGE, params.model_dump(), inputs=[params.checkpoint, params.shards]
+            out, STAGE, section_values(sections), inputs=[run.checkpoint, run.shards]
         ) as stage:
             (stage.path / "results.json").write_text(json.dumps(results, indent=2))
             stage.counts.update(scores(results))
-        if params.results_json:
-            Path(params.results_json).parent.mkdir(parents=True, exist_ok=True)
-            Path(params.results_json).write_text(json.dumps(results, indent=2))
+        if run.results_json:
+            Path(run.results_json).parent.mkdir(parents=True, exist_ok=True)
+            Path(run.results_json).write_text(json.dumps(results, indent=2))
         log_stage_manifest(out, context="evaluation")
+        log_config(sections, out, stage_named("evaluate").command)
         mlflow.log_metrics(scores(results))
         for paradigm, accuracy in (results.get("blimp") or {}).items():
             mlflow.log_metric(f"blimp.{paradigm}", accuracy)
@@ -183,7 +175,7 @@ def evaluate(params: EvalParams = EvalParams(), parent_run_id: str | None = None
             publish_table("evaluate-benchmarks", rows, "Benchmark scores (± standard error)")
             table = "# Benchmarks\n\n" + results_markdown(rows)
             publish_markdown("evaluate-benchmarks-table", table)
-        link_model_versions(lineage, run.info.run_id)
+        link_model_versions(lineage, mlflow_run.info.run_id)
         publish_table(
             "evaluate-scores",
             [{"metric": k, "value": round(v, 4)} for k, v in scores(results).items()],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,7 @@ from pydantic import BaseModel
 from lmforge.flows.build_shards import build_shards
 from lmforge.flows.data_refresh import data_refresh
 from lmforge.flows.evaluate import evaluate
-from lmforge.flows.params import (
-    DataRefreshParams,
-    EvalParams,
-    PipelineParams,
-    ShardParams,
-    TrainParams,
-)
+from lmforge.flows.params import DataRefreshRun, EvalRun, PipelineRun, PretrainRun, ShardsRun
 from lmforge.flows.pretrain import pretrain
 from lmforge.flows.reports import (
     mlflow_run_markdown,
@@ -35,46 +30,54 @@ from lmforge.flows.reports import (
     publish_markdown,
 )
 from lmforge.flows.stage_cache import StageCache, code_version, stage_key
-from lmforge.flows.tracking import configure_tracking, log_stage_manifest, prefect_tags, stage_run
-from lmforge.manifest import describe_input, read_manifest
+from lmforge.flows.stages import PIPELINE_STAGES, stage_named
+from lmforge.flows.tracking import (
+    child_runs_of,
+    configure_tracking,
+    flatten_params,
+    log_stage_manifest,
+    prefect_tags,
+    section_values,
+    stage_run,
+)
+from lmforge.manifest import MANIFEST_NAME, describe_input, read_manifest
+from lmforge.model.config import ModelSpec
+from lmforge.model.train import TrainConfig
+from lmforge.recipes import log_config
+from lmforge.tasks.data.config import DataConfig
 from lmforge.tasks.data.refresh import resolve_inputs
+from lmforge.tasks.evaluate.checkpoint import EvalConfig
+from lmforge.tasks.tokens.shards import ShardConfig
 
-STAGES = ("data_refresh", "build_shards", "pretrain", "evaluate")
+STAGES = PIPELINE_STAGES  # data_refresh, build_shards, pretrain, evaluate: the registry's order
 
 
-def stage_params(params: PipelineParams) -> tuple[DataRefreshParams, ShardParams, TrainParams, EvalParams]:
-    work = Path(params.work_dir).resolve()
+def stage_runs(run: PipelineRun) -> tuple[DataRefreshRun, ShardsRun, PretrainRun, EvalRun]:
+    """Each stage's folders under `run.work_dir`, wired output to input."""
+    work = Path(run.work_dir).resolve()
     data, shards, train, evaluation = (str(work / name) for name in ("data", "shards", "train", "eval"))
     return (
-        DataRefreshParams(input=params.input, out=data, languages=params.languages),
-        ShardParams(data=data, out=shards, vocab_size=params.vocab_size, seed=params.seed),
-        TrainParams(
-            shards=shards,
-            out=train,
-            preset=params.preset,
-            max_steps=params.max_steps,
-            batch_size=params.batch_size,
-            seq_len=params.seq_len,
-            seed=params.seed,
-            # Rerunning into the same work dir continues (or reuses) that training run.
-            resume=True,
-        ),
-        EvalParams(checkpoint=train, shards=shards, out=evaluation, blimp=params.blimp),
-    )
+        DataRefreshRun(input=run.input, out=data, workers=run.workers, runner=run.runner,
+                       dask_address=run.dask_address),
+        ShardsRun(data=data, out=shards),
+        PretrainRun(shards=shards, out=train, register_model=run.register_model,
+                    registered_model_name=run.registered_model_name, model_alias=run.model_alias),
+        EvalRun(checkpoint=train, shards=shards, out=evaluation, blimp=run.blimp),
+    )  # fmt: skip
 
 
-def data_inputs(params: DataRefreshParams) -> list[dict[str, Any]]:
+def data_inputs(run: DataRefreshRun) -> list[dict[str, Any]]:
     """The WARC files' digests; the built-in sample is fixed by the code version alone."""
-    if not params.input:
+    if not run.input:
         return [{"sample_corpus": True}]
-    return [describe_input(path) for path in resolve_inputs(params.input)]
+    return [describe_input(path) for path in resolve_inputs(run.input)]
 
 
 @task(name="reuse-stage-output", task_run_name="reuse {stage} output")
-def reuse_stage_output(stage: str, params: BaseModel, out: str, parent_run_id: str):
+def reuse_stage_output(stage: str, sections: dict[str, BaseModel], out: str, parent_run_id: str):
     """Record a reused stage: a child MLflow run tagged `lmforge.cache=hit` with the output's
     manifest and inputs (lineage stays complete), and a Cached state in Prefect."""
-    with stage_run(stage, params.model_dump(), parent_run_id):
+    with stage_run(stage, section_values(sections), parent_run_id):
         mlflow.set_tag("lmforge.cache", "hit")
         log_stage_manifest(out)
     print(f"{stage}: reusing {out} (same inputs, parameters and code)")
@@ -84,74 +87,113 @@ def reuse_stage_output(stage: str, params: BaseModel, out: str, parent_run_id: s
 def run_or_reuse(
     stage: str,
     stage_flow: Callable[..., Any],
-    params: BaseModel,
+    sections: dict[str, BaseModel],
     out: str,
     inputs: list[dict[str, Any]],
     cache: StageCache,
     parent_run_id: str,
 ) -> str:
-    """Run `stage_flow` unless `cache` holds its finished output; returns "ran" or "cached"."""
-    key = stage_key(stage, params.model_dump(), inputs)
+    """Run `stage_flow(**sections)` as a child of MLflow run `parent_run_id`, unless `cache`
+    holds its finished output; returns "ran" or "cached"."""
+    key = stage_key(stage, section_values(sections), inputs)
     if cache.lookup(stage, key, out) is not None:
-        reuse_stage_output(stage, params, out, parent_run_id)
+        reuse_stage_output(stage, sections, out, parent_run_id)
         return "cached"
-    stage_flow(params, parent_run_id=parent_run_id)
+    if stage == "pretrain":
+        set_aside_finished_training(Path(out))
+    with child_runs_of(parent_run_id):
+        stage_flow(**sections)
     cache.store(stage, key, out)
     return "ran"
 
 
 @flow(name="pipeline", log_prints=True)
-def pipeline(params: PipelineParams = PipelineParams()) -> dict:
-    """data_refresh -> build_shards -> pretrain -> evaluate, each a child MLflow run."""
-    work = Path(params.work_dir).resolve()
+def pipeline(
+    data: DataConfig = DataConfig(),
+    shards: ShardConfig = ShardConfig(),
+    model: ModelSpec = ModelSpec(),
+    train: TrainConfig = TrainConfig(),
+    eval: EvalConfig = EvalConfig(),
+    run: PipelineRun = PipelineRun(),
+) -> dict:
+    """data_refresh -> build_shards -> pretrain -> evaluate, each a child MLflow run.
+
+    One section per stage (`data`, `shards`, `model`, `train`, `eval`) says what it does; `run`
+    says what goes in and where the stages write."""
+    work = Path(run.work_dir).resolve()
     tracking_uri = configure_tracking(work)
-    data_params, shard_params, train_params, eval_params = stage_params(params)
+    data_run, shards_run, train_run, eval_run = stage_runs(run)
+    # Rerunning into the same work dir continues (or reuses) that training run.
+    train = train.model_copy(update={"resume": True})
     cache = StageCache(work)
     tags = {"lmforge.stage": "pipeline", "lmforge.code_version": code_version(), **prefect_tags()}
-    with mlflow.start_run(run_name="pipeline", tags=tags) as run:
-        mlflow.log_params({k: str(v) for k, v in params.model_dump().items()})
-        parent = run.info.run_id
+    sections = {
+        "data": data, "shards": shards, "model": model, "train": train, "eval": eval, "run": run,
+    }  # fmt: skip
+    with mlflow.start_run(run_name="pipeline", tags=tags) as mlflow_run:
+        mlflow.log_params(flatten_sections(sections))
+        log_config(sections, work, stage_named("pipeline").command)
+        parent = mlflow_run.info.run_id
         outcomes = {
             "data_refresh": run_or_reuse(
-                "data_refresh", data_refresh, data_params, data_params.out,
-                data_inputs(data_params), cache, parent,
+                "data_refresh", data_refresh, {"data": data, "run": data_run}, data_run.out,
+                data_inputs(data_run), cache, parent,
             ),
         }
         outcomes["build_shards"] = run_or_reuse(
-            "build_shards", build_shards, shard_params, shard_params.out,
-            [describe_input(shard_params.data)], cache, parent,
+            "build_shards", build_shards, {"shards": shards, "run": shards_run}, shards_run.out,
+            [describe_input(shards_run.data)], cache, parent,
         )
         outcomes["pretrain"] = run_or_reuse(
-            "pretrain", pretrain, train_params, train_params.out,
-            [describe_input(train_params.shards)], cache, parent,
+            "pretrain", pretrain, {"model": model, "train": train, "run": train_run},
+            train_run.out, [describe_input(train_run.shards)], cache, parent,
         )
         outcomes["evaluate"] = run_or_reuse(
-            "evaluate", evaluate, eval_params, eval_params.out,
-            [describe_input(eval_params.checkpoint), describe_input(eval_params.shards)],
+            "evaluate", evaluate, {"eval": eval, "run": eval_run}, eval_run.out,
+            [describe_input(eval_run.checkpoint), describe_input(eval_run.shards)],
             cache, parent,
         )
-        results = json.loads((Path(eval_params.out) / "results.json").read_text())
+        results = json.loads((Path(eval_run.out) / "results.json").read_text())
         headline = {k: results[k] for k in ("val_loss", "val_bpb", "blimp_acc") if k in results}
         mlflow.log_metrics({k: float(v) for k, v in headline.items()})
         cached = [stage for stage in STAGES if outcomes[stage] == "cached"]
         mlflow.set_tag("lmforge.cached_stages", ",".join(cached))
-        experiment_id = run.info.experiment_id
+        experiment_id = mlflow_run.info.experiment_id
     summary = {
         "work_dir": str(work),
-        "data": data_params.out,
-        "shards": shard_params.out,
-        "checkpoint": train_params.out,
-        "results": str(Path(eval_params.out) / "results.json"),
+        "data": data_run.out,
+        "shards": shards_run.out,
+        "checkpoint": train_run.out,
+        "results": str(Path(eval_run.out) / "results.json"),
         "mlflow_tracking_uri": tracking_uri,
         "mlflow_run_id": parent,
-        "documents": read_manifest(data_params.out)["counts"]["kept"],
-        "train_tokens": read_manifest(shard_params.out)["splits"]["train"]["tokens"],
-        "final_train_loss": read_manifest(train_params.out)["counts"].get("final_train_loss"),
+        "documents": read_manifest(data_run.out)["counts"]["kept"],
+        "train_tokens": read_manifest(shards_run.out)["splits"]["train"]["tokens"],
+        "final_train_loss": read_manifest(train_run.out)["counts"].get("final_train_loss"),
         "stages": outcomes,
         **headline,
     }
     publish_report(summary, tracking_uri, experiment_id)
     return summary
+
+
+def set_aside_finished_training(out: Path) -> Path | None:
+    """A finished training run in `out` that this pipeline run does not reuse (its settings or
+    inputs changed) is renamed to `out.superseded-<UTC time>`, never overwritten or deleted:
+    training then starts afresh in `out`. Checkpoints without a manifest are a run that stopped
+    early, and the pipeline resumes it instead."""
+    if not (out / MANIFEST_NAME).is_file():
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    kept = out.with_name(f"{out.name}.superseded-{stamp}")
+    out.rename(kept)
+    print(f"pretrain: settings or inputs changed; the previous run is kept in {kept}")
+    return kept
+
+
+def flatten_sections(sections: dict[str, BaseModel]) -> dict[str, str]:
+    """The pipeline run's MLflow params: `section.field` (nested models flattened)."""
+    return flatten_params(section_values(sections))
 
 
 def publish_report(summary: dict, tracking_uri: str, experiment_id: str) -> None:

@@ -12,46 +12,24 @@ from prefect import flow, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext
 
-from lmforge.flows.params import TrainParams
+from lmforge.flows.params import PretrainRun
 from lmforge.flows.registry import default_registered_name, register_checkpoint
 from lmforge.flows.reports import mlflow_run_markdown, publish_markdown
+from lmforge.flows.stages import stage_named
 from lmforge.flows.tracking import (
     MetricsLogger,
     configure_tracking,
     log_stage_manifest,
+    section_values,
     stage_run,
 )
-from lmforge.model.train import TrainConfig, TrainResult
+from lmforge.model.config import ModelSpec
+from lmforge.model.train import TrainConfig, TrainJob, TrainResult
+from lmforge.recipes import log_config
 from lmforge.tasks import plots
 from lmforge.tasks.pretrain import TorchrunOptions, run_pretraining
 
 log = logging.getLogger(__name__)
-
-
-def train_config(params: TrainParams) -> TrainConfig:
-    return TrainConfig(
-        shards_dir=params.shards,
-        out_dir=params.out,
-        preset=params.preset,
-        max_steps=params.max_steps,
-        batch_size=params.batch_size,
-        seq_len=params.seq_len,
-        lr=params.lr,
-        warmup_steps=(
-            params.warmup_steps if params.warmup_steps is not None else params.max_steps // 10
-        ),
-        eval_every=params.eval_every,
-        checkpoint_every=params.checkpoint_every,
-        seed=params.seed,
-        resume=params.resume,
-        stop_after=params.stop_after,
-        device=params.device,
-        strategy=params.strategy or default_strategy(torchrun_options(params)),
-        compile=params.compile,
-        activation_checkpointing=params.activation_checkpointing,
-        grad_accum=params.grad_accum,
-        microbatches=params.microbatches,
-    )
 
 
 def tag_shards_input(manifest: dict) -> None:
@@ -62,17 +40,11 @@ def tag_shards_input(manifest: dict) -> None:
             mlflow.set_tag("lmforge.shards_manifest_sha256", item.get("manifest_sha256", ""))
 
 
-def default_strategy(launch: TorchrunOptions) -> str:
-    return "single" if launch.world_size == 1 else "ddp"
-
-
-def torchrun_options(params: TrainParams) -> TorchrunOptions:
+def torchrun_options(run: PretrainRun) -> TorchrunOptions:
     return TorchrunOptions(
-        nproc=params.nproc,
-        nnodes=params.nnodes,
-        node_rank=params.node_rank,
-        rdzv_endpoint=params.rdzv_endpoint,
-    )
+        nproc=run.nproc, nnodes=run.nnodes, node_rank=run.node_rank,
+        rdzv_endpoint=run.rdzv_endpoint,
+    )  # fmt: skip
 
 
 PROGRESS_KEY = "pretrain-progress"
@@ -118,7 +90,7 @@ class TrainingProgress:
 
 @task(name="train-model")
 def train_task(
-    config: TrainConfig,
+    config: TrainJob,
     run_id: str,
     launch: TorchrunOptions,
     progress_id: UUID | None = None,
@@ -126,7 +98,7 @@ def train_task(
     """Train (in this process, or under torchrun when `launch` asks for several), streaming
     rank 0's metrics into MLflow run `run_id` and its steps into progress artifact
     `progress_id`; returns the result and the metrics."""
-    progress = TrainingProgress(progress_id, config.max_steps)
+    progress = TrainingProgress(progress_id, config.train.max_steps)
     logger = MetricsLogger(run_id, on_step=progress)
     result = run_pretraining(config, on_log=logger, launch=launch)
     if result is None:
@@ -138,15 +110,24 @@ def train_task(
 
 
 @flow(name="pretrain", log_prints=True)
-def pretrain(params: TrainParams = TrainParams(), parent_run_id: str | None = None) -> dict:
+def pretrain(
+    model: ModelSpec = ModelSpec(),
+    train: TrainConfig = TrainConfig(),
+    run: PretrainRun = PretrainRun(),
+) -> dict:
     """Pretrain a decoder-only transformer; checkpoints are resumable, the final model is
-    written with a manifest that names the shards it was trained on."""
-    out = Path(params.out).resolve()
+    written with a manifest that names the shards it was trained on.
+
+    `model` is the shape, `train` how it is trained, `run` the folders, processes and registry."""
+    out = Path(run.out).resolve()
     configure_tracking(out.parent, keep_existing=True)
-    with stage_run("pretrain", params.model_dump(), parent_run_id) as run:
-        launch = torchrun_options(params)
-        progress_id = create_training_progress(params.max_steps)
-        result, history = train_task(train_config(params), run.info.run_id, launch, progress_id)
+    sections = {"model": model, "train": train, "run": run}
+    job = TrainJob(shards_dir=run.shards, out_dir=run.out, model=model, train=train)
+    with stage_run("pretrain", section_values(sections)) as mlflow_run:
+        launch = torchrun_options(run)
+        progress_id = create_training_progress(train.max_steps)
+        result, history = train_task(job, mlflow_run.info.run_id, launch, progress_id)
+        log_config(sections, out, stage_named("pretrain").command)
         summary = {
             "out_dir": str(out),
             "completed": result.completed,
@@ -161,15 +142,15 @@ def pretrain(params: TrainParams = TrainParams(), parent_run_id: str | None = No
             manifest = log_stage_manifest(out, context="training")
             mlflow.log_artifact(str(out / "model_config.json"), artifact_path="model")
             tag_shards_input(manifest)
-            if params.register_model:
-                name = params.registered_model_name or default_registered_name(params.preset)
-                version = register_checkpoint(out, name, params.model_alias or None)
+            if run.register_model:
+                name = run.registered_model_name or default_registered_name(model.preset)
+                version = register_checkpoint(out, name, run.model_alias or None)
                 summary["registered_model"] = f"{name}:{version.version}"
         with plots.figure_files() as figures:
             plots.training_curves(history, figures / "loss.png")
             mlflow.log_artifacts(str(figures), artifact_path="plots")
         run_link = mlflow_run_markdown(
-            mlflow.get_tracking_uri(), run.info.experiment_id, run.info.run_id
+            mlflow.get_tracking_uri(), mlflow_run.info.experiment_id, mlflow_run.info.run_id
         )
         publish_markdown(
             "pretrain-summary",

@@ -8,6 +8,7 @@ run it belongs to as tags — so a model can be traced back to the WARC files it
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import time
@@ -21,6 +22,7 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
+from pydantic import BaseModel
 
 from lmforge import __version__
 from lmforge.flows.tracking_store import open_sqlite_store, sqlite_path
@@ -95,8 +97,10 @@ def prefect_tags() -> dict[str, str]:
 def stage_run(
     stage: str, params: Mapping[str, Any], parent_run_id: str | None = None
 ) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run for one stage; a child of `parent_run_id` (or of the active run) if given."""
+    """An MLflow run for one stage; a child of `parent_run_id`, else of the run `child_runs_of`
+    names, else of the active run, if any."""
     active = mlflow.active_run()
+    parent_run_id = parent_run_id or _parent_run.get()
     parent_run_id = parent_run_id or (active.info.run_id if active else None)
     tags = {"lmforge.stage": stage, "lmforge.version": __version__, **prefect_tags()}
     with mlflow.start_run(
@@ -104,6 +108,33 @@ def stage_run(
     ) as run:
         mlflow.log_params(flatten_params(params))
         yield run
+
+
+# The pipeline's MLflow run, for the stage flows it calls: lineage, not a flow parameter.
+_parent_run: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "lmforge_parent_run", default=None
+)
+
+
+def enclosing_parent_run() -> str | None:
+    """The MLflow run `child_runs_of` names here, if any."""
+    return _parent_run.get()
+
+
+@contextlib.contextmanager
+def child_runs_of(parent_run_id: str) -> Iterator[None]:
+    """Stage runs opened inside the block become children of MLflow run `parent_run_id`."""
+    token = _parent_run.set(parent_run_id)
+    try:
+        yield
+    finally:
+        _parent_run.reset(token)
+
+
+def section_values(sections: Mapping[str, BaseModel]) -> dict[str, Any]:
+    """A flow's parameter sections as JSON values, e.g. {"data": {...}, "run": {...}}: what the
+    stage's MLflow run and manifest record as its resolved configuration."""
+    return {name: section.model_dump(mode="json") for name, section in sections.items()}
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

@@ -1,7 +1,9 @@
 """The `lmforge` command line: a verb per workflow, each a thin layer over the Prefect flows.
 
-Options are generated from the flows' pydantic parameter models, so the CLI, the Prefect UI form
-and the Python API share one set of names, defaults and descriptions.
+The stage commands come from the stage registry (`lmforge.flows.stages`) and their flags from
+each flow's config sections (`lmforge.recipes`): `--train.lr`, `--model.n_layer`, a recipe file
+with `--config`. The CLI, a recipe, the Prefect UI form and the record of a run share one set
+of names, defaults and descriptions.
 """
 
 from __future__ import annotations
@@ -11,9 +13,7 @@ import contextlib
 import json
 import os
 import sys
-import types
-import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,17 @@ from pydantic import BaseModel, ValidationError
 
 from lmforge import __version__
 from lmforge.errors import LmforgeError, one_line
+from lmforge.flows.stages import STAGES, Stage
+from lmforge.recipes import (
+    CONFIG_FILE,
+    ConfigError,
+    ConfigHelpFormatter,
+    add_config_flags,
+    call_with_sections,
+    load_recipe,
+    read_config_file,
+    resolve_sections,
+)
 
 # Offline by default: no telemetry calls from Prefect or MLflow (there may be no network at all).
 QUIET_ENVIRONMENT = {
@@ -31,160 +42,106 @@ QUIET_ENVIRONMENT = {
 }
 
 
-def add_model_options(
-    parser: argparse.ArgumentParser,
-    model: type[BaseModel],
-    renames: dict[str, str] | None = None,
-    skip: Sequence[str] = (),
-    required: Sequence[str] = (),
-) -> None:
-    """One `--option` per field of `model`, typed and documented from the field itself."""
-    renames = renames or {}
-    flags = {name: "--" + renames.get(name, name).replace("_", "-") for name in model.model_fields}
-    parser.set_defaults(option_flags=flags)  # error messages name a field by its option
-    for name, field in model.model_fields.items():
-        if name in skip:
-            continue
-        flag = flags[name]
-        annotation = field.annotation
-        default = field.get_default(call_default_factory=True)
-        help_text = (field.description or "").replace("%", "%%")  # argparse %-formats help
-        kwargs: dict[str, Any] = {"dest": name, "help": help_text, "default": argparse.SUPPRESS}
-        if name in required:
-            kwargs["required"] = True
-        elif default not in (None, [], "", False):
-            kwargs["help"] = f"{help_text} (default: {default})"
-        inner, is_list = _unwrap(annotation)
-        if inner is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            if is_list:
-                kwargs["nargs"] = "+"
-            if typing.get_origin(inner) is typing.Literal:
-                kwargs["choices"] = list(typing.get_args(inner))
-            elif inner in (int, float):
-                kwargs["type"] = inner
-            if not kwargs.get("choices"):
-                kwargs["metavar"] = flag[2:].replace("-", "_").upper()
-        parser.add_argument(flag, **kwargs)
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser. A stage command adds its config flags (from its flow's signature)
+    when it is first used, so `lmforge --help` and commands that run no flow import no flow."""
+
+    def __init__(self, *args: Any, stage: Stage | None = None, lazy: bool = True, **kwargs: Any):
+        if stage is not None:
+            kwargs.setdefault("formatter_class", ConfigHelpFormatter)
+            # Every field is a flag: the usage line would list hundreds of them.
+            kwargs.setdefault("usage", "%(prog)s [--config RECIPE] [--SECTION.FIELD VALUE ...]")
+        super().__init__(*args, **kwargs)
+        self.stage = stage
+        self._config_flags_added = stage is None
+        if not lazy:
+            self.add_stage_flags()
+
+    def add_stage_flags(self) -> None:
+        if self._config_flags_added:
+            return
+        self._config_flags_added = True
+        sections = self.stage.sections()
+        add_config_flags(self, sections, flat=flat_order(sections), renames=self.stage.flag_renames)
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self.add_stage_flags()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self.add_stage_flags()
+        return super().format_help()
 
 
-def _unwrap(annotation: Any) -> tuple[Any, bool]:
-    """`list[str] | None` -> (str, True); `int | None` -> (int, False)."""
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        annotation = next(a for a in args if a is not type(None))
-    if typing.get_origin(annotation) is list:
-        return typing.get_args(annotation)[0], True
-    return annotation, False
+def flat_order(sections: Mapping[str, Any]) -> list[str]:
+    """Sections whose top-level fields also take bare flags (`--max-steps`, `--out`), in the order
+    that decides who gets a name two of them share: the orchestration section `run` first."""
+    return sorted(sections, key=lambda name: name != "run")
 
 
-def params_from(args: argparse.Namespace, model: type[BaseModel], **extra: Any) -> BaseModel:
-    values = {k: v for k, v in vars(args).items() if k in model.model_fields}
-    return model(**values, **extra)
+# The word before a stage's own (`data` of `data refresh`) and its help.
+COMMAND_GROUPS = {
+    "data": "data stage commands",
+    "shards": "tokenizer and token shards",
+    "finetune": "fine-tune a pretrained model: classification, instruction following",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from lmforge.flows.params import (
-        DataRefreshParams,
-        EvalParams,
-        FinetuneClassifierParams,
-        FinetuneInstructParams,
-        PipelineParams,
-        ShardParams,
-        TrainParams,
-    )
+def add_stage_commands(commands: argparse._SubParsersAction, lazy: bool) -> dict[str, Any]:
+    """A command per stage of the registry, its flags from the stage's config sections; returns
+    the command groups' sub-command actions by word (`data`), for other commands to join."""
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for stage in STAGES:
+        *group, word = stage.command.split()
+        parent = commands
+        if group:
+            if group[0] not in groups:
+                groups[group[0]] = commands.add_parser(
+                    group[0], help=COMMAND_GROUPS[group[0]]
+                ).add_subparsers(dest=f"{group[0]}_command", metavar="COMMAND", required=True)
+            parent = groups[group[0]]
+        command = parent.add_parser(
+            word, help=stage.summary, description=stage.description, stage=stage, lazy=lazy
+        )
+        command.set_defaults(handler=run_stage, stage=stage)
+    return groups
 
+
+def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
+    """The whole command line. `lazy` adds a stage command's flags only when it is parsed (what
+    `main` does); otherwise every flow is imported now for its flags."""
     parser = argparse.ArgumentParser(
         prog="lmforge",
         description="Build a language model from raw web archives: filter, dedup, tokenize, "
         "pretrain, evaluate — every run tracked in MLflow, every stage a Prefect flow.",
     )
     parser.add_argument("--version", action="version", version=f"lmforge {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    run = commands.add_parser(
-        "run",
-        help="the whole pipeline: data refresh, shards, pretraining, evaluation",
-        description="Run the whole pipeline. With no --input it builds an offline sample of WARC "
-        "files from the Python interpreter's own documentation.",
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=CommandParser
     )
-    add_model_options(run, PipelineParams)
-    run.set_defaults(handler=run_pipeline)
+    groups = add_stage_commands(commands, lazy)
 
-    data = commands.add_parser("data", help="data stage commands").add_subparsers(
-        dest="data_command", metavar="COMMAND", required=True
-    )
-    refresh = data.add_parser(
-        "refresh",
-        help="WARC files -> filtered, deduplicated Parquet dataset",
-        description="Read WARC responses, extract main text, identify languages, apply quality "
-        "filters, remove exact and near duplicates, write docs/ and removed/ as Parquet.",
-    )
-    add_model_options(refresh, DataRefreshParams)
-    refresh.set_defaults(handler=run_data_refresh)
-
-    sample = data.add_parser(
+    sample = groups["data"].add_parser(
         "sample", help="write the built-in offline sample WARC files (Python docs + crawl noise)"
     )
     sample.add_argument("--out", required=True, metavar="DIR", help="directory for the WARC files")
     sample.set_defaults(handler=run_build_sample)
 
-    shards = commands.add_parser("shards", help="tokenizer and token shards").add_subparsers(
-        dest="shards_command", metavar="COMMAND", required=True
+    reproduce = commands.add_parser(
+        "reproduce",
+        help="run a recorded run again from its config.yaml in MLflow",
+        description="Download the config.yaml a run recorded in MLflow and run its command with "
+        "it. Flags after RUN_ID override the record, e.g. --work-dir or --out to reproduce into "
+        "a fresh folder. On the same inputs the data and shard outputs' digests are the "
+        "original's.",
     )
-    build = shards.add_parser(
-        "build",
-        help="train a byte-level BPE tokenizer and write Arrow token shards",
-        description="Train a byte-level BPE tokenizer on a dataset and write train/val token "
-        "shards as Arrow IPC files with a manifest.",
+    reproduce.add_argument("run_id", metavar="RUN_ID", help="the MLflow run to repeat")
+    reproduce.add_argument("--tracking-uri", metavar="URI", help=TRACKING_URI_HELP)
+    reproduce.add_argument(
+        "overrides", nargs=argparse.REMAINDER, metavar="FLAGS",
+        help="flags of the recorded command that override the record",
     )
-    add_model_options(build, ShardParams)
-    build.set_defaults(handler=run_build_shards)
-
-    train = commands.add_parser(
-        "train",
-        help="pretrain the transformer on token shards",
-        description="Pretrain a decoder-only transformer on token shards, with resumable "
-        "checkpoints in --out.",
-    )
-    add_model_options(train, TrainParams)
-    train.set_defaults(handler=run_pretrain)
-
-    evaluate = commands.add_parser(
-        "eval",
-        help="validation loss, bits per byte, BLiMP and samples of a checkpoint",
-        description="Evaluate a checkpoint: validation loss, perplexity, bits per byte; BLiMP "
-        "minimal-pair accuracy with --blimp; a few sampled generations.",
-    )
-    add_model_options(
-        evaluate, EvalParams, renames={"out": "eval-dir", "results_json": "out"}
-    )
-    evaluate.set_defaults(handler=run_evaluate)
-
-    finetune = commands.add_parser(
-        "finetune", help="fine-tune a pretrained model: classification, instruction following"
-    ).add_subparsers(dest="finetune_command", metavar="COMMAND", required=True)
-    classify = finetune.add_parser(
-        "classify",
-        help="text classifier from a pretrained model (labels from a file or from URLs)",
-        description="Add a classification head on the last token of a pretrained model and "
-        "fine-tune it on a labelled CSV/JSONL file (text, label) or on a data-stage directory "
-        "labelled by URL section or site; reports held-out accuracy and macro-F1 against the "
-        "majority-class baseline and registers the classifier in MLflow.",
-    )
-    add_model_options(classify, FinetuneClassifierParams)
-    classify.set_defaults(handler=run_finetune_classifier)
-    instruct = finetune.add_parser(
-        "instruct",
-        help="supervised instruction fine-tuning (full or LoRA) on Alpaca/chat JSONL",
-        description="Fine-tune a pretrained model on instruction records (Alpaca-style "
-        "instruction/input/output, or chat messages) with loss on response tokens only; "
-        "--lora-rank N trains LoRA adapters and merges them. Generates responses to held-out "
-        "prompts and registers the model in MLflow.",
-    )
-    add_model_options(instruct, FinetuneInstructParams, required=("data",))
-    instruct.set_defaults(handler=run_finetune_instruct)
+    reproduce.set_defaults(handler=run_reproduce)
 
     lineage = commands.add_parser(
         "lineage",
@@ -196,11 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lineage.add_argument("model", metavar="MODEL", help="NAME, NAME:VERSION or NAME@ALIAS")
     lineage.add_argument("--json", action="store_true", help="print the lineage as JSON")
-    lineage.add_argument(
-        "--tracking-uri",
-        metavar="URI",
-        help="MLflow store (default: MLFLOW_TRACKING_URI, else work/pipeline/mlflow.db)",
-    )
+    lineage.add_argument("--tracking-uri", metavar="URI", help=TRACKING_URI_HELP)
     lineage.set_defaults(handler=run_lineage)
 
     export_parser = commands.add_parser("export", help="export a checkpoint for other tools")
@@ -247,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy = commands.add_parser(
         "deploy",
         help="register the flows as Prefect deployments that a process worker runs",
-        description="Register pipeline, data_refresh, build_shards, pretrain and evaluate as "
+        description=f"Register {', '.join(s.name for s in STAGES if s.deployed)} as "
         "deployments on a process work pool (created if missing) of the Prefect server at "
         "PREFECT_API_URL, so the UI's Run button shows their parameter forms. data_refresh gets "
         "a cron schedule, paused unless --schedule-active. Start a worker with "
@@ -323,6 +276,7 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--state-dir", default="work/services", metavar="DIR", help=state_help)
 
 
+TRACKING_URI_HELP = "MLflow store (default: MLFLOW_TRACKING_URI, else work/pipeline/mlflow.db)"
 CHECKPOINT_HELP = "a training output directory or one of its checkpoints/step-NNNNNN directories"
 TOKENIZER_HELP = "tokenizer.json to use (default: the checkpoint's own, else its training run's)"
 
@@ -377,38 +331,131 @@ def warc_progress_bar() -> Iterator[None]:
             bar.close()
 
 
-def run_pipeline(args: argparse.Namespace) -> int:
-    from lmforge.flows.params import PipelineParams
-    from lmforge.flows.pipeline import pipeline
-    from lmforge.preflight import check_pipeline_inputs
-
-    params = params_from(args, PipelineParams)
-    check_inputs(params.input)
-    check_pipeline_inputs(params)
-    with warc_progress_bar():
-        summary = pipeline(params)
-    print_json(summary)
-    work = summary["work_dir"]
-    print(
-        f"\nOutputs are in {work}: data/, shards/, train/ (the checkpoint), eval/results.json."
-        f"\nMLflow runs: {summary['mlflow_tracking_uri']} — browse them with\n"
-        f"  mlflow ui --backend-store-uri {summary['mlflow_tracking_uri']}"
+def stage_configs(args: argparse.Namespace) -> dict[str, BaseModel]:
+    """The parsed stage command's config sections: defaults <- --config recipe <- flags."""
+    stage: Stage = args.stage
+    recipe_path = getattr(args, "config", None)
+    recipe = load_recipe(recipe_path) if recipe_path else None
+    return resolve_sections(
+        args,
+        stage.sections(),
+        recipe,
+        recipe_name=str(recipe_path),
+        other_sections=sections_of_every_stage,
     )
-    return 0
 
 
-def run_data_refresh(args: argparse.Namespace) -> int:
-    from lmforge.flows.data_refresh import data_refresh
-    from lmforge.flows.params import DataRefreshParams
+def sections_of_every_stage() -> dict[str, list[type[BaseModel]]]:
+    """Section name -> the models it has in the stages (a pipeline recipe configures a stage)."""
+    found: dict[str, list[type[BaseModel]]] = {}
+    for stage in STAGES:
+        for name, model in stage.sections().items():
+            found.setdefault(name, []).append(model)
+    return found
 
-    params = params_from(args, DataRefreshParams)
-    if not params.input and params.crawl is None:
+
+def setting(configs: Mapping[str, BaseModel], name: str, default: Any = None) -> Any:
+    """The top-level field `name` of the first section that has one (`input`, `crawl`)."""
+    for config in configs.values():
+        if name in type(config).model_fields:
+            return getattr(config, name)
+    return default
+
+
+def check_warc_inputs(stage: Stage, configs: Mapping[str, BaseModel]) -> None:
+    inputs = setting(configs, "input") or []
+    crawl, max_files = setting(configs, "crawl"), setting(configs, "max_files")
+    if stage.name == "data_refresh" and not inputs and crawl is None:
         raise ValueError("nothing to read: give --input FILES/URLS or --crawl CC-MAIN-YYYY-WW")
-    check_inputs(params.input, params.crawl, params.max_files)
-    with warc_progress_bar():
-        manifest = data_refresh(params)
-    print_json(manifest["counts"])
+    check_inputs(inputs, crawl, max_files)
+
+
+def start_flow(stage: Stage, configs: Mapping[str, BaseModel]) -> Any:
+    """Run the stage's flow with the sections its parameters name."""
+    return call_with_sections(stage.flow(), configs)
+
+
+def run_stage(args: argparse.Namespace) -> int:
+    """Resolve the stage's config, check its inputs, run its flow, print what it made."""
+    stage: Stage = args.stage
+    configs = stage_configs(args)
+    reads_warc = "warc" in stage.inputs
+    if reads_warc:
+        check_warc_inputs(stage, configs)
+    check = stage.check()
+    if check is not None:
+        call_with_sections(check, configs)
+    with warc_progress_bar() if reads_warc else contextlib.nullcontext():
+        result = start_flow(stage, configs)
+    STAGE_REPORTS.get(stage.name, print_json)(result)
     return 0
+
+
+def report_pipeline(summary: dict) -> None:
+    print_json(summary)
+    print(
+        f"\nOutputs are in {summary['work_dir']}: data/, shards/, train/ (the checkpoint), "
+        f"eval/results.json.\nMLflow runs: {summary['mlflow_tracking_uri']} — browse them "
+        f"with\n  mlflow ui --backend-store-uri {summary['mlflow_tracking_uri']}"
+    )
+
+
+# What a stage command prints of its flow's result (the whole result when not listed).
+STAGE_REPORTS: dict[str, Callable[[Any], None]] = {
+    "pipeline": report_pipeline,
+    "data_refresh": lambda manifest: print_json(manifest["counts"]),
+    "build_shards": lambda manifest: print_json(
+        {"tokenizer": manifest["tokenizer"], "splits": manifest["splits"]}
+    ),
+    "evaluate": lambda results: print_json({k: v for k, v in results.items() if k != "samples"}),
+}
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    """Download the run's config.yaml and run its recorded command with it (flags override)."""
+    import tempfile
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from lmforge.lineage import use_tracking_uri
+
+    overrides, tracking_uri = without_option(args.overrides, "--tracking-uri")
+    from lmforge.flows.tracking_store import sqlite_path
+
+    uri = use_tracking_uri(args.tracking_uri or tracking_uri)
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():  # MLflow would create an empty store and find nothing
+        raise ConfigError(f"no MLflow store at {db}: check --tracking-uri (or MLFLOW_TRACKING_URI)")
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # the new run is recorded beside the original
+    with tempfile.TemporaryDirectory(prefix="lmforge-reproduce-") as folder:
+        try:
+            run = mlflow.get_run(args.run_id)
+            path = mlflow.artifacts.download_artifacts(
+                run_id=args.run_id, artifact_path=CONFIG_FILE, dst_path=folder
+            )
+        except (MlflowException, OSError) as error:
+            raise ConfigError(
+                f"run {args.run_id} in {uri} has no {CONFIG_FILE} to reproduce "
+                f"({one_line(error, 120)}): check the run id and --tracking-uri"
+            ) from None
+        metadata, _ = read_config_file(path)
+        command = metadata.get("command") or recorded_command(run.data.tags.get("lmforge.stage"))
+        if command is None:
+            raise ConfigError(
+                f"run {args.run_id} is not a stage run (its {CONFIG_FILE} names no command and "
+                "its lmforge.stage tag no stage): reproduce a stage's or a pipeline's run"
+            )
+        if metadata.get("lmforge_version") != __version__:
+            print(
+                f"note: run {args.run_id} was made by lmforge {metadata.get('lmforge_version')}, "
+                f"this is {__version__}",
+                file=sys.stderr,
+            )
+        words = [*command.split(), "--config", path, *overrides]
+        print(f"reproducing run {args.run_id}: lmforge {' '.join(words)}", file=sys.stderr)
+        stage_args = build_parser(lazy=True).parse_args(words)
+        return stage_args.handler(stage_args)
 
 
 def run_build_sample(args: argparse.Namespace) -> int:
@@ -419,61 +466,22 @@ def run_build_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_build_shards(args: argparse.Namespace) -> int:
-    from lmforge.flows.build_shards import build_shards
-    from lmforge.flows.params import ShardParams
-    from lmforge.preflight import check_shard_inputs
-
-    params = params_from(args, ShardParams)
-    check_shard_inputs(params)
-    manifest = build_shards(params)
-    print_json({"tokenizer": manifest["tokenizer"], "splits": manifest["splits"]})
-    return 0
+def recorded_command(stage_name: str | None) -> str | None:
+    """The command of the stage a run's `lmforge.stage` tag names (None for no stage)."""
+    return next((stage.command for stage in STAGES if stage.name == stage_name), None)
 
 
-def run_pretrain(args: argparse.Namespace) -> int:
-    from lmforge.flows.params import TrainParams
-    from lmforge.flows.pretrain import pretrain
-    from lmforge.preflight import check_train_inputs
-
-    params = params_from(args, TrainParams)
-    check_train_inputs(params)
-    print_json(pretrain(params))
-    return 0
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
-    from lmforge.flows.evaluate import evaluate
-    from lmforge.flows.params import EvalParams
-    from lmforge.preflight import check_eval_inputs
-
-    params = params_from(args, EvalParams)
-    check_eval_inputs(params)
-    results = evaluate(params)
-    print_json({k: v for k, v in results.items() if k != "samples"})
-    return 0
-
-
-def run_finetune_classifier(args: argparse.Namespace) -> int:
-    from lmforge.flows.finetune import finetune_classifier
-    from lmforge.flows.params import FinetuneClassifierParams
-    from lmforge.preflight import check_classifier_inputs
-
-    params = params_from(args, FinetuneClassifierParams)
-    check_classifier_inputs(params)
-    print_json(finetune_classifier(params))
-    return 0
-
-
-def run_finetune_instruct(args: argparse.Namespace) -> int:
-    from lmforge.flows.finetune import finetune_instruct
-    from lmforge.flows.params import FinetuneInstructParams
-    from lmforge.preflight import check_instruct_inputs
-
-    params = params_from(args, FinetuneInstructParams)
-    check_instruct_inputs(params)
-    print_json(finetune_instruct(params))
-    return 0
+def without_option(words: Sequence[str], option: str) -> tuple[list[str], str | None]:
+    """`words` without `option VALUE` (or `option=VALUE`), and that value."""
+    kept, value, rest = [], None, iter(words)
+    for word in rest:
+        if word == option:
+            value = next(rest, None)
+        elif word.startswith(option + "="):
+            value = word.split("=", 1)[1]
+        else:
+            kept.append(word)
+    return kept, value
 
 
 def run_lineage(args: argparse.Namespace) -> int:
@@ -595,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
     anything else is a bug and keeps its traceback, as every error does with --debug."""
     for key, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
-    parser = build_parser()
+    parser = build_parser(lazy=True)
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
     if handler is None:
@@ -614,10 +622,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def command_words(args: argparse.Namespace) -> str:
     """`train`, `data refresh`, `export hf`: the command as the user typed it."""
-    words = [args.command]
-    for level in ("data_command", "shards_command", "finetune_command", "export_command"):
-        words += [getattr(args, level)] if getattr(args, level, None) else []
-    return " ".join(words)
+    second = getattr(args, f"{args.command}_command", None)
+    return f"{args.command} {second}" if second else args.command
 
 
 def user_message(error: BaseException, option_flags: dict[str, str]) -> str | None:

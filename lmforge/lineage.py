@@ -24,7 +24,9 @@ from lmforge.manifest import ManifestError, manifest_digest, read_manifest
 
 # The text view shows these filter statistics; --json has every one.
 HEADLINE_DATA_COUNTS = ("warc_files", "responses", "kept", "removed", "read_errors")
-TRAINING_PARAMS = ("preset", "max_steps", "batch_size", "seq_len", "lr", "seed", "strategy")
+# The pretrain run's MLflow params are `section.field`; lineage shows them by field name.
+TRAINING_PARAMS = ("model.preset", "train.max_steps", "train.batch_size", "train.seq_len",
+                   "train.lr", "train.seed", "train.strategy")  # fmt: skip
 
 
 class LineageError(LmforgeError, ValueError):
@@ -110,7 +112,7 @@ def build_lineage(spec: str) -> dict[str, Any]:
     checkpoint = version.tags.get("lmforge.checkpoint") or tags.get("lmforge.output_dir")
     training = {
         "run_id": training_run_id,
-        "params": {k: training_run.data.params[k] for k in TRAINING_PARAMS
+        "params": {k.split(".")[-1]: training_run.data.params[k] for k in TRAINING_PARAMS
                    if k in training_run.data.params},
         "metrics": {k: v for k, v in training_run.data.metrics.items()
                     if k in ("final_train_loss", "final_val_loss", "tokens", "parameters")},

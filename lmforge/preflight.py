@@ -12,67 +12,74 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmforge.flows.params import (
-    EvalParams,
-    FinetuneClassifierParams,
-    FinetuneInstructParams,
-    PipelineParams,
-    ShardParams,
-    TrainParams,
+    EvalRun,
+    FinetuneClassifierRun,
+    FinetuneInstructRun,
+    PipelineRun,
+    PretrainRun,
+    ShardsRun,
 )
 from lmforge.manifest import read_manifest
 from lmforge.model.checkpoint import check_model_dir
-from lmforge.model.train import check_out_dir
+from lmforge.model.train import TrainConfig, check_out_dir
 from lmforge.tasks.evaluate.blimp import load_blimp
+from lmforge.tasks.evaluate.checkpoint import EvalConfig
 from lmforge.tasks.data.dataset_writer import STAGE_NAME as DATA_STAGE
 from lmforge.tasks.tokens.shards import STAGE as SHARDS_STAGE
-from lmforge.tasks.tokens.shards import TOKENIZER_FILE
+from lmforge.tasks.tokens.shards import TOKENIZER_FILE, ShardConfig
 from lmforge.tasks.tokens.tokenizer import load_tokenizer
 
-
-def check_pipeline_inputs(params: PipelineParams) -> None:
-    if params.blimp:
-        load_blimp(params.blimp)
+if TYPE_CHECKING:  # the fine-tuning modules load when a fine-tuning command runs
+    from lmforge.tasks.finetune.classify import ClassifierConfig
 
 
-def check_shard_inputs(params: ShardParams) -> None:
-    read_manifest(params.data, stage=DATA_STAGE)
-    if params.tokenizer_path:
-        load_tokenizer(params.tokenizer_path)
+def check_pipeline_inputs(eval: EvalConfig, run: PipelineRun, **sections: object) -> None:
+    if run.blimp:
+        load_blimp(run.blimp)
+    check_benchmark_files(eval.tasks or {})
+    check_benchmark_files(eval.fewshot_from or {})
 
 
-def check_train_inputs(params: TrainParams) -> None:
-    read_manifest(params.shards, stage=SHARDS_STAGE)
-    check_out_dir(Path(params.out), params.resume)
+def check_shard_inputs(shards: ShardConfig, run: ShardsRun) -> None:
+    read_manifest(run.data, stage=DATA_STAGE)
+    if shards.tokenizer_path:
+        load_tokenizer(shards.tokenizer_path)
 
 
-def check_eval_inputs(params: EvalParams) -> None:
-    check_model_dir(params.checkpoint)
-    read_manifest(params.shards, stage=SHARDS_STAGE)
-    if params.data:
-        read_manifest(params.data, stage=DATA_STAGE)
-    if params.blimp:
-        load_blimp(params.blimp)
-    check_benchmark_files(params.tasks or {})
-    check_benchmark_files(params.fewshot_from or {})
+def check_train_inputs(train: TrainConfig, run: PretrainRun, **sections: object) -> None:
+    read_manifest(run.shards, stage=SHARDS_STAGE)
+    check_out_dir(Path(run.out), train.resume)
 
 
-def check_classifier_inputs(params: FinetuneClassifierParams) -> None:
+def check_eval_inputs(eval: EvalConfig, run: EvalRun) -> None:
+    check_model_dir(run.checkpoint)
+    read_manifest(run.shards, stage=SHARDS_STAGE)
+    if run.data:
+        read_manifest(run.data, stage=DATA_STAGE)
+    if run.blimp:
+        load_blimp(run.blimp)
+    check_benchmark_files(eval.tasks or {})
+    check_benchmark_files(eval.fewshot_from or {})
+
+
+def check_classifier_inputs(finetune: ClassifierConfig, run: FinetuneClassifierRun) -> None:
     from lmforge.tasks.finetune.data import load_labelled_texts
 
-    check_base_model(params.base_model)
-    if Path(params.data).is_dir():
-        read_manifest(params.data, stage=DATA_STAGE)
+    check_base_model(run.base_model)
+    if Path(run.data).is_dir():
+        read_manifest(run.data, stage=DATA_STAGE)
     else:
-        load_labelled_texts(params.data, params.text_field, params.label_field)
+        load_labelled_texts(run.data, finetune.text_field, finetune.label_field)
 
 
-def check_instruct_inputs(params: FinetuneInstructParams) -> None:
+def check_instruct_inputs(run: FinetuneInstructRun, **sections: object) -> None:
     from lmforge.tasks.finetune.data import load_instruction_records
 
-    check_base_model(params.base_model)
-    load_instruction_records(params.data)
+    check_base_model(run.base_model)
+    load_instruction_records(run.data)
 
 
 def check_base_model(path: str) -> None:

@@ -11,6 +11,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 Norm = Literal["rmsnorm", "layernorm"]
 Mlp = Literal["swiglu", "gelu"]
 Position = Literal["rope", "learned"]
@@ -150,3 +152,64 @@ PRESETS: dict[str, dict[str, Any]] = {
     # ~1.0B; GQA halves the KV cache at generation time, head_dim 128 suits flash attention.
     "1b": dict(n_layer=20, n_head=16, n_kv_head=8, d_model=2048, max_seq_len=2048),
 }
+
+
+Preset = Literal["tiny", "small", "medium", "1b"]
+# Any vocabulary size works for checking a shape: none of the rules involve it.
+_PROBE_VOCAB_SIZE = 512
+
+
+class ModelSpec(BaseModel):
+    """The model a run trains, as a user states it: a `preset` whose every shape field can be
+    overridden. A field left None (null) keeps the preset's value; `resolve(vocab_size)` turns
+    the spec into the concrete `ModelConfig` (the vocabulary comes from the shards). Shapes that
+    cannot make a working model (d_model not divisible by n_head, n_head not divisible by
+    n_kv_head, an odd RoPE head width) are refused on construction, naming the fields.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    preset: Preset = Field(
+        "tiny",
+        description="Starting shape: tiny (CPU demo, ~1M parameters), small (~124M), medium "
+        "(~355M), 1b (~1.0B); the fields below override it.",
+    )
+    n_layer: int | None = Field(None, ge=1, le=1024, description="Transformer blocks (depth).")
+    d_model: int | None = Field(None, ge=1, description="Width: the residual stream's size.")
+    n_head: int | None = Field(None, ge=1, description="Attention (query) heads per block.")
+    n_kv_head: int | None = Field(
+        None, ge=1,
+        description="Key/value heads (grouped-query attention when fewer than n_head); "
+        "default: one per query head, unless the preset sets it.",
+    )  # fmt: skip
+    d_ff: int | None = Field(
+        None, ge=1,
+        description="Feed-forward hidden size; default: 4 x d_model for gelu, 8/3 x d_model "
+        "(rounded up to 64) for swiglu.",
+    )  # fmt: skip
+    max_seq_len: int | None = Field(None, ge=8, description="Longest context the model can read.")
+    mlp: Mlp | None = Field(None, description="Feed-forward kind: swiglu or gelu.")
+    norm: Norm | None = Field(None, description="Normalisation: rmsnorm or layernorm.")
+    qk_norm: bool | None = Field(None, description="Normalise queries and keys per head.")
+    position: Position | None = Field(
+        None, description="Positions: rope (rotary) or learned embeddings."
+    )
+    rope_theta: float | None = Field(None, gt=0.0, description="RoPE base frequency.")
+    tie_embeddings: bool | None = Field(
+        None, description="Share the output head's weights with the token embeddings."
+    )
+    norm_eps: float | None = Field(None, gt=0.0, description="Epsilon of the norms.")
+    init_std: float | None = Field(None, gt=0.0, description="Std of the initial weights.")
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> ModelSpec:
+        self.resolve(_PROBE_VOCAB_SIZE)  # ModelConfig's ValueError names the fields at fault
+        return self
+
+    def overrides(self) -> dict[str, Any]:
+        """The fields set here, which replace the preset's."""
+        return {k: v for k, v in self if k != "preset" and v is not None}
+
+    def resolve(self, vocab_size: int) -> ModelConfig:
+        """The concrete shape for a vocabulary of `vocab_size` tokens."""
+        return ModelConfig.preset(self.preset, vocab_size, **self.overrides())

@@ -1,6 +1,6 @@
 """Entry point for each rank under torchrun: `python -m lmforge.model.launch CONFIG.json`.
 
-CONFIG.json holds a `TrainConfig` as a JSON object. Rank 0 prints each metrics record and the
+CONFIG.json holds a `TrainJob` as a JSON object. Rank 0 prints each metrics record and the
 final result on stdout as one line behind a marker (`METRICS_MARKER`, `RESULT_MARKER`), so the
 process that started torchrun can stream the logs and pick the numbers out of the same pipe.
 
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from lmforge.model.parallel import distributed_env
-from lmforge.model.train import TrainConfig, TrainResult, train
+from lmforge.model.train import TrainJob, TrainResult, train
 
 METRICS_MARKER = "@lmforge-metrics "
 RESULT_MARKER = "@lmforge-result "
@@ -45,12 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m lmforge.model.launch CONFIG.json", file=sys.stderr)
         return 2
-    config = TrainConfig(**json.loads(Path(args[0]).read_text()))
+    job = TrainJob.model_validate_json(Path(args[0]).read_text())
 
     def on_log(step: int, metrics: dict[str, float]) -> None:
         emit(METRICS_MARKER, {"step": step, "metrics": metrics})
 
-    result = train(config, on_log=on_log)  # on_log is only called on rank 0
+    result = train(job, on_log=on_log)  # on_log is only called on rank 0
     if distributed_env().is_main:
         emit(RESULT_MARKER, result_to_dict(result))
     return 0

@@ -1,4 +1,4 @@
-"""Pretrain a GPT on token shards: `train(TrainConfig(...), on_log=...) -> TrainResult`.
+"""Pretrain a GPT on token shards: `train(TrainJob(...), on_log=...) -> TrainResult`.
 
 Writes into `out_dir`: resumable checkpoints under `checkpoints/` while it runs, then the final
 `model.safetensors`, `model_config.json`, a copy of the shards' `tokenizer.json`, and last of all
@@ -13,13 +13,14 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
 from lmforge.errors import OutputRefused
@@ -42,7 +43,7 @@ from lmforge.model.checkpoint import (
     save_checkpoint,
     save_model,
 )
-from lmforge.model.config import ModelConfig
+from lmforge.model.config import ModelConfig, ModelSpec
 from lmforge.model.data import (
     TokenSplit,
     TrainBatches,
@@ -59,107 +60,121 @@ from lmforge.model.parallel import (
     init_distributed,
 )
 from lmforge.model.runtime import build_optimizer, resolve_device, rng_state, set_rng_state
-from lmforge.model.schedule import LRSchedule
+from lmforge.model.schedule import LRSchedule, ScheduleKind
 from lmforge.model.strategies import (
-    STRATEGIES,
     TrainingStrategy,
     check_strategy,
     make_strategy,
 )
 
 TOKENIZER_FILE = "tokenizer.json"
-DTYPES = ("auto", "float32", "bfloat16")
 STAGE = "pretrain"  # the stage a finished run's manifest names
 
 LogCallback = Callable[[int, dict[str, float]], None]
 
 
-@dataclass
-class TrainConfig:
-    """Everything that decides a training run. Defaults are the CPU demo's: the `tiny` preset,
-    300 steps of 16 x 256 tokens (~1.2M tokens), about three minutes on two free CPU cores.
-
-    seq_len None uses the model's max_seq_len; min_lr None is lr / 10. device "auto" picks CUDA
-    when available; dtype "auto" is bf16 autocast on CUDA and float32 on the CPU. resume continues
-    from the newest checkpoint in out_dir (or starts fresh when there is none); stop_after N
-    checkpoints and returns after N steps of this call, leaving the schedule unfinished.
-
-    batch_size is per data-parallel rank: the global batch is batch_size x processes for ddp and
-    fsdp (pipeline stages share one batch, split into `microbatches`). strategy "single" is one
-    process; "ddp", "fsdp" and "pipeline" run under torchrun (`lmforge.model.launch`). compile
-    wraps each block in torch.compile; activation_checkpointing recomputes block activations in
-    the backward pass to save memory.
-    Raises ValueError on construction when a value is out of range.
+class TrainConfig(BaseModel):
+    """How a model is trained: optimizer, schedule, batches, precision, parallelism and when to
+    log, evaluate and checkpoint. Defaults are the CPU demo's: 300 steps of 16 x 256 tokens
+    (~1.2M tokens), about three minutes on two free CPU cores. The last step always logs,
+    evaluates and checkpoints, whatever the intervals. Invalid values and combinations raise
+    ValidationError (a ValueError) naming the fields, before any work.
     """
 
-    shards_dir: str
-    out_dir: str
-    preset: str = "tiny"
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    max_steps: int = 300
-    batch_size: int = 16
-    seq_len: int | None = None
-    grad_accum: int = 1
-    lr: float = 3e-3
-    min_lr: float | None = None
-    warmup_steps: int = 30
-    lr_schedule: str = "cosine"
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
-    eval_every: int = 100
-    eval_batches: int = 20
-    log_every: int = 10
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    resume: bool = False
-    stop_after: int | None = None
-    progress: bool = True
-    strategy: str = "single"
-    compile: bool = False
-    activation_checkpointing: bool = False
-    microbatches: int = 2
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)  # JSON and pydantic hand over lists
-        positive = ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches",
-                    "log_every", "checkpoint_every", "keep_checkpoints", "microbatches")
-        for name in positive:
-            value = getattr(self, name)
-            if value < 1:
-                raise ValueError(f"TrainConfig.{name} must be at least 1, got {value}")
-        if self.seq_len is not None and self.seq_len < 1:
-            raise ValueError(f"TrainConfig.seq_len must be positive, got {self.seq_len}")
-        if self.stop_after is not None and self.stop_after < 1:
-            raise ValueError(f"TrainConfig.stop_after must be at least 1, got {self.stop_after}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError(
-                "TrainConfig.weight_decay and grad_clip must be >= 0 (grad_clip 0: no clipping)"
-            )
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas}")
-        if self.dtype not in DTYPES:
-            raise ValueError(
-                f"TrainConfig.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"
-            )
-        if self.strategy not in STRATEGIES:
-            raise ValueError(
-                f"TrainConfig.strategy must be one of {', '.join(STRATEGIES)}, "
-                f"got {self.strategy!r}"
-            )
+    max_steps: int = Field(300, ge=1, description="Optimizer steps of the schedule.")
+    batch_size: int = Field(
+        16, ge=1,
+        description="Sequences per optimizer step per data-parallel rank (the global batch is "
+        "batch_size x processes for ddp and fsdp).",
+    )  # fmt: skip
+    seq_len: int | None = Field(
+        None, ge=8, description="Context length in tokens; default: the model's max_seq_len."
+    )
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    lr: float = Field(3e-3, gt=0.0, description="Peak learning rate (after warmup).")
+    min_lr: float | None = Field(
+        None, ge=0.0, description="Learning rate at the end of the decay; default: lr / 10."
+    )
+    warmup_steps: int | None = Field(
+        None, ge=0, description="Linear warmup steps; default: 10% of max_steps."
+    )
+    lr_schedule: ScheduleKind = Field(
+        "cosine",
+        description="Decay after warmup: cosine (to min_lr at max_steps) or wsd "
+        "(warmup-stable-decay: constant, then a linear decay over the last steps).",
+    )
+    weight_decay: float = Field(
+        0.1, ge=0.0, description="AdamW weight decay (2-D weights only)."
+    )
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas, each in [0, 1).")
+    grad_clip: float = Field(1.0, ge=0.0, description="Gradient norm clip; 0: no clipping.")
+    eval_every: int = Field(100, ge=1, description="Validation loss every N steps (and at the end).")
+    eval_batches: int = Field(20, ge=1, description="Validation batches per evaluation.")
+    log_every: int = Field(10, ge=1, description="Training metrics every N steps (and at the end).")
+    checkpoint_every: int = Field(
+        100, ge=1, description="Resumable checkpoint every N steps (and at the end)."
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept on disk.")
+    seed: int = Field(0, ge=0, description="Seed of initialisation and batch order.")
+    device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, float32 on the CPU."
+    )
+    resume: bool = Field(
+        False, description="Continue from the newest checkpoint in the output folder."
+    )
+    stop_after: int | None = Field(
+        None, ge=1, description="Checkpoint and stop after N steps of a longer schedule."
+    )
+    progress: bool = Field(True, description="Show a progress bar on the terminal.")
+    strategy: Literal["single", "ddp", "fsdp", "pipeline"] | None = Field(
+        None,
+        description="Parallelism: single process, ddp, fsdp (FSDP2) or pipeline; default: "
+        "single for one process, ddp for several.",
+    )
+    compile: bool = Field(False, description="torch.compile each transformer block.")
+    activation_checkpointing: bool = Field(
+        False, description="Recompute block activations in the backward pass to save memory."
+    )
+    microbatches: int = Field(
+        2, ge=1, description="Pipeline micro-batches per batch (strategy pipeline)."
+    )
+
+    @field_validator("betas")
+    @classmethod
+    def _check_betas(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= beta < 1 for beta in value):
+            raise ValueError(f"each beta must be in [0, 1), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> TrainConfig:
         if self.strategy == "pipeline" and self.batch_size % self.microbatches:
             raise ValueError(
-                f"TrainConfig.batch_size={self.batch_size} must be a multiple of "
+                f"batch_size={self.batch_size} must be a multiple of "
                 f"microbatches={self.microbatches} for pipeline parallelism"
             )
-        self.schedule()  # validates lr, min_lr, warmup_steps and lr_schedule
+        self.schedule()  # lr, min_lr, warmup_steps and lr_schedule together
+        return self
 
     def schedule(self) -> LRSchedule:
         min_lr = self.lr / 10 if self.min_lr is None else self.min_lr
-        return LRSchedule(self.lr, min_lr, self.warmup_steps, self.max_steps, self.lr_schedule)
+        warmup = self.max_steps // 10 if self.warmup_steps is None else self.warmup_steps
+        return LRSchedule(self.lr, min_lr, warmup, self.max_steps, self.lr_schedule)
+
+
+class TrainJob(BaseModel):
+    """One `train` call: the shards it reads, the folder it writes, the model and how to train
+    it. Recorded as the finished run's manifest params."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    shards_dir: str = Field(description="Token shard directory written by build_shards.")
+    out_dir: str = Field(description="Directory for checkpoints and the final model.")
+    model: ModelSpec = Field(ModelSpec(), description="The model's shape.")
+    train: TrainConfig = Field(TrainConfig(), description="How it is trained.")
 
 
 @dataclass
@@ -177,8 +192,8 @@ class TrainResult:
     seconds: float
 
 
-def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult:
-    """Train (or resume) the run described by `config`; see the module docstring for outputs.
+def train(job: TrainJob, on_log: LogCallback | None = None) -> TrainResult:
+    """Train (or resume) the run described by `job`; see the module docstring for outputs.
 
     Run it directly for one process, or on every rank under `torchrun` (see
     `lmforge.model.launch`): the ranks find each other through torchrun's environment variables,
@@ -195,19 +210,19 @@ def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult
     """
     wall_start = time.perf_counter()
     started_at = utc_now()
+    config = job.train
     env = distributed_env()
-    check_strategy(config.strategy, env.world_size)
+    strategy_name = config.strategy or ("single" if env.world_size == 1 else "ddp")
+    check_strategy(strategy_name, env.world_size)
     log = (on_log or (lambda step, metrics: None)) if env.is_main else (lambda step, metrics: None)
-    shards_dir, out_dir = Path(config.shards_dir), Path(config.out_dir)
+    shards_dir, out_dir = Path(job.shards_dir), Path(job.out_dir)
     shards_input = describe_input(shards_dir)  # fails fast when the shards stage never finished
     tokenizer_path = shards_dir / TOKENIZER_FILE
     if not tokenizer_path.is_file():
         raise FileNotFoundError(f"{shards_dir} has no {TOKENIZER_FILE}: it is not a shards output")
     train_split = open_token_split(shards_dir / "train")
     val_split = open_token_split(shards_dir / "val")
-    model_config = ModelConfig.preset(
-        config.preset, shards_vocab_size(shards_dir, train_split), **config.model_overrides
-    )
+    model_config = job.model.resolve(shards_vocab_size(shards_dir, train_split))
     seq_len = config.seq_len or model_config.max_seq_len
     if seq_len > model_config.max_seq_len:
         raise ValueError(
@@ -219,7 +234,7 @@ def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult
     owns_process_group = env.is_distributed and not dist.is_initialized()
     init_distributed(env, device)
     strategy = make_strategy(
-        config.strategy, env, device, config.dtype, config.microbatches, config.compile
+        strategy_name, env, device, config.dtype, config.microbatches, config.compile
     )
     resume_from = check_out_dir(out_dir, config.resume)
 
@@ -303,8 +318,9 @@ def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult
 
         is_log_step = step % config.log_every == 0 or step == last_step
         is_eval_step = step % config.eval_every == 0 or step == config.max_steps
-        stops_early = step == last_step and last_step < config.max_steps
-        is_checkpoint_step = step % config.checkpoint_every == 0 or stops_early
+        # The last step of every call checkpoints: a run shorter than the interval still
+        # leaves one to resume or inspect.
+        is_checkpoint_step = step % config.checkpoint_every == 0 or step == last_step
         if is_log_step or is_checkpoint_step or step == config.max_steps:
             loss_sum = strategy.mean_over_data_ranks(loss_sum)  # the global batch's loss
             train_loss = (loss_sum / config.grad_accum).item()  # .item() waits for the GPU
@@ -363,7 +379,7 @@ def train(config: TrainConfig, on_log: LogCallback | None = None) -> TrainResult
             result.final_val_loss = strategy.validation_loss(eval_batches)
         final = strategy.full_model()
         if env.is_main:
-            write_final_outputs(config, result, final, tokenizer_path, shards_input, started_at)
+            write_final_outputs(job, result, final, tokenizer_path, shards_input, started_at)
     if env.is_distributed:
         dist.barrier()  # nobody returns before rank 0 has written the outputs
         if owns_process_group:
@@ -486,7 +502,7 @@ def check_resumable(checkpoint: Path, saved: dict[str, Any], current: dict[str, 
 
 
 def write_final_outputs(
-    config: TrainConfig,
+    job: TrainJob,
     result: TrainResult,
     model: GPT,
     tokenizer_path: Path,
@@ -507,7 +523,7 @@ def write_final_outputs(
     manifest = build_manifest(
         out_dir,
         STAGE,
-        params=asdict(config),
+        params=job.model_dump(mode="json"),
         inputs=[shards_input],
         counts=counts,
         extra={"model_config": model.config.to_dict()},

@@ -7,7 +7,6 @@ pipe and reach `on_log` as if training ran here.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from lmforge.model.launch import METRICS_MARKER, RESULT_MARKER, result_from_dict
-from lmforge.model.train import TrainConfig, TrainResult, train
+from lmforge.model.train import TrainJob, TrainResult, train
 
 LogCallback = Callable[[int, Mapping[str, float]], None]
 
@@ -47,8 +46,8 @@ class TorchrunOptions:
         return self.nproc * self.nnodes
 
 
-def needs_torchrun(config: TrainConfig, launch: TorchrunOptions) -> bool:
-    return launch.world_size > 1 or config.strategy != "single"
+def needs_torchrun(job: TrainJob, launch: TorchrunOptions) -> bool:
+    return launch.world_size > 1 or job.train.strategy not in (None, "single")
 
 
 def torchrun_command(config_file: Path, launch: TorchrunOptions) -> list[str]:
@@ -67,7 +66,7 @@ def torchrun_command(config_file: Path, launch: TorchrunOptions) -> list[str]:
 
 
 def run_pretraining(
-    config: TrainConfig,
+    config: TrainJob,
     on_log: LogCallback | None = None,
     launch: TorchrunOptions | None = None,
     output: TextIO | None = None,
@@ -86,14 +85,14 @@ def run_pretraining(
 
 
 def run_torchrun(
-    config: TrainConfig, launch: TorchrunOptions, on_log: LogCallback | None, output: TextIO
+    config: TrainJob, launch: TorchrunOptions, on_log: LogCallback | None, output: TextIO
 ) -> TrainResult | None:
     log = on_log or (lambda step, metrics: None)
     result: TrainResult | None = None
     recent: deque[str] = deque(maxlen=40)
     with tempfile.TemporaryDirectory(prefix="lmforge-train-") as tmp:
         config_file = Path(tmp) / "train_config.json"
-        config_file.write_text(json.dumps(dataclasses.asdict(config)))
+        config_file.write_text(config.model_dump_json())
         process = subprocess.Popen(
             torchrun_command(config_file, launch),
             stdout=subprocess.PIPE,

@@ -40,7 +40,7 @@ def shared_dir() -> Path:
 
 
 # Small enough for two CPU cores: the defaults of the deployments the service tests trigger.
-TINY_PIPELINE = {"vocab_size": 300, "max_steps": 2, "batch_size": 2, "seq_len": 16}
+TINY_PIPELINE = {"shards": {"vocab_size": 300}, "train": {"max_steps": 2, "batch_size": 2, "seq_len": 16}}
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +57,7 @@ def lmforge_services(tmp_path_factory):
         work_pool="lmforge-services-test",
         working_dir=root / "workspace",
         worker_poll_seconds=2,
-        deployment_parameters={"pipeline": {"params": {"work_dir": "work/ui", **TINY_PIPELINE}}},
+        deployment_parameters={"pipeline": {"run": {"work_dir": "work/ui"}, **TINY_PIPELINE}},
     )
     try:
         start_services(config, echo=lambda line: None)

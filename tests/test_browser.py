@@ -23,6 +23,9 @@ CHROMIUM_ARGS = [
 ]
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "work" / "test-artifacts" / "browser"
 RUN_NAME = "run-from-the-browser"
+# A stage setting typed into the form (`eval` -> max_new_tokens; its default is 48): only the
+# evaluation then differs from a run with the deployment's defaults.
+FORM_MAX_NEW_TOKENS = 7
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +78,9 @@ def log_in(page, services) -> None:
 
 @pytest.fixture(scope="module")
 def run_from_the_form(page, lmforge_services):
-    """Deployments -> pipeline -> Run -> Custom run -> edit the form -> Submit; then the flow
-    run's page until it shows Completed. Returns the flow run."""
+    """Deployments -> pipeline -> Run -> Custom run -> edit the form (the run's name, and
+    `eval` -> max_new_tokens) -> Submit; then the flow run's page until it shows Completed.
+    Returns the flow run."""
     log_in(page, lmforge_services)
     page.goto(f"{lmforge_services.prefect_url}/deployments")
     row = page.locator("tr", has=page.get_by_role("link", name="pipeline", exact=True))
@@ -85,10 +89,17 @@ def run_from_the_form(page, lmforge_services):
     screenshot(page, "1-prefect-deployment")
     page.get_by_role("button", name="Run", exact=True).click()
     page.get_by_text("Custom run", exact=True).click()
-    page.get_by_text("Every stage writes a subdirectory here.").wait_for()
-    # The Run Name field; the parameters keep the deployment's defaults (a tiny pipeline in
-    # work/ui, shared with the integration test: whichever runs second reuses the stages).
+    page.get_by_text("Every stage writes a subdirectory here").wait_for()
+    # The Run Name field; the other parameters keep the deployment's defaults (a tiny pipeline
+    # in work/ui, shared with the integration test: whichever runs second reuses the stages
+    # this form does not change).
     page.locator("input[type=text]").first.fill(RUN_NAME)
+    # Each field is a `.schema-form-property` holding its description; the innermost one that
+    # holds this description is max_new_tokens itself, inside the `eval` section's card.
+    max_new_tokens = page.locator(
+        ".schema-form-property", has=page.get_by_text("Tokens generated per prompt.")
+    ).last.locator("input[type=number]")
+    max_new_tokens.fill(str(FORM_MAX_NEW_TOKENS))
     screenshot(page, "2-prefect-run-form")
     page.get_by_role("button", name="Submit", exact=True).click()
     page.wait_for_timeout(2000)
@@ -111,6 +122,27 @@ def test_a_pipeline_started_from_the_prefect_form_completes(run_from_the_form, p
 
     expect(page.get_by_text("Completed", exact=True).first).to_be_visible()
     assert page.get_by_text(RUN_NAME).first.is_visible()
+
+
+def test_a_stage_setting_typed_into_the_form_is_what_the_stage_ran_with(
+    run_from_the_form, lmforge_services
+):
+    from mlflow.tracking import MlflowClient
+
+    assert run_from_the_form.parameters["eval"]["max_new_tokens"] == FORM_MAX_NEW_TOKENS
+    client = MlflowClient(tracking_uri=lmforge_services.mlflow_url)
+    experiment = client.get_experiment_by_name("lmforge")
+    [parent] = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`prefect.flow_run_id` = '{run_from_the_form.id}' "
+        "and tags.`lmforge.stage` = 'pipeline'",
+    )
+    [evaluation] = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`lmforge.stage` = 'evaluate'",
+    )
+    assert evaluation.data.params["eval.max_new_tokens"] == str(FORM_MAX_NEW_TOKENS)
+    assert evaluation.data.tags.get("lmforge.cache") != "hit"  # evaluated with it, not reused
 
 
 def test_the_mlflow_ui_shows_the_parent_run_with_its_stage_runs(

@@ -1,40 +1,66 @@
-"""The command line: options come from the flows' parameter models; bad input gets a clear error."""
+"""The command line: a command per stage of the registry, its flags from the flow's config
+sections; bad input gets a clear error."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from lmforge.cli import build_parser, main
-from lmforge.flows.params import TrainParams
+from lmforge.cli import build_parser, main, stage_configs
+from lmforge.flows.stages import STAGES, stage_named
+from lmforge.recipes import config_fields
 
 
 def test_help_lists_a_verb_per_workflow():
     result = subprocess.run(
         [sys.executable, "-m", "lmforge.cli", "--help"], capture_output=True, text=True, check=True
     )
-    for verb in ("run", "data", "shards", "train", "eval"):
-        assert f"    {verb} " in result.stdout
+    for verb in ("run", "data", "shards", "train", "eval", "finetune", "reproduce"):
+        assert re.search(rf"\n    {verb}\s", result.stdout), verb
 
 
-def test_every_training_parameter_is_an_option_with_its_description(capsys):
+def test_every_stage_of_the_registry_is_a_command():
+    parser = build_parser()
+    for stage in STAGES:
+        args = parser.parse_args([*stage.command.split(), "--help"][:-1])
+        assert args.stage is stage
+
+
+@pytest.mark.parametrize("command", [stage.command for stage in STAGES])
+def test_every_config_field_is_a_dotted_flag_with_its_description(command, capsys):
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["train", "--help"])
+        build_parser().parse_args([*command.split(), "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    for name, field in TrainParams.model_fields.items():
-        assert f"--{name.replace('_', '-')}" in help_text
-        assert " ".join(field.description.split()) in help_text
+    stage = next(stage for stage in STAGES if stage.command == command)
+    for section, model in stage.sections().items():
+        assert f"{section}: " in help_text  # a group per section
+        for field in config_fields(section, model):
+            assert f"--{field.dotted}" in help_text
+            assert " ".join((field.info.description or "").split()) in help_text
 
 
-def test_options_are_typed_and_validated_by_the_parameter_model():
-    args = build_parser().parse_args(["train", "--max-steps", "7", "--preset", "small", "--resume"])
-    assert (args.max_steps, args.preset, args.resume) == (7, "small", True)
+def test_flags_are_typed_and_validated_by_the_config_models():
+    args = build_parser().parse_args(
+        ["train", "--train.max-steps", "7", "--model.preset", "small", "--resume"]
+    )
+    configs = stage_configs(args)
+    assert configs["train"].max_steps == 7
+    assert configs["model"].preset == "small"
+    assert configs["train"].resume is True
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["train", "--preset", "huge"])
+        build_parser().parse_args(["train", "--model.preset", "huge"])
+
+
+def test_bare_flags_of_before_the_sections_still_work():
+    args = build_parser().parse_args(["train", "--max-steps", "7", "--out", "o", "--shards", "s"])
+    configs = stage_configs(args)
+    assert (configs["train"].max_steps, configs["run"].out, configs["run"].shards) == (7, "o", "s")
+    assert stage_named("pretrain").command == "train"
 
 
 def test_data_refresh_without_input_or_crawl_says_what_to_give(capsys):

@@ -89,13 +89,10 @@ def assert_one_line_error(code: int, err: list[str], command: str, *named: objec
 def no_flow_runs(monkeypatch):
     """A flow that starts fails the test: input errors must be found before any flow runs."""
 
-    def started(*args, **kwargs):
-        raise AssertionError("the flow started although an input was bad")
+    def started(stage, configs):
+        raise AssertionError(f"the {stage.name} flow started although an input was bad")
 
-    for flow in ("pipeline.pipeline", "build_shards.build_shards", "pretrain.pretrain",
-                 "evaluate.evaluate", "finetune.finetune_classifier",
-                 "finetune.finetune_instruct"):  # fmt: skip
-        monkeypatch.setattr(f"lmforge.flows.{flow}", started)
+    monkeypatch.setattr("lmforge.cli.start_flow", started)
 
 
 # --- every command, every input: missing, empty, garbage --------------------------------------
@@ -135,6 +132,7 @@ SUFFIXES = {"tokenizer": ".json", "benchmark": ".jsonl", "labelled": ".csv",
 OTHER_COMMANDS = {
     "data": "WARC files and lists: tests/test_inputs.py, tests/test_cli.py",
     "lineage": "a registered model's name; its MLflow store below",
+    "reproduce": "a run id; its MLflow store below",
     "deploy": "no input files",
     "up": "no input files", "down": "no input files", "status": "no input files",
 }  # fmt: skip
@@ -271,14 +269,14 @@ def test_a_failed_resume_through_the_flow_is_one_line_and_the_run_stays_finished
 ):
     """An error raised inside a Prefect flow reaches the CLI as itself (Prefect re-raises)."""
     from lmforge.model.checkpoint import latest_checkpoint
-    from lmforge.model.train import TrainConfig, train
+    from lmforge.model.train import TrainConfig, TrainJob, train
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setattr("lmforge.flows.tracking._configured_uri", None)
     out = tmp_path / "train"
-    train(TrainConfig(shards_dir=str(good["shards"]), out_dir=str(out), max_steps=2,
-                      batch_size=2, seq_len=16, warmup_steps=0, checkpoint_every=1,
-                      device="cpu", progress=False))  # fmt: skip
+    train(TrainJob(shards_dir=str(good["shards"]), out_dir=str(out), train=TrainConfig(
+        max_steps=2, batch_size=2, seq_len=16, warmup_steps=0, checkpoint_every=1,
+        device="cpu", progress=False)))  # fmt: skip
     manifest = (out / "manifest.json").read_bytes()
     state = latest_checkpoint(out) / "training_state.pt"
     state.write_bytes(state.read_bytes()[:100])
@@ -320,6 +318,21 @@ def test_a_temporary_prefect_server_that_does_not_start_is_one_line(good, tmp_pa
     assert errors[0].startswith("lmforge train: error: the temporary Prefect server")
     assert "lmforge up" in errors[0] and "PREFECT_API_URL" in errors[0]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("store", ["missing", "garbage", "without the run"])
+def test_reproducing_from_a_bad_store_or_an_unknown_run_is_one_line(store, tmp_path, capsys):
+    import mlflow
+
+    db = tmp_path / "mlflow.db"
+    if store == "garbage":
+        db.write_bytes(GARBAGE * 100)
+    elif store == "without the run":
+        mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()  # creates the store
+    code, err = run_cli(["reproduce", "0123abcd", "--tracking-uri", f"sqlite:///{db}"], capsys)
+    named = {"missing": [db, "--tracking-uri"], "garbage": [db, "MLflow store"],
+             "without the run": ["run 0123abcd", db, "--tracking-uri"]}[store]  # fmt: skip
+    assert_one_line_error(code, err, "reproduce", *named)
 
 
 # --- --debug and bugs --------------------------------------------------------------------------

@@ -323,3 +323,24 @@ def test_config_survives_a_json_round_trip_and_rejects_bad_values():
         DataConfig(min_lang_score=1.5)
     with pytest.raises(TypeError, match="colour"):
         DataConfig.from_dict({"colour": "blue"})
+
+
+def test_a_changed_filter_threshold_reaches_the_config_and_the_manifest(crawl, tmp_path):
+    directory, _, _ = crawl
+    config = DataConfig.model_validate({"gopher_quality": {"min_words": 7}})
+    assert config.gopher_quality.min_words == 7 and config != DataConfig()
+    manifest = refresh_dataset([str(directory / "*.warc.gz")], tmp_path / "data", config)
+    assert manifest["params"]["gopher_quality"]["min_words"] == 7
+    assert DataConfig.from_dict(manifest["params"]) == config
+
+
+def test_invalid_data_settings_are_refused_naming_the_field():
+    for values, field in [({"min_lang_score": 1.5}, "min_lang_score"),
+                          ({"gopher_quality": {"min_words": -1}}, "gopher_quality.min_words"),
+                          ({"minhash": {"threshold": 0}}, "minhash.threshold"),
+                          ({"gopher_quality": {"min_wordz": 3}}, "gopher_quality.min_wordz"),
+                          ({"min_lang_scores": {"ja": 2.0}}, "min_lang_scores")]:  # fmt: skip
+        with pytest.raises(ValueError, match=rf"(?m)^{field}\b"):
+            DataConfig.model_validate(values)
+    with pytest.raises(ValueError, match="num_perm must equal bands x rows"):
+        DataConfig.model_validate({"minhash": {"bands": 10}})

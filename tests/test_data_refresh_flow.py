@@ -15,7 +15,7 @@ from test_data_refresh import write_crawl
 import lmforge
 from lmforge.flows import data_refresh as flow_module
 from lmforge.flows.data_refresh import data_refresh, file_cache_key, file_progress
-from lmforge.flows.params import DataRefreshParams
+from lmforge.flows.params import DataRefreshRun
 from lmforge.manifest import read_manifest
 from lmforge.tasks.data.config import DataConfig
 
@@ -39,8 +39,8 @@ def tracking(tmp_path, monkeypatch):
 
 
 def refresh(crawl_dir, out, **overrides):
-    params = DataRefreshParams(input=[str(crawl_dir / "*.warc.gz")], out=str(out), **overrides)
-    return data_refresh(params)
+    run = DataRefreshRun(input=[str(crawl_dir / "*.warc.gz")], out=str(out), **overrides)
+    return data_refresh(run=run)
 
 
 def dataset_fingerprint(out):
@@ -216,17 +216,14 @@ def test_a_second_refresh_into_the_same_directory_adds_a_version_with_only_new_f
 ):
     first_file, second_file = sorted(crawl_dir.glob("*.warc.gz"))
     out = tmp_path / "data"
-    data_refresh(DataRefreshParams(input=[str(first_file)], out=str(out), runner="threads"))
-    second = data_refresh(
-        DataRefreshParams(input=[str(first_file), str(second_file)], out=str(out), runner="threads")
-    )
+    data_refresh(run=DataRefreshRun(input=[str(first_file)], out=str(out), runner="threads"))
+    both = DataRefreshRun(input=[str(first_file), str(second_file)], out=str(out), runner="threads")
+    second = data_refresh(run=both)
     assert second["version"] == 2 and second["parent_version"]["version"] == 1
     assert second["version_counts"]["warc_files"] == 1  # the first file was in the ledger
     assert len(second["inputs"]) == 2
     from_scratch = refresh(crawl_dir, tmp_path / "scratch", runner="threads")
     assert dataset_fingerprint(out)[0] == dataset_fingerprint(tmp_path / "scratch")[0]
     assert second["counts"]["kept"] == from_scratch["counts"]["kept"]
-    again = data_refresh(
-        DataRefreshParams(input=[str(first_file), str(second_file)], out=str(out), runner="threads")
-    )
+    again = data_refresh(run=both)
     assert again == read_manifest(out) and again["version"] == 2  # nothing new: no version 3

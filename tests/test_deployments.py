@@ -48,11 +48,14 @@ def test_five_deployments_on_the_process_pool_with_module_entrypoints(registered
 
 def test_parameter_forms_carry_the_pydantic_descriptions(registered):
     schema = read_deployment("pipeline/lmforge").parameter_openapi_schema
-    fields = schema["definitions"]["PipelineParams"]["properties"]
-    assert fields["work_dir"]["description"] == "Every stage writes a subdirectory here."
-    assert fields["max_steps"]["minimum"] == 1
+    fields = schema["definitions"]["PipelineRun"]["properties"]
+    assert fields["work_dir"]["description"].startswith("Every stage writes a subdirectory here")
+    assert schema["definitions"]["TrainConfig"]["properties"]["max_steps"]["minimum"] == 1
+    evaluation = schema["definitions"]["EvalConfig"]["properties"]  # the pipeline's `eval` section
+    assert "Validation tokens" in evaluation["max_val_tokens"]["description"]
+    assert schema["properties"]["eval"]["$ref"].endswith("/EvalConfig")
     train = read_deployment("pretrain/lmforge").parameter_openapi_schema
-    assert "Optimizer steps" in train["definitions"]["TrainParams"]["properties"]["max_steps"]["description"]
+    assert "Optimizer steps" in train["definitions"]["TrainConfig"]["properties"]["max_steps"]["description"]
 
 
 def test_data_refresh_has_a_weekly_cron_schedule_that_starts_paused(registered):
@@ -99,16 +102,14 @@ def test_a_pipeline_run_triggered_through_the_api_completes_on_a_process_worker(
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL
 
-    from lmforge.flows.params import PipelineParams
-
     # A relative work_dir, as in the UI form's default: it resolves in the deployment's working_dir.
-    params = PipelineParams(
-        work_dir="work", max_steps=2, batch_size=2, seq_len=32, vocab_size=400
-    )
+    parameters = {
+        "run": {"work_dir": "work"},
+        "shards": {"vocab_size": 400},
+        "train": {"max_steps": 2, "batch_size": 2, "seq_len": 32},
+    }
     # What the UI's Run button does: a flow run of the deployment, scheduled now, nobody waiting.
-    flow_run = run_deployment(
-        name="pipeline/lmforge", parameters={"params": params.model_dump()}, timeout=0
-    )
+    flow_run = run_deployment(name="pipeline/lmforge", parameters=parameters, timeout=0)
     tracking_db = tmp_path / "mlflow.db"
     env = {
         **os.environ,

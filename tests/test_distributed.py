@@ -2,13 +2,11 @@
 batch; an interrupted run (SIGKILL) resumes from its last checkpoint; MFU and the parallelism
 helpers behave. The torchrun tests start real processes: marked slow (~10 s each)."""
 
-import json
 import math
 import os
 import signal
 import subprocess
 import sys
-from dataclasses import asdict
 
 import pytest
 import torch
@@ -17,7 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from lmforge.model.checkpoint import latest_checkpoint, load_model
-from lmforge.model.config import ModelConfig
+from lmforge.model.config import ModelConfig, ModelSpec
 from lmforge.model.gpt import GPT
 from lmforge.model.launch import METRICS_MARKER
 from lmforge.model.mfu import gpu_peak_flops, measure_matmul_peak, model_flops_utilization
@@ -28,7 +26,7 @@ from lmforge.model.parallel import (
     stage_layers,
 )
 from lmforge.model.strategies import DDPStrategy
-from lmforge.model.train import TrainConfig, train
+from lmforge.model.train import TrainConfig, TrainJob, train
 from lmforge.tasks.pretrain import TorchrunOptions, run_pretraining, torchrun_command
 from shard_fixtures import write_shards_dir
 
@@ -49,13 +47,13 @@ def shards(tmp_path_factory):
     )
 
 
-def config(shards, out, **overrides) -> TrainConfig:
+def config(shards, out, **overrides) -> TrainJob:
     values = dict(
-        shards_dir=str(shards), out_dir=str(out), model_overrides=MICRO_MODEL, max_steps=8,
-        batch_size=4, seq_len=16, lr=1e-2, warmup_steps=2, eval_every=4, eval_batches=2,
-        log_every=1, checkpoint_every=4, device="cpu", progress=False,
+        max_steps=8, batch_size=4, seq_len=16, lr=1e-2, warmup_steps=2, eval_every=4,
+        eval_batches=2, log_every=1, checkpoint_every=4, device="cpu", progress=False,
     )
-    return TrainConfig(**{**values, **overrides})
+    return TrainJob(shards_dir=str(shards), out_dir=str(out), model=ModelSpec(**MICRO_MODEL),
+                    train=TrainConfig(**{**values, **overrides}))  # fmt: skip
 
 
 def collect(run_fn, cfg, **kwargs):
@@ -138,7 +136,7 @@ def test_a_run_killed_mid_training_resumes_from_its_last_checkpoint(shards, tmp_
 
     out = tmp_path / "killed"
     config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps(asdict(config(shards, out, **settings))))
+    config_file.write_text(config(shards, out, **settings).model_dump_json())
     process = subprocess.Popen(
         [sys.executable, "-m", "lmforge.model.launch", str(config_file)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},

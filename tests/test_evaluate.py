@@ -16,6 +16,7 @@ from lmforge.model.data import open_token_split
 from lmforge.model.gpt import GPT
 from lmforge.tasks.evaluate.blimp import BlimpFormatError, MinimalPair, load_blimp
 from lmforge.tasks.evaluate.checkpoint import (
+    EvalConfig,
     EvaluationError,
     blimp_accuracy,
     evaluate_checkpoint,
@@ -26,7 +27,7 @@ from lmforge.tasks.evaluate.checkpoint import (
     validation_metrics,
     window_loss,
 )
-from lmforge.tasks.tokens.shards import build_shards
+from lmforge.tasks.tokens.shards import ShardConfig, build_shards
 from lmforge.tasks.tokens.tokenizer import TokenizerConfig, train_tokenizer
 
 PAIRS = [
@@ -103,8 +104,9 @@ def make_shards(root, texts):
         table = pa.table({"id": ids, "url": ids, "text": texts, "lang": ["en"] * len(texts)})
         pq.write_table(table, stage.path / "docs" / "part-00000.parquet")
     return build_shards(
-        root / "data", root / "shards", vocab_size=300, shard_tokens=500, val_fraction=0.3
-    )
+        root / "data", root / "shards",
+        ShardConfig(vocab_size=300, shard_tokens=500, val_fraction=0.3),
+    )  # fmt: skip
 
 
 def test_validation_metrics_reads_the_split_through_the_model_data_loader(tmp_path):
@@ -258,11 +260,8 @@ def test_evaluate_checkpoint_reports_validation_blimp_and_samples_for_a_real_gpt
     results = evaluate_checkpoint(
         trained_dirs / "train",
         trained_dirs / "shards",
+        EvalConfig(max_val_tokens=256, batch_size=4, prompts=["the cat"], max_new_tokens=5),
         blimp_dir=trained_dirs / "blimp",
-        max_val_tokens=256,
-        batch_size=4,
-        prompts=["the cat"],
-        max_new_tokens=5,
     )
     vocab = json.loads((trained_dirs / "train" / "model_config.json").read_text())["vocab_size"]
     # an untrained model is close to uniform over its vocabulary
@@ -278,7 +277,7 @@ def test_evaluate_checkpoint_refuses_a_tokenizer_the_shards_were_not_built_with(
     other = train_tokenizer(["something else entirely " * 5] * 3, TokenizerConfig(vocab_size=280))
     other.save(str(trained_dirs / "train" / "tokenizer.json"))
     with pytest.raises(EvaluationError, match=r"train/tokenizer\.json is not the tokenizer"):
-        evaluate_checkpoint(trained_dirs / "train", trained_dirs / "shards", prompts=[])
+        evaluate_checkpoint(trained_dirs / "train", trained_dirs / "shards", EvalConfig(prompts=[]))
 
 
 def test_evaluate_checkpoint_refuses_a_model_whose_vocab_differs_from_the_tokenizer(trained_dirs):
@@ -287,4 +286,39 @@ def test_evaluate_checkpoint_refuses_a_model_whose_vocab_differs_from_the_tokeni
         GPT(ModelConfig(vocab_size=512, n_layer=1, n_head=2, d_model=32)), trained_dirs / "train"
     )
     with pytest.raises(EvaluationError, match="vocab_size=512"):
-        evaluate_checkpoint(trained_dirs / "train", trained_dirs / "shards", prompts=[])
+        evaluate_checkpoint(trained_dirs / "train", trained_dirs / "shards", EvalConfig(prompts=[]))
+
+
+def test_evaluate_checkpoint_refuses_a_seq_len_beyond_the_models_context(trained_dirs):
+    config = EvalConfig(seq_len=65, prompts=[])  # the fixture's model reads 64 tokens
+    with pytest.raises(EvaluationError, match=r"eval\.seq_len=65 is longer than the context"):
+        evaluate_checkpoint(trained_dirs / "train", trained_dirs / "shards", config)
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"max_val_tokens": 0}, "max_val_tokens"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"max_tokens_per_language": -1}, "max_tokens_per_language"),
+        ({"temperature": -0.5}, "temperature"),
+        ({"top_k": 0}, "top_k"),
+        ({"tasks": "no_such_benchmark=file.jsonl"}, "unknown benchmark 'no_such_benchmark'"),
+        ({"tasks": "piqa="}, "'piqa' has an empty source"),
+        (
+            {"tasks": {"arc_easy": "a.jsonl"}, "fewshot_from": {"piqa": "p.jsonl"}},
+            "fewshot_from names piqa, which tasks does not",
+        ),
+        ({"max_new_token": 5}, "max_new_token"),  # a misspelt field is refused, not ignored
+    ],
+)
+def test_eval_config_refuses_invalid_values_naming_the_field(values, named):
+    with pytest.raises(ValueError, match=named):
+        EvalConfig(**values)
+
+
+def test_eval_config_reads_benchmarks_as_the_command_line_spells_them():
+    config = EvalConfig(tasks="arc_easy=ARC-Easy-Test.jsonl, piqa", fewshot_from="piqa=train.jsonl")
+    assert config.tasks["arc_easy"] == "ARC-Easy-Test.jsonl"
+    assert config.tasks["piqa"].startswith("https://")  # a bare name: the published file
+    assert config.fewshot_from == {"piqa": "train.jsonl"}

@@ -16,13 +16,14 @@ from lmforge.model.checkpoint import save_model
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import GPT
 from lmforge.tasks.evaluate.checkpoint import (
+    EvalConfig,
     evaluate_checkpoint,
     language_metrics,
     shards_data_dir,
     shards_language_metrics,
     validation_documents,
 )
-from lmforge.tasks.tokens.shards import build_shards, is_validation_document
+from lmforge.tasks.tokens.shards import ShardConfig, build_shards, is_validation_document
 from lmforge.tasks.tokens.tokenizer import load_tokenizer
 
 VAL_FRACTION = 0.4
@@ -50,8 +51,9 @@ def shards(tmp_path_factory):
             table = pa.table({"id": list(ids), "url": list(ids), "text": list(texts)})
             pq.write_table(table, directory / "part-v00001-00000.parquet")
     manifest = build_shards(
-        root / "data", root / "shards", vocab_size=300, shard_tokens=200, val_fraction=VAL_FRACTION
-    )
+        root / "data", root / "shards",
+        ShardConfig(vocab_size=300, shard_tokens=200, val_fraction=VAL_FRACTION),
+    )  # fmt: skip
     return root, manifest
 
 
@@ -144,8 +146,8 @@ def test_evaluate_checkpoint_reports_languages_or_why_they_were_skipped(shards, 
     )  # fmt: skip
     torch.manual_seed(0)
     save_model(GPT(config), tmp_path / "train")
-    options = dict(max_val_tokens=64, batch_size=4, prompts=[], max_tokens_per_language=64)
-    results = evaluate_checkpoint(tmp_path / "train", root / "shards", **options)
+    settings = EvalConfig(max_val_tokens=64, batch_size=4, prompts=[], max_tokens_per_language=64)
+    results = evaluate_checkpoint(tmp_path / "train", root / "shards", settings)
     assert set(results["languages"]) == {"de", "en"}
     for values in results["languages"].values():
         assert values["val_tokens"] >= 64 and values["val_bpb"] > 0
@@ -153,7 +155,7 @@ def test_evaluate_checkpoint_reports_languages_or_why_they_were_skipped(shards, 
 
     shutil.copytree(root / "shards", tmp_path / "shards")
     elsewhere = evaluate_checkpoint(
-        tmp_path / "train", tmp_path / "shards", data_dir=tmp_path / "nowhere", **options
+        tmp_path / "train", tmp_path / "shards", settings, data_dir=tmp_path / "nowhere"
     )
     assert "languages" not in elsewhere and "nowhere" in elsewhere["languages_skipped"]
 
@@ -165,7 +167,7 @@ def test_the_evaluate_flow_logs_language_metrics_and_a_language_table(
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     from lmforge.flows.evaluate import evaluate
-    from lmforge.flows.params import EvalParams
+    from lmforge.flows.params import EvalRun
     from lmforge.flows.tracking import find_stage_run
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -176,11 +178,15 @@ def test_the_evaluate_flow_logs_language_metrics_and_a_language_table(
         max_seq_len=32,
     )  # fmt: skip
     save_model(GPT(config), tmp_path / "train")
-    params = EvalParams(
-        checkpoint=str(tmp_path / "train"), shards=str(root / "shards"), out=str(tmp_path / "eval"),
-        max_val_tokens=64, max_tokens_per_language=64, prompts=["the"], max_new_tokens=2,
+    results = evaluate(
+        eval=EvalConfig(
+            max_val_tokens=64, max_tokens_per_language=64, prompts=["the"], max_new_tokens=2
+        ),
+        run=EvalRun(
+            checkpoint=str(tmp_path / "train"), shards=str(root / "shards"),
+            out=str(tmp_path / "eval"),
+        ),
     )  # fmt: skip
-    results = evaluate(params)
 
     metrics = find_stage_run(tmp_path / "eval").data.metrics
     for lang, values in results["languages"].items():

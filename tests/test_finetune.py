@@ -205,17 +205,8 @@ def test_classifier_beats_the_majority_baseline_on_a_separable_task(
     base_model, labelled_csv, tmp_path
 ):
     out = tmp_path / "classifier"
-    config = ClassifierConfig(
-        base_model=str(base_model),
-        data=str(labelled_csv),
-        out_dir=str(out),
-        max_len=16,
-        epochs=6,
-        batch_size=8,
-        lr=3e-3,
-        device="cpu",
-    )
-    result = finetune_classifier(config)
+    config = ClassifierConfig(max_len=16, epochs=6, batch_size=8, lr=3e-3, device="cpu")
+    result = finetune_classifier(base_model, labelled_csv, out, config)
     assert result.majority_accuracy == pytest.approx(0.6, abs=0.05)
     assert result.accuracy > result.majority_accuracy + 0.2
     assert result.macro_f1 > 0.7
@@ -235,9 +226,6 @@ def test_classifier_beats_the_majority_baseline_on_a_separable_task(
 def test_sft_lowers_the_response_token_loss(base_model, tmp_path):
     data = write_jsonl(tmp_path / "sft.jsonl", instruction_records(40))
     config = InstructConfig(
-        base_model=str(base_model),
-        data=str(data),
-        out_dir=str(tmp_path / "sft"),
         epochs=10,
         batch_size=4,
         lr=1e-2,
@@ -246,7 +234,7 @@ def test_sft_lowers_the_response_token_loss(base_model, tmp_path):
         max_new_tokens=6,
         device="cpu",
     )
-    result = finetune_instruct(config)
+    result = finetune_instruct(base_model, data, tmp_path / "sft", config)
     assert result.val_loss_after < 0.7 * result.val_loss_before
     assert result.trainable_parameters == result.total_parameters
     assert result.train_rows < result.train_examples  # packed
@@ -261,9 +249,6 @@ def test_lora_sft_trains_only_adapters_and_saves_a_merged_model(base_model, tmp_
     data = write_jsonl(tmp_path / "sft.jsonl", instruction_records(40))
     out = tmp_path / "lora"
     config = InstructConfig(
-        base_model=str(base_model),
-        data=str(data),
-        out_dir=str(out),
         epochs=4,
         batch_size=4,
         lr=1e-2,
@@ -273,7 +258,7 @@ def test_lora_sft_trains_only_adapters_and_saves_a_merged_model(base_model, tmp_
         max_new_tokens=4,
         device="cpu",
     )
-    result = finetune_instruct(config)
+    result = finetune_instruct(base_model, data, out, config)
     assert result.val_loss_after < result.val_loss_before
     assert result.trainable_parameters == 2 * 4 * (32 + 96) + 2 * 4 * (32 + 32)  # qkv, out_proj
     base, tuned = load_model(base_model), load_model(out)
@@ -282,6 +267,31 @@ def test_lora_sft_trains_only_adapters_and_saves_a_merged_model(base_model, tmp_
     assert not torch.equal(base.blocks[0].attn.qkv.weight, tuned.blocks[0].attn.qkv.weight)
     assert (out / "lora_adapter.safetensors").is_file()
     assert json.loads((out / "lora.json").read_text())["rank"] == 4
+
+
+# --- configs -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "values", "named"),
+    [
+        (ClassifierConfig, {"epochs": 0}, "epochs"),
+        (ClassifierConfig, {"max_len": 1}, "max_len"),
+        (ClassifierConfig, {"val_fraction": 1.0}, "val_fraction"),
+        (ClassifierConfig, {"min_class_examples": 1}, "min_class_examples"),
+        (ClassifierConfig, {"label_from": "path"}, "label_from"),
+        (ClassifierConfig, {"warmup_fraction": 1.0}, "warmup_fraction"),
+        (InstructConfig, {"max_len": 4}, "max_len"),
+        (InstructConfig, {"lr": 0.0}, "lr"),
+        (InstructConfig, {"lora_rank": -1}, "lora_rank"),
+        (InstructConfig, {"lora_dropout": 1.0}, "lora_dropout"),
+        (InstructConfig, {"lora_targets": []}, "lora_targets"),
+        (InstructConfig, {"base_model": "work/train"}, "base_model"),  # a path goes in `run`
+    ],
+)
+def test_finetune_configs_refuse_invalid_values_naming_the_field(config, values, named):
+    with pytest.raises(ValueError, match=named):
+        config(**values)
 
 
 # --- flows: lineage and registry ------------------------------------------------------------------
@@ -297,7 +307,7 @@ def test_flows_log_child_runs_of_the_base_model_and_register_their_models(
     from lmforge.flows import tracking
     from lmforge.flows.finetune import finetune_classifier as classifier_flow
     from lmforge.flows.finetune import finetune_instruct as instruct_flow
-    from lmforge.flows.params import FinetuneClassifierParams, FinetuneInstructParams
+    from lmforge.flows.params import FinetuneClassifierRun, FinetuneInstructRun
     from lmforge.manifest import manifest_digest
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -308,32 +318,22 @@ def test_flows_log_child_runs_of_the_base_model_and_register_their_models(
     base_run_id = pretrain_run.info.run_id
 
     summary = classifier_flow(
-        FinetuneClassifierParams(
-            base_model=str(base_model),
-            data=str(labelled_csv),
-            out=str(tmp_path / "cls"),
-            max_len=16,
-            epochs=2,
-            batch_size=8,
-            lr=3e-3,
-            device="cpu",
+        finetune=ClassifierConfig(max_len=16, epochs=2, batch_size=8, lr=3e-3, device="cpu"),
+        run=FinetuneClassifierRun(
+            base_model=str(base_model), data=str(labelled_csv), out=str(tmp_path / "cls"),
             registered_model_name="test-classifier",
-        )
-    )
+        ),
+    )  # fmt: skip
     data = write_jsonl(tmp_path / "sft.jsonl", instruction_records(12))
     instruct_summary = instruct_flow(
-        FinetuneInstructParams(
-            base_model=str(base_model),
-            data=str(data),
-            out=str(tmp_path / "sft"),
-            epochs=1,
-            lora_rank=2,
-            num_samples=1,
-            max_new_tokens=4,
-            device="cpu",
+        finetune=InstructConfig(
+            epochs=1, lora_rank=2, num_samples=1, max_new_tokens=4, device="cpu"
+        ),
+        run=FinetuneInstructRun(
+            base_model=str(base_model), data=str(data), out=str(tmp_path / "sft"),
             registered_model_name="test-instruct",
-        )
-    )
+        ),
+    )  # fmt: skip
 
     client = MlflowClient()
     for result, name in ((summary, "test-classifier"), (instruct_summary, "test-instruct")):

@@ -351,8 +351,7 @@ def test_resolve_inputs_refuses_unclear_requests(tmp_path):
 
 
 def test_cli_crawl_options_reach_the_input_resolution(server):
-    from lmforge.cli import build_parser, check_inputs, params_from
-    from lmforge.flows.params import DataRefreshParams
+    from lmforge.cli import build_parser, check_inputs, stage_configs
 
     base, root, _ = server
     paths = publish_crawl(root, 3)
@@ -360,10 +359,11 @@ def test_cli_crawl_options_reach_the_input_resolution(server):
         "data", "refresh", "--input", base + "extra.warc.gz", "--crawl", CRAWL,
         "--max-files", "2", "--crawl-base-url", base, "--min-lang-scores", "ja=0.5",
     ])  # fmt: skip
-    params = params_from(args, DataRefreshParams)
-    check_inputs(params.input, params.crawl, params.max_files)
-    assert params.input_files() == [base + "extra.warc.gz", *(base + p for p in paths[:2])]
-    assert params.data_config().min_score_for("ja") == 0.5
+    configs = stage_configs(args)
+    run = configs["run"]
+    check_inputs(run.input, run.crawl, run.max_files)
+    assert run.input_files() == [base + "extra.warc.gz", *(base + p for p in paths[:2])]
+    assert configs["data"].min_score_for("ja") == 0.5
     with pytest.raises(ValueError, match="CC-MAIN-YYYY-WW"):
         check_inputs([], "latest", None)
     with pytest.raises(ValueError, match="--crawl"):

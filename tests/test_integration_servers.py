@@ -26,7 +26,7 @@ def triggered_run(lmforge_services):
             deployment = client.read_deployment_by_name("pipeline/lmforge")
             # The form as the UI fills it from the deployment's defaults: a tiny pipeline in
             # work/ui. After the browser test's run there, its stages are reused (still traced).
-            form = {"params": deployment.parameters["params"]}
+            form = dict(deployment.parameters)
             flow_run = client.create_flow_run_from_deployment(deployment.id, parameters=form)
             state = wait_for_final_state(client, flow_run.id, timeout=300, poll=2)
             artifacts = client.read_artifacts()

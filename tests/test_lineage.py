@@ -12,7 +12,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from lmforge.cli import main
-from lmforge.flows.params import EvalParams, PipelineParams
+from lmforge.flows.params import EvalRun, PipelineRun
+from lmforge.model.train import TrainConfig
+from lmforge.tasks.evaluate.checkpoint import EvalConfig
+from lmforge.tasks.tokens.shards import ShardConfig
 from lmforge.manifest import read_manifest, sha256_file
 from lmforge.tasks.data.sample.corpus import build_sample_corpus
 
@@ -39,19 +42,19 @@ def evaluated_pipeline(prefect_api, tmp_path_factory):
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         patch.setattr(tracking, "_configured_uri", None)
         warcs = build_sample_corpus(root / "crawl", n_files=2, max_pages=40)
-        params = PipelineParams(
-            input=[str(root / "crawl" / "*.warc.gz")], work_dir=str(root / "work"),
-            vocab_size=400, max_steps=6, batch_size=4, seq_len=32,
-        )
-        summary = pipeline(params)
-        work = Path(params.work_dir)
+        run = PipelineRun(input=[str(root / "crawl" / "*.warc.gz")], work_dir=str(root / "work"))
+        summary = pipeline(shards=ShardConfig(vocab_size=400),
+                           train=TrainConfig(max_steps=6, batch_size=4, seq_len=32), run=run)
+        work = Path(run.work_dir)
         results = evaluate(
-            EvalParams(
-                checkpoint=str(work / "train"), shards=str(work / "shards"),
-                out=str(work / "eval-bench"), max_val_tokens=256, max_new_tokens=2,
+            eval=EvalConfig(
+                max_val_tokens=256, max_new_tokens=2, num_fewshot=1,
                 tasks={"hellaswag": str(write_hellaswag(root / "hellaswag_val.jsonl"))},
-                num_fewshot=1,
-            )
+            ),
+            run=EvalRun(
+                checkpoint=str(work / "train"), shards=str(work / "shards"),
+                out=str(work / "eval-bench"),
+            ),
         )
         yield summary, work, warcs, results
 

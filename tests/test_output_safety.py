@@ -23,7 +23,7 @@ from lmforge.model.checkpoint import TRAINING_STATE_FILE, save_checkpoint, save_
 from lmforge.model.config import ModelConfig
 from lmforge.model.gpt import GPT
 from lmforge.tasks.export_hf import export_hf
-from lmforge.tasks.tokens.shards import build_shards
+from lmforge.tasks.tokens.shards import ShardConfig, build_shards
 from lmforge.tasks.tokens.tokenizer import TokenizerConfig, train_tokenizer
 from lmforge.tasks.data.warc_writer import WarcWriter
 
@@ -212,16 +212,15 @@ def test_a_folder_put_in_place_while_the_stage_ran_is_not_replaced(tmp_path):
 def test_shards_into_a_folder_of_other_files_are_refused_before_any_work(inputs, tmp_path):
     keep = user_folder(tmp_path / "keep")
     with pytest.raises(OutputRefused, match=str(keep)):
-        build_shards(inputs.data, keep, vocab_size=300, min_frequency=1)
+        build_shards(inputs.data, keep, ShardConfig(vocab_size=300, min_frequency=1))
     assert sorted(p.name for p in keep.iterdir()) == ["p.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["keep"]
 
 
 def test_shards_built_again_replace_their_own_earlier_output(inputs, tmp_path):
-    first = build_shards(inputs.data, tmp_path / "shards", vocab_size=300, min_frequency=1,
-                         val_fraction=0.3)  # fmt: skip
-    again = build_shards(inputs.data, tmp_path / "shards", vocab_size=300, min_frequency=1,
-                         val_fraction=0.3)  # fmt: skip
+    config = ShardConfig(vocab_size=300, min_frequency=1, val_fraction=0.3)
+    first = build_shards(inputs.data, tmp_path / "shards", config)
+    again = build_shards(inputs.data, tmp_path / "shards", config)
     assert again["outputs"] == first["outputs"]
 
 

@@ -10,7 +10,10 @@ import mlflow
 import pyarrow.parquet as pq
 import pytest
 
-from lmforge.flows.params import PipelineParams
+from lmforge.flows.params import PipelineRun
+from lmforge.model.train import TrainConfig
+from lmforge.tasks.evaluate.checkpoint import EvalConfig
+from lmforge.tasks.tokens.shards import ShardConfig
 from lmforge.manifest import read_manifest, verify_outputs
 from lmforge.tasks.data.sample.corpus import build_sample_corpus
 from lmforge.tasks.data.warc import WarcResponseReader
@@ -28,6 +31,9 @@ def write_blimp(directory: Path) -> Path:
     return directory
 
 
+EVAL_PROMPT = "A module is"  # the pipeline's `eval` section replaces the default prompts
+
+
 @pytest.fixture(scope="module")
 def pipeline_run(prefect_api, tmp_path_factory, monkeypatch_module):
     from lmforge.flows.pipeline import pipeline
@@ -35,17 +41,18 @@ def pipeline_run(prefect_api, tmp_path_factory, monkeypatch_module):
     root = tmp_path_factory.mktemp("e2e")
     monkeypatch_module.delenv("MLFLOW_TRACKING_URI", raising=False)
     warcs = build_sample_corpus(root / "crawl", n_files=2, max_pages=60)
-    params = PipelineParams(
+    run = PipelineRun(
         input=[str(root / "crawl" / "*.warc.gz")],
         work_dir=str(root / "work"),
         blimp=str(write_blimp(root / "blimp")),
-        vocab_size=400,
-        max_steps=12,
-        batch_size=4,
-        seq_len=64,
     )
-    summary = pipeline(params)
-    return summary, Path(params.work_dir), warcs
+    summary = pipeline(
+        shards=ShardConfig(vocab_size=400),
+        train=TrainConfig(max_steps=12, batch_size=4, seq_len=64),
+        eval=EvalConfig(prompts=[EVAL_PROMPT], max_new_tokens=4),
+        run=run,
+    )
+    return summary, Path(run.work_dir), warcs
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +91,7 @@ def test_evaluation_reports_loss_bits_per_byte_and_blimp(pipeline_run):
     results = json.loads((work / "eval" / "results.json").read_text())
     assert results["val_loss"] > 0 and results["val_bpb"] > 0
     assert 0.0 <= results["blimp_acc"] <= 1.0 and set(results["blimp"]) == {"agreement"}
-    assert results["samples"]
+    assert [sample["prompt"] for sample in results["samples"]] == [EVAL_PROMPT]
     assert summary["val_loss"] == pytest.approx(results["val_loss"])
 
 

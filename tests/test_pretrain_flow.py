@@ -3,13 +3,17 @@ summary that links the MLflow run."""
 
 from __future__ import annotations
 
+import json
 from uuid import uuid4
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from shard_fixtures import write_shards_dir
 
-from lmforge.flows.params import TrainParams
+from lmforge.flows.params import PretrainRun
+from lmforge.model.checkpoint import load_model
+from lmforge.model.config import ModelSpec
+from lmforge.model.train import TrainConfig
 from lmforge.flows.pretrain import TrainingProgress, pretrain
 from lmforge.flows.tracking import find_stage_run
 
@@ -29,11 +33,11 @@ def test_pretrain_publishes_finished_progress_and_a_summary_linking_its_mlflow_r
     monkeypatch.setattr("lmforge.flows.tracking._configured_uri", None)
     documents = [[(7 * i + j) % 60 + 2 for j in range(40)] for i in range(12)]
     shards = write_shards_dir(tmp_path / "shards", documents, documents[:3], vocab_size=64)
-    params = TrainParams(
-        shards=str(shards), out=str(tmp_path / "train"), preset="tiny", max_steps=3,
-        batch_size=2, seq_len=16, eval_every=2, checkpoint_every=100, device="cpu",
+    summary = pretrain(
+        train=TrainConfig(max_steps=3, batch_size=2, seq_len=16, eval_every=2,
+                          checkpoint_every=100, device="cpu"),
+        run=PretrainRun(shards=str(shards), out=str(tmp_path / "train")),
     )  # fmt: skip
-    summary = pretrain(params)
 
     assert summary["completed"] and summary["steps"] == 3
     progress = latest_artifact("pretrain-progress")
@@ -63,3 +67,50 @@ def test_training_progress_moves_in_whole_percents_and_survives_a_failing_api(mo
     failing(5)  # logged, not raised
     assert failing.artifact_id is None
     TrainingProgress(None, max_steps=10)(5)  # outside a flow run: nothing to update
+
+
+def test_a_custom_model_shape_trains_end_to_end_through_the_flow(prefect_api, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr("lmforge.flows.tracking._configured_uri", None)
+    documents = [[(5 * i + j) % 60 + 2 for j in range(40)] for i in range(12)]
+    shards = write_shards_dir(tmp_path / "shards", documents, documents[:3], vocab_size=64)
+    shape = ModelSpec(n_layer=3, d_model=48, n_head=4, n_kv_head=2, qk_norm=True, norm="layernorm")
+    summary = pretrain(
+        model=shape,
+        train=TrainConfig(max_steps=2, batch_size=2, seq_len=16, device="cpu", progress=False),
+        run=PretrainRun(shards=str(shards), out=str(tmp_path / "train"), register_model=False),
+    )
+    assert summary["completed"]
+    trained = load_model(tmp_path / "train").config
+    assert (trained.n_layer, trained.d_model, trained.n_head, trained.n_kv_head) == (3, 48, 4, 2)
+    assert trained.qk_norm and trained.norm == "layernorm"
+
+
+def test_every_flow_shows_one_section_per_stage_and_no_internal_fields():
+    from prefect.utilities.callables import parameter_schema
+
+    from lmforge.flows.build_shards import build_shards
+    from lmforge.flows.data_refresh import data_refresh
+    from lmforge.flows.evaluate import evaluate
+    from lmforge.flows.finetune import finetune_classifier, finetune_instruct
+    from lmforge.flows.pipeline import pipeline
+
+    expected = {
+        data_refresh: ["data", "run"],
+        build_shards: ["shards", "run"],
+        pretrain: ["model", "train", "run"],
+        evaluate: ["eval", "run"],
+        finetune_classifier: ["finetune", "run"],
+        finetune_instruct: ["finetune", "run"],
+        pipeline: ["data", "shards", "model", "train", "eval", "run"],
+    }
+    for stage_flow, sections in expected.items():
+        schema = parameter_schema(stage_flow.fn).model_dump()
+        assert list(schema["properties"]) == sections, stage_flow.name
+        assert "parent_run_id" not in json.dumps(schema)
+        for section in sections:  # every field of every section says what it is for
+            definition = schema["definitions"][schema["properties"][section]["$ref"].split("/")[-1]]
+            undescribed = [f for f, v in definition["properties"].items() if not v.get("description")]
+            assert not undescribed, (stage_flow.name, section, undescribed)
+    data = parameter_schema(data_refresh.fn).model_dump()["definitions"]
+    assert data["GopherQualityFilter"]["properties"]["min_words"]["description"]

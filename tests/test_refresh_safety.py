@@ -17,7 +17,7 @@ from test_inputs import server, write_warc  # noqa: F401 (the local HTTP server 
 
 from lmforge.flows import data_refresh as flow_module
 from lmforge.flows.data_refresh import RESULTS_DIR, data_refresh, file_cache_key
-from lmforge.flows.params import DataRefreshParams
+from lmforge.flows.params import DataRefreshRun
 from lmforge.manifest import OutputLocked, output_lock, read_manifest, stage_version
 from lmforge.tasks.data.config import DataConfig
 from lmforge.tasks.data.inputs import InputsUnavailable
@@ -38,8 +38,8 @@ def tracking(tmp_path, monkeypatch):
 
 
 def refresh(inputs, out, **overrides):
-    return data_refresh(DataRefreshParams(input=[str(i) for i in inputs], out=str(out),
-                                          **overrides))  # fmt: skip
+    return data_refresh(run=DataRefreshRun(input=[str(i) for i in inputs], out=str(out),
+                                           **overrides))  # fmt: skip
 
 
 # One refresh per output folder

@@ -8,9 +8,9 @@ import pytest
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
-from lmforge.cli import build_parser, params_from, warc_progress_bar
+from lmforge.cli import build_parser, stage_configs, warc_progress_bar
 from lmforge.flows.data_refresh import file_progress
-from lmforge.flows.params import DataRefreshParams
+from lmforge.flows.params import DataRefreshRun
 from lmforge.flows.runners import default_workers, make_task_runner
 from lmforge.tasks import plots
 
@@ -43,9 +43,9 @@ def test_bad_runner_settings_are_refused_with_a_reason():
 def test_the_cli_passes_runner_and_scheduler_address_to_the_flow():
     args = build_parser().parse_args(["data", "refresh", "--input", "a.warc.gz", "--runner",
                                       "dask", "--dask-address", "tcp://10.0.0.5:8786"])  # fmt: skip
-    params = params_from(args, DataRefreshParams)
-    assert params.runner == "dask" and params.dask_address == "tcp://10.0.0.5:8786"
-    assert DataRefreshParams().runner == "local"
+    run = stage_configs(args)["run"]
+    assert run.runner == "dask" and run.dask_address == "tcp://10.0.0.5:8786"
+    assert DataRefreshRun().runner == "local"
 
 
 class _Terminal(io.StringIO):

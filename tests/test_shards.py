@@ -16,6 +16,7 @@ from lmforge.manifest import (
 )
 from lmforge.model.shard_format import token_dtype
 from lmforge.tasks.tokens.shards import (
+    ShardConfig,
     ShardError,
     build_shards,
     is_validation_document,
@@ -89,7 +90,7 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("built")
     documents = make_documents(300)
     data = make_data_dir(root / "data", documents, files=3)
-    manifest = build_shards(data, root / "shards", **SMALL)
+    manifest = build_shards(data, root / "shards", ShardConfig(**SMALL))
     return documents, data, root / "shards", manifest
 
 
@@ -189,8 +190,8 @@ def test_documents_are_shuffled_within_each_split(built):
 
 def test_same_seed_gives_byte_identical_shards_and_another_seed_reorders(built, tmp_path):
     _, data, shards, _ = built
-    again = build_shards(data, tmp_path / "again", **SMALL)
-    reseeded = build_shards(data, tmp_path / "reseeded", **{**SMALL, "seed": 7})
+    again = build_shards(data, tmp_path / "again", ShardConfig(**SMALL))
+    reseeded = build_shards(data, tmp_path / "reseeded", ShardConfig(**SMALL, seed=7))
     original = read_manifest(shards)
     assert [o["sha256"] for o in again["outputs"]] == [o["sha256"] for o in original["outputs"]]
     assert tokens_by_document(tmp_path / "reseeded", "val") == tokens_by_document(shards, "val")
@@ -202,7 +203,7 @@ def test_same_seed_gives_byte_identical_shards_and_another_seed_reorders(built, 
 def test_adding_documents_never_moves_existing_ones_between_splits(built, tmp_path):
     documents, _, shards, _ = built
     grown = make_data_dir(tmp_path / "grown", documents + make_documents(200, start=300), files=2)
-    build_shards(grown, tmp_path / "shards", **SMALL)
+    build_shards(grown, tmp_path / "shards", ShardConfig(**SMALL))
     for split in ("train", "val"):
         before = set(tokens_by_document(shards, split))
         after = set(tokens_by_document(tmp_path / "shards", split))
@@ -213,7 +214,7 @@ def test_tokenizer_is_trained_on_the_train_split_only(tmp_path):
     documents = make_documents(60)
     val_doc = next(d for d in documents if is_validation_document(d["id"], 0.2))
     val_doc["text"] = "zyzzyva " * 400
-    build_shards(make_data_dir(tmp_path / "data", documents), tmp_path / "shards", **SMALL)
+    build_shards(make_data_dir(tmp_path / "data", documents), tmp_path / "shards", ShardConfig(**SMALL))
     tokenizer = load_tokenizer(tmp_path / "shards" / "tokenizer.json")
     assert len(tokenizer.encode(" zyzzyva").ids) > 2
 
@@ -232,7 +233,7 @@ def test_vocabularies_beyond_65536_tokens_are_stored_as_uint32(tmp_path):
     ]
     data = make_data_dir(tmp_path / "data", documents)
     manifest = build_shards(
-        data, tmp_path / "shards", **{**SMALL, "tokenizer_path": tmp_path / "big.json"}
+        data, tmp_path / "shards", ShardConfig(**SMALL, tokenizer_path=str(tmp_path / "big.json"))
     )
     assert manifest["token_dtype"] == "uint32"
     assert manifest["tokenizer_sample"] is None  # reused, not trained
@@ -252,7 +253,7 @@ def test_vocabularies_beyond_65536_tokens_are_stored_as_uint32(tmp_path):
 def test_empty_documents_are_skipped_and_counted(tmp_path):
     documents = make_documents(50) + [{"id": "empty", "text": "", "lang": "en"}]
     data = make_data_dir(tmp_path / "data", documents)
-    manifest = build_shards(data, tmp_path / "shards", **SMALL)
+    manifest = build_shards(data, tmp_path / "shards", ShardConfig(**SMALL))
     assert manifest["counts"]["documents_skipped_empty"] == 1
     assert manifest["splits"]["train"]["documents"] + manifest["splits"]["val"]["documents"] == 50
 
@@ -277,7 +278,7 @@ def test_a_dataset_without_documents_is_refused_naming_the_docs_folder(tmp_path)
 def test_a_split_left_empty_is_an_error_not_a_silent_gap(tmp_path):
     data = make_data_dir(tmp_path / "data", make_documents(3))
     with pytest.raises(ShardError, match="fell into the val split"):
-        build_shards(data, tmp_path / "shards", **{**SMALL, "val_fraction": 1e-9})
+        build_shards(data, tmp_path / "shards", ShardConfig(**{**SMALL, "val_fraction": 1e-9}))
     assert not (tmp_path / "shards").exists()
 
 
@@ -310,7 +311,7 @@ def test_verify_shards_names_a_tokenizer_that_does_not_match_the_shards(built, t
 
 def test_verify_shards_names_a_shard_written_for_another_vocabulary(built, tmp_path):
     _, data, shards, _ = built
-    other = build_shards(data, tmp_path / "other", **{**SMALL, "vocab_size": 300})
+    other = build_shards(data, tmp_path / "other", ShardConfig(**{**SMALL, "vocab_size": 300}))
     assert other["tokenizer"]["vocab_size"] != read_manifest(shards)["tokenizer"]["vocab_size"]
     copy = tmp_path / "mixed"
     shutil.copytree(shards, copy)
@@ -324,9 +325,9 @@ def test_verify_shards_names_a_shard_written_for_another_vocabulary(built, tmp_p
 def test_invalid_parameters_are_rejected_before_any_work(built, tmp_path):
     _, data, _, _ = built
     with pytest.raises(ValueError, match="val_fraction"):
-        build_shards(data, tmp_path / "shards", val_fraction=0)
+        build_shards(data, tmp_path / "shards", ShardConfig(val_fraction=0))
     with pytest.raises(ValueError, match="shard_tokens"):
-        build_shards(data, tmp_path / "shards", shard_tokens=0)
+        build_shards(data, tmp_path / "shards", ShardConfig(shard_tokens=0))
     assert not (tmp_path / "shards").exists()
 
 
@@ -343,7 +344,7 @@ def test_language_weights_decide_which_language_the_vocabulary_is_learned_from(t
 
     def tokens_of_word(**sampling):
         out = tmp_path / "-".join(f"{k}{v}" for k, v in sampling.items())
-        manifest = build_shards(data, out, **{**SMALL, "val_fraction": 0.05, **sampling})
+        manifest = build_shards(data, out, ShardConfig(**{**SMALL, "val_fraction": 0.05, **sampling}))
         return len(load_tokenizer(out / "tokenizer.json").encode(word).ids), manifest
 
     english_only, manifest = tokens_of_word(language_weights={"en": 1})
@@ -355,7 +356,7 @@ def test_language_weights_decide_which_language_the_vocabulary_is_learned_from(t
 
 def test_the_tokenizer_sample_respects_its_byte_cap(built, tmp_path):
     _, data, _, full = built
-    capped = build_shards(data, tmp_path / "capped", **{**SMALL, "sample_bytes": 4000})
+    capped = build_shards(data, tmp_path / "capped", ShardConfig(**SMALL, sample_bytes=4000))
     sample, unrestricted = capped["tokenizer_sample"], full["tokenizer_sample"]
     expected = sum(
         rate * capped["splits"]["train"]["bytes_by_language"][lang]
@@ -365,14 +366,19 @@ def test_the_tokenizer_sample_respects_its_byte_cap(built, tmp_path):
     assert 2000 < sample["bytes"] < 6000 < unrestricted["bytes"]  # documents drawn at random
 
 
-def test_flow_parameters_accept_language_weights_from_the_command_line():
-    from lmforge.flows.params import ShardParams as FlowShardParams
-
-    params = FlowShardParams(language_weights="en=2, de=0.5", tokenizer_path="tok.json")
-    assert params.language_weights == {"en": 2.0, "de": 0.5}
-    assert FlowShardParams(language_weights={"ja": 1}).language_weights == {"ja": 1.0}
+def test_the_shard_config_accepts_language_weights_from_the_command_line():
+    config = ShardConfig(language_weights="en=2, de=0.5", tokenizer_path="tok.json")
+    assert config.language_weights == {"en": 2.0, "de": 0.5}
+    assert ShardConfig(language_weights={"ja": 1}).language_weights == {"ja": 1.0}
     with pytest.raises(ValueError, match="is not LANG=WEIGHT"):
-        FlowShardParams(language_weights="en")
+        ShardConfig(language_weights="en")
+
+
+def test_invalid_shard_settings_are_refused_naming_the_field():
+    for field, value in [("vocab_size", 100), ("val_fraction", 1.0), ("seed", -1),
+                         ("language_temperature", 0.0), ("language_weights", {"en": 0.0})]:  # fmt: skip
+        with pytest.raises(ValueError, match=rf"(?m)^{field}\b"):
+            ShardConfig(**{field: value})
 
 
 def test_read_ahead_yields_every_item_in_order_and_passes_errors_on():

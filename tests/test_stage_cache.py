@@ -9,7 +9,7 @@ import mlflow
 import pytest
 
 from lmforge.flows.stage_cache import StageCache, code_version, stage_key
-from lmforge.manifest import stage_output
+from lmforge.manifest import read_manifest, stage_output
 
 
 def make_stage(out: Path, text: str = "hello") -> Path:
@@ -61,18 +61,22 @@ def test_a_rebuilt_deleted_or_damaged_output_is_not_reused(tmp_path):
 def test_rerun_after_a_crash_in_the_last_stage_runs_only_that_stage(
     prefect_api, tmp_path, monkeypatch
 ):
-    from lmforge.flows.params import PipelineParams
+    from lmforge.flows.params import PipelineRun
     from lmforge.flows.pipeline import pipeline
+    from lmforge.model.train import TrainConfig
+    from lmforge.tasks.tokens.shards import ShardConfig
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    params = PipelineParams(
-        work_dir=str(tmp_path / "work"), vocab_size=300, max_steps=2, batch_size=2, seq_len=16
+    params = dict(
+        shards=ShardConfig(vocab_size=300),
+        train=TrainConfig(max_steps=2, batch_size=2, seq_len=16),
+        run=PipelineRun(work_dir=str(tmp_path / "work")),
     )
-    first = pipeline(params)
+    first = pipeline(**params)
     assert set(first["stages"].values()) == {"ran"}
     # A crash in evaluate: its output never appeared.
     shutil.rmtree(Path(first["results"]).parent)
-    second = pipeline(params)
+    second = pipeline(**params)
     assert second["stages"] == {
         "data_refresh": "cached", "build_shards": "cached", "pretrain": "cached", "evaluate": "ran",
     }
@@ -91,5 +95,9 @@ def test_rerun_after_a_crash_in_the_last_stage_runs_only_that_stage(
     reused = next(run for run in children if run.data.tags["lmforge.stage"] == "build_shards")
     assert reused.inputs.dataset_inputs[0].dataset.name == "data_refresh"
     # Other parameters: the affected stages run again.
-    third = pipeline(params.model_copy(update={"max_steps": 3}))
+    third = pipeline(**{**params, "train": TrainConfig(max_steps=3, batch_size=2, seq_len=16)})
     assert third["stages"]["build_shards"] == "cached" and third["stages"]["pretrain"] == "ran"
+    # The 2-step model is set aside whole, never overwritten: a registered version stays valid.
+    (superseded,) = (tmp_path / "work").glob("train.superseded-*")
+    assert read_manifest(superseded)["counts"]["steps"] == 2
+    assert read_manifest(third["checkpoint"])["counts"]["steps"] == 3

@@ -20,10 +20,10 @@ from lmforge.model.checkpoint import (
     save_checkpoint,
     save_model,
 )
-from lmforge.model.config import ModelConfig
+from lmforge.model.config import ModelConfig, ModelSpec
 from lmforge.model.gpt import GPT
 from lmforge.model.schedule import LRSchedule
-from lmforge.model.train import TrainConfig, train
+from lmforge.model.train import TrainConfig, TrainJob, train
 from shard_fixtures import write_shards_dir
 
 VOCAB = 64
@@ -41,17 +41,17 @@ def repetitive_shards(tmp_path_factory):
     return write_shards_dir(root, train_docs, val_docs, vocab_size=VOCAB, shard_tokens=1000)
 
 
-def micro_config(shards, out, **overrides) -> TrainConfig:
+def micro_config(shards, out, **overrides) -> TrainJob:
     values = dict(
-        shards_dir=str(shards), out_dir=str(out), preset="tiny", model_overrides=MICRO_MODEL,
         max_steps=20, batch_size=4, seq_len=16, lr=1e-2, warmup_steps=2, eval_every=10,
         eval_batches=2, log_every=1, checkpoint_every=5, keep_checkpoints=2, device="cpu",
         progress=False,
     )
-    return TrainConfig(**{**values, **overrides})
+    return TrainJob(shards_dir=str(shards), out_dir=str(out), model=ModelSpec(**MICRO_MODEL),
+                    train=TrainConfig(**{**values, **overrides}))  # fmt: skip
 
 
-def run(config: TrainConfig):
+def run(config: TrainJob):
     logs: list[tuple[int, dict[str, float]]] = []
     result = train(config, on_log=lambda step, metrics: logs.append((step, metrics)))
     return result, logs
@@ -170,13 +170,46 @@ def test_truncated_weights_are_named_as_damaged_not_a_library_error(tmp_path):
 # --- training ---------------------------------------------------------------------------------
 
 
-def test_training_config_rejects_values_out_of_range(tmp_path):
-    with pytest.raises(ValueError, match="batch_size must be at least 1"):
-        micro_config(tmp_path, tmp_path, batch_size=0)
-    with pytest.raises(ValueError, match="dtype must be one of auto, float32, bfloat16"):
-        micro_config(tmp_path, tmp_path, dtype="fp8")
+def test_training_config_rejects_values_out_of_range_naming_the_field():
+    for field, value in [("batch_size", 0), ("lr", 0.0), ("weight_decay", -0.1),
+                         ("eval_every", 0), ("checkpoint_every", 0), ("log_every", 0),
+                         ("betas", (0.9, 1.0))]:  # fmt: skip
+        with pytest.raises(ValueError, match=rf"(?m)^{field}\b"):
+            TrainConfig(**{field: value})
+    with pytest.raises(ValueError, match=r"(?m)^dtype\n.*'auto', 'float32' or 'bfloat16'"):
+        TrainConfig(dtype="fp8")
     with pytest.raises(ValueError, match="min_lr <= max_lr"):
-        micro_config(tmp_path, tmp_path, min_lr=1.0)
+        TrainConfig(min_lr=1.0)
+    with pytest.raises(ValueError, match="batch_size=5 must be a multiple of microbatches=2"):
+        TrainConfig(strategy="pipeline", batch_size=5, microbatches=2)
+
+
+def test_model_spec_overrides_the_preset_and_refuses_shapes_that_cannot_work():
+    shape = ModelSpec(n_layer=3, d_model=48, n_head=4, n_kv_head=2, qk_norm=True, mlp="gelu")
+    resolved = shape.resolve(vocab_size=300)
+    assert (resolved.n_layer, resolved.d_model, resolved.n_head, resolved.n_kv_head) == (3, 48, 4, 2)
+    assert resolved.qk_norm and resolved.mlp == "gelu" and resolved.d_ff == 4 * 48
+    assert resolved.max_seq_len == ModelConfig.preset("tiny", 300).max_seq_len  # the preset's
+    with pytest.raises(ValueError, match="d_model=50 is not divisible by n_head=4"):
+        ModelSpec(d_model=50, n_head=4)
+    with pytest.raises(ValueError, match="n_head=4 is not divisible by n_kv_head=3"):
+        ModelSpec(n_head=4, n_kv_head=3)
+    with pytest.raises(ValueError, match=r"(?m)^n_layer\b"):
+        ModelSpec(n_layer=0)
+    with pytest.raises(ValueError, match=r"(?m)^preset\b"):
+        ModelSpec(preset="huge")
+
+
+def test_a_run_shorter_than_the_intervals_still_evaluates_and_checkpoints_at_the_end(
+    repetitive_shards, tmp_path
+):
+    out = tmp_path / "out"
+    result, logs = run(micro_config(repetitive_shards, out, max_steps=3, eval_every=100,
+                                    checkpoint_every=100, log_every=100))  # fmt: skip
+    assert [step for step, metrics in logs if "val_loss" in metrics] == [3]
+    assert [step for step, metrics in logs if "loss" in metrics] == [3]
+    assert latest_checkpoint(out).name == "step-000003"
+    assert result.checkpoint == latest_checkpoint(out)
 
 
 def test_short_training_run_learns_a_repetitive_corpus(repetitive_shards, tmp_path):
@@ -201,7 +234,8 @@ def test_finished_run_writes_model_tokenizer_and_manifest_last(repetitive_shards
     ]
     assert manifest["stage"] == "pretrain"
     assert manifest["inputs"][0]["stage"] == "build_shards"
-    assert manifest["params"]["max_steps"] == 20 and manifest["params"]["lr"] == 1e-2
+    assert manifest["params"]["train"]["max_steps"] == 20 and manifest["params"]["train"]["lr"] == 1e-2
+    assert manifest["params"]["model"]["n_layer"] == MICRO_MODEL["n_layer"]
     assert manifest["counts"] == {
         "steps": 20,
         "tokens": 20 * 4 * 16,

@@ -3,10 +3,9 @@ trip so that flows, manifests and the CLI share one typed description."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lmforge.tasks.data.dedup import MinHashConfig
 from lmforge.tasks.data.filters import (
@@ -22,68 +21,93 @@ from lmforge.tasks.data.html_text import ExtractionConfig
 from lmforge.tasks.data.language_id import DEFAULT_VARIANT_GROUPS
 from lmforge.tasks.data.warc import DEFAULT_MAX_PAYLOAD_BYTES
 
-# Nested config classes by field name, to rebuild a DataConfig from its JSON form.
-_NESTED_CONFIGS: dict[str, type] = {
-    "extraction": ExtractionConfig,
-    "url_filter": URLFilter,
-    "gopher_repetition": GopherRepetitionFilter,
-    "gopher_quality": GopherQualityFilter,
-    "c4_quality": C4QualityFilter,
-    "fineweb_quality": FineWebQualityFilter,
-    "pii": PIIFormatter,
-    "minhash": MinHashConfig,
-}
 
-
-@dataclass(frozen=True)
-class DataConfig:
+class DataConfig(BaseModel):
     """Everything that decides which documents the data stage keeps.
 
-    `languages`: ISO codes to keep (None keeps all); `min_lang_score`: fastText probability
-    below which a document's language is too uncertain to keep, overridden per language by
-    `min_lang_scores` ({"ja": 0.5}); `extraction.extractor` picks the HTML extractor;
-    `url_filter` drops pages by URL before extraction; a filter set to None is off; `pii` None
-    keeps e-mail and IP addresses; `lang_model_path` None uses the bundled lid.176.ftz (a path
-    to lid.176.bin or a GlotLID model works too); `lang_variant_groups`: languages whose
-    probabilities add up into one score (Norwegian no/nn; see `language_id`).
+    A filter set to None (null) is off, and so is any of its rules set to None. Invalid values
+    raise pydantic's ValidationError (a ValueError) naming the field, before any work.
     JSON round trip: `DataConfig.from_dict(json.loads(json.dumps(config.to_dict())))`.
     """
 
-    languages: tuple[str, ...] | None = None
-    min_lang_score: float = 0.65
-    min_lang_scores: Mapping[str, float] | None = None
-    lang_variant_groups: tuple[tuple[str, ...], ...] = DEFAULT_VARIANT_GROUPS
-    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
-    extraction: ExtractionConfig = ExtractionConfig()
-    url_filter: URLFilter | None = URLFilter()
-    gopher_repetition: GopherRepetitionFilter | None = GopherRepetitionFilter()
-    gopher_quality: GopherQualityFilter | None = GopherQualityFilter()
-    c4_quality: C4QualityFilter | None = C4QualityFilter()
-    fineweb_quality: FineWebQualityFilter | None = FineWebQualityFilter()
-    pii: PIIFormatter | None = PIIFormatter()
-    minhash: MinHashConfig = MinHashConfig()
-    lang_model_path: str | None = None
-    docs_per_part: int = 100_000
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __post_init__(self) -> None:
-        if self.languages is not None:
-            languages = tuple(sorted({lang.strip().lower() for lang in self.languages}))
-            if not languages:
-                raise ValueError("languages is empty: pass None to keep every language")
-            object.__setattr__(self, "languages", languages)
-        if not 0.0 <= self.min_lang_score <= 1.0:
-            raise ValueError(f"min_lang_score must be in [0, 1], got {self.min_lang_score}")
-        if self.min_lang_scores is not None:
-            scores = {lang.strip().lower(): float(score)
-                      for lang, score in dict(self.min_lang_scores).items()}  # fmt: skip
-            bad = {lang: score for lang, score in scores.items() if not 0.0 <= score <= 1.0}
-            if bad:
-                raise ValueError(f"min_lang_scores must be in [0, 1], got {bad}")
-            object.__setattr__(self, "min_lang_scores", dict(sorted(scores.items())))
-        if self.max_payload_bytes <= 0:
-            raise ValueError(f"max_payload_bytes must be positive, got {self.max_payload_bytes}")
-        if self.docs_per_part <= 0:
-            raise ValueError(f"docs_per_part must be positive, got {self.docs_per_part}")
+    languages: tuple[str, ...] | None = Field(
+        None,
+        description="ISO 639-1 codes to keep (e.g. en, de); empty keeps every language.",
+    )
+    min_lang_score: float = Field(
+        0.65, ge=0.0, le=1.0, description="Minimum fastText language score to keep a document."
+    )
+    min_lang_scores: dict[str, float] | None = Field(
+        None,
+        description="Per-language minimum scores overriding min_lang_score, e.g. ja=0.5,en=0.7.",
+    )
+    lang_variant_groups: tuple[tuple[str, ...], ...] = Field(
+        DEFAULT_VARIANT_GROUPS,
+        description="Languages whose probabilities add up into one score (Norwegian no/nn).",
+    )
+    max_payload_bytes: int = Field(
+        DEFAULT_MAX_PAYLOAD_BYTES, ge=1, description="Larger HTTP responses are skipped."
+    )
+    extraction: ExtractionConfig = Field(
+        ExtractionConfig(), description="How the main text is taken out of the HTML."
+    )
+    url_filter: URLFilter | None = Field(
+        URLFilter(), description="Drops pages by URL before extraction; null: off."
+    )
+    gopher_repetition: GopherRepetitionFilter | None = Field(
+        GopherRepetitionFilter(), description="Gopher's repetition rules; null: off."
+    )
+    gopher_quality: GopherQualityFilter | None = Field(
+        GopherQualityFilter(), description="Gopher's quality rules; null: off."
+    )
+    c4_quality: C4QualityFilter | None = Field(
+        C4QualityFilter(), description="C4's quality rules; null: off."
+    )
+    fineweb_quality: FineWebQualityFilter | None = Field(
+        FineWebQualityFilter(), description="FineWeb's quality rules; null: off."
+    )
+    pii: PIIFormatter | None = Field(
+        PIIFormatter(), description="Replaces e-mail and IP addresses; null keeps them."
+    )
+    minhash: MinHashConfig = Field(
+        MinHashConfig(), description="Near-duplicate detection (MinHash LSH)."
+    )
+    lang_model_path: str | None = Field(
+        None,
+        description="fastText language-ID model file: lid.176.bin or a GlotLID model; empty "
+        "uses the bundled lid.176.ftz.",
+    )
+    docs_per_part: int = Field(100_000, ge=1, description="Documents per Parquet part file.")
+
+    @field_validator("languages", mode="before")
+    @classmethod
+    def _empty_languages_keep_all(cls, value: object) -> object:
+        return value or None  # the form's and the CLI's empty list: no language filter
+
+    @field_validator("languages")
+    @classmethod
+    def _normalise_languages(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        return tuple(sorted({lang.strip().lower() for lang in value if lang.strip()})) or None
+
+    @field_validator("min_lang_scores", mode="before")
+    @classmethod
+    def _parse_min_lang_scores(cls, value: object) -> object:
+        return parse_language_mapping(value, "min_lang_scores")
+
+    @field_validator("min_lang_scores")
+    @classmethod
+    def _check_min_lang_scores(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return None
+        scores = {lang.strip().lower(): score for lang, score in value.items()}
+        bad = {lang: score for lang, score in scores.items() if not 0.0 <= score <= 1.0}
+        if bad:
+            raise ValueError(f"scores must be in [0, 1], got {bad}")
+        return dict(sorted(scores.items()))
 
     def min_score_for(self, lang: str) -> float:
         """The minimum language-ID score a document identified as `lang` needs."""
@@ -98,26 +122,27 @@ class DataConfig:
         return tuple(f for f in chain if f is not None)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The JSON form, as recorded in the data manifest's params."""
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataConfig:
-        """Rebuild from `to_dict()` output (lists from JSON become tuples again). Unknown keys
-        raise TypeError naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        """Rebuild from `to_dict()` output. Unknown keys raise TypeError naming them."""
+        unknown = sorted(set(data) - set(cls.model_fields))
         if unknown:
             raise TypeError(f"unknown DataConfig fields: {', '.join(unknown)}")
-        values = {key: _tuples(value) for key, value in data.items()}
-        for key, config_class in _NESTED_CONFIGS.items():
-            if isinstance(values.get(key), dict):
-                values[key] = config_class(**values[key])
-        return cls(**values)
+        return cls.model_validate(data)
 
 
-def _tuples(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(_tuples(item) for item in value)
-    if isinstance(value, dict):
-        return {key: _tuples(item) for key, item in value.items()}
-    return value
+def parse_language_mapping(value: object, field: str) -> object:
+    """`en=0.7,ja=0.5` (the CLI's one string) -> {"en": "0.7", "ja": "0.5"} for pydantic to
+    type; a mapping (the UI, Python) passes through."""
+    if not isinstance(value, str):
+        return value
+    mapping = {}
+    for entry in filter(None, (part.strip() for part in value.split(","))):
+        lang, sep, number = entry.partition("=")
+        if not sep or not lang.strip():
+            raise ValueError(f"{field} entry {entry!r} is not LANG=VALUE (e.g. en=0.7,ja=0.5)")
+        mapping[lang.strip()] = number.strip()
+    return mapping

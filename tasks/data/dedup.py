@@ -42,10 +42,12 @@ from array import array
 from collections.abc import Iterable, Sequence
 from itertools import chain
 from dataclasses import dataclass, field
-from typing import IO, Protocol
+from typing import IO, Literal, Protocol
 
 import numpy as np
 from datasketch import MinHash
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as config_dataclass
 from lmforge.tasks.data.filters.text_units import (
     TextUnits,
     char_shingle_hashes,
@@ -77,7 +79,7 @@ _ROW_BASE = np.uint64(0x9E3779B97F4A7C15)
 SHINGLE_LANGUAGE_SOURCES = ("detected", "declared")
 
 
-@dataclass(frozen=True)
+@config_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class MinHashConfig:
     """Near-duplicate settings: `num_perm` = `bands` x `rows` permutations (14 x 8 puts the LSH
     S-curve's midpoint near 0.72, so pairs at 0.8 are found with probability ~0.9, and the
@@ -92,30 +94,29 @@ class MinHashConfig:
     manual's pages and is not removed for its copy in the English manual. Documents are only
     ever compared within one family, in the exact stage too."""
 
-    ngram: int = 5
-    num_perm: int = 112
-    bands: int = 14
-    rows: int = 8
-    threshold: float = 0.8
-    seed: int = 1
-    char_shingle_languages: tuple[str, ...] = ("zh", "ja", "ko", "th")
-    shingle_language: str = "detected"
+    ngram: int = Field(5, ge=1, description="Shingle size, in words (characters for zh, ja, ...).")
+    num_perm: int = Field(112, ge=1, description="MinHash permutations; must equal bands x rows.")
+    bands: int = Field(14, ge=1, description="LSH bands.")
+    rows: int = Field(8, ge=1, description="Rows per LSH band.")
+    threshold: float = Field(
+        0.8, gt=0.0, le=1.0, description="Jaccard similarity from which a page is a duplicate."
+    )
+    seed: int = Field(1, ge=0, description="Seed of the MinHash permutations.")
+    char_shingle_languages: tuple[str, ...] = Field(
+        ("zh", "ja", "ko", "th"), description="Languages shingled by characters, not words."
+    )
+    shingle_language: Literal["detected", "declared"] = Field(
+        "detected",
+        description="Which language decides how a page is shingled: detected from its text, or "
+        "declared by the page (header, <html lang>, URL locale), else the detected one.",
+    )
 
     def __post_init__(self) -> None:
-        if self.shingle_language not in SHINGLE_LANGUAGE_SOURCES:
-            raise ValueError(
-                f"shingle_language must be one of {', '.join(SHINGLE_LANGUAGE_SOURCES)}, got "
-                f"{self.shingle_language!r}"
-            )
         if self.bands * self.rows != self.num_perm:
             raise ValueError(
-                f"MinHash bands x rows must equal num_perm: {self.bands} x {self.rows} "
-                f"!= {self.num_perm}"
+                f"minhash.num_perm must equal bands x rows: {self.bands} x {self.rows} "
+                f"!= {self.num_perm}; change bands, rows or num_perm"
             )
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"MinHash threshold must be in (0, 1], got {self.threshold}")
-        if self.ngram < 1:
-            raise ValueError(f"shingle size ngram must be at least 1, got {self.ngram}")
 
     def shingle_language_of(self, detected: str | None, declared: str | None) -> str | None:
         """The language that decides how a document is shingled (see `shingle_language`)."""

@@ -12,6 +12,10 @@ from __future__ import annotations
 import codecs
 import re
 from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as config_dataclass
 
 from resiliparse.extract.html2text import extract_plain_text
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding, map_encoding_to_html5
@@ -53,28 +57,29 @@ _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"),
 EXTRACTORS = ("resiliparse", "trafilatura")
 
 
-@dataclass(frozen=True)
+@config_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class ExtractionConfig:
-    """Which main-content extractor runs and with which options.
-
-    `extractor`: `resiliparse` (default, fast) or `trafilatura` (the optional `trafilatura`
-    package; FineWeb's choice, several times slower). The other fields are resiliparse's options;
-    trafilatura runs with FineWeb's settings (precision over recall, no comments).
+    """Which main-content extractor runs and with which options. trafilatura runs with
+    FineWeb's settings (precision over recall, no comments); the other fields are resiliparse's.
     """
 
-    extractor: str = "resiliparse"
-    main_content: bool = True  # drop navigation, headers, footers, sidebars
-    list_bullets: bool = True  # keep bullets: the Gopher bullet-line rule needs them
-    alt_texts: bool = False
-    links: bool = False
-    form_fields: bool = False
-    noscript: bool = False
+    extractor: Literal["resiliparse", "trafilatura"] = Field(
+        "resiliparse",
+        description="Main-content extractor: resiliparse (fast) or trafilatura (FineWeb's "
+        "choice, several times slower; needs the trafilatura extra).",
+    )
+    main_content: bool = Field(
+        True, description="Drop navigation, headers, footers and sidebars (resiliparse)."
+    )
+    list_bullets: bool = Field(
+        True, description="Keep list bullets: the Gopher bullet-line rule needs them (resiliparse)."
+    )
+    alt_texts: bool = Field(False, description="Keep images' alt texts (resiliparse).")
+    links: bool = Field(False, description="Keep link targets (resiliparse).")
+    form_fields: bool = Field(False, description="Keep form fields (resiliparse).")
+    noscript: bool = Field(False, description="Keep <noscript> content (resiliparse).")
 
     def __post_init__(self) -> None:
-        if self.extractor not in EXTRACTORS:
-            raise ValueError(
-                f"unknown extractor {self.extractor!r}: choose one of {', '.join(EXTRACTORS)}"
-            )
         if self.extractor == "trafilatura":
             _trafilatura()  # not installed: fail when the config is made, not on every page
 

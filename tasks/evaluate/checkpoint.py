@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tokenizers import Tokenizer
 
 from lmforge.errors import LmforgeError
@@ -27,6 +28,7 @@ from lmforge.model.checkpoint import load_model
 from lmforge.model.data import TokenSplit, open_token_split, sequential_windows
 from lmforge.model.runtime import resolve_device
 from lmforge.model.shard_format import SHARD_PATTERN
+from lmforge.tasks.evaluate.benchmark_formats import benchmark_task
 from lmforge.tasks.evaluate.blimp import MinimalPair, load_blimp
 from lmforge.tasks.data.dataset_versions import (
     UNKNOWN_LANGUAGE,
@@ -417,6 +419,107 @@ def sample_generations(
 # --- a checkpoint, end to end -------------------------------------------------------------------
 
 
+class EvalConfig(BaseModel):
+    """What an evaluation measures and how: the validation cut, per-language metrics, BLiMP
+    pairs, benchmarks and their few-shot draw, the sampled generations, batch sizes and device.
+    Invalid values and combinations raise ValidationError (a ValueError) naming the field.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_val_tokens: int = Field(
+        1 << 20, ge=1, description="Validation tokens to evaluate (the split is cut there)."
+    )
+    max_tokens_per_language: int = Field(
+        1 << 16, ge=0,
+        description="Validation tokens per language for per-language loss / bits per byte "
+        "(whole documents; 0: off).",
+    )  # fmt: skip
+    seq_len: int | None = Field(
+        None, ge=1, description="Tokens per validation window; default: the model's context."
+    )
+    batch_size: int = Field(16, ge=1, description="Validation windows per forward pass.")
+    blimp_batch_size: int = Field(
+        64, ge=1,
+        description="Sentences per forward pass (BLiMP sentences and benchmark continuations).",
+    )  # fmt: skip
+    blimp_max_pairs: int | None = Field(
+        None, ge=1, description="Pairs per BLiMP paradigm (default: all)."
+    )
+    tasks: dict[str, str] | None = Field(
+        None,
+        description="Benchmarks as NAME=PATH_OR_URL, comma-separated: hellaswag, arc_easy, "
+        "arc_challenge, piqa, lambada (e.g. hellaswag=hellaswag_val.jsonl,arc_easy=ARC-Easy-"
+        "Test.jsonl); a bare NAME downloads the published file.",
+    )
+    num_fewshot: int = Field(0, ge=0, description="Solved examples before each benchmark question.")
+    fewshot_from: dict[str, str] | None = Field(
+        None,
+        description="NAME=PATH_OR_URL of a train/validation file to draw few-shot examples from "
+        "(default: the task's own file, without the question); each NAME must be in tasks.",
+    )
+    fewshot_seed: int = Field(1234, ge=0, description="Seed of the few-shot example draw.")
+    benchmark_limit: int | None = Field(
+        None, ge=1, description="Score only the first N questions of each benchmark."
+    )
+    prompts: tuple[str, ...] = Field(
+        DEFAULT_PROMPTS, description="Prompts for sampled generations."
+    )
+    max_new_tokens: int = Field(48, ge=1, description="Tokens generated per prompt.")
+    temperature: float = Field(
+        0.8, ge=0.0, allow_inf_nan=False, description="Sampling temperature; 0: greedy."
+    )
+    top_k: int | None = Field(
+        50, ge=1, description="Sample among the k likeliest tokens; empty: all of them."
+    )
+    seed: int = Field(0, ge=0, description="Seed of each prompt's sampled generation.")
+    # CPU by default: scores then do not depend on which accelerator happens to be free.
+    device: str = Field("cpu", description="cpu, auto (CUDA when available), cuda, cuda:1, ...")
+
+    @field_validator("tasks", "fewshot_from", mode="before")
+    @classmethod
+    def _parse_task_sources(cls, value: object) -> object:
+        # The CLI hands over one string, `hellaswag=PATH,arc_easy`; the UI and Python a mapping.
+        if not isinstance(value, str):
+            return value
+        sources = {}
+        for entry in filter(None, (part.strip() for part in value.split(","))):
+            name, sep, source = (part.strip() for part in entry.partition("="))
+            if sep and not source:
+                raise ValueError(f"benchmark {name!r} has an empty source: NAME=PATH_OR_URL")
+            sources[name] = source or benchmark_task(name).url
+        return sources
+
+    @field_validator("tasks", "fewshot_from")
+    @classmethod
+    def _check_task_names(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for name in value or {}:
+            benchmark_task(name)  # ValueError listing the known benchmarks
+        return value
+
+    @model_validator(mode="after")
+    def _check_fewshot_sources(self) -> EvalConfig:
+        unused = sorted(set(self.fewshot_from or {}) - set(self.tasks or {}))
+        if unused:
+            raise ValueError(
+                f"fewshot_from names {', '.join(unused)}, which tasks does not: add them to "
+                "tasks or leave them out of fewshot_from"
+            )
+        return self
+
+    def benchmark_options(self, cache_dir: str | Path | None) -> dict[str, Any]:
+        """Keyword arguments of `evaluate_benchmarks` (few-shot draw, limit, download cache)."""
+        options: dict[str, Any] = {
+            "num_fewshot": self.num_fewshot,
+            "fewshot_sources": self.fewshot_from,
+            "seed": self.fewshot_seed,
+            "limit": self.benchmark_limit,
+        }
+        if cache_dir:
+            options["cache_dir"] = cache_dir
+        return options
+
+
 def checkpoint_tokenizer_path(checkpoint_dir: Path, shards_dir: Path) -> Path:
     """The training run's copy of the tokenizer when there is one, else the shards'."""
     own = checkpoint_dir / TOKENIZER_FILE
@@ -426,43 +529,28 @@ def checkpoint_tokenizer_path(checkpoint_dir: Path, shards_dir: Path) -> Path:
 def evaluate_checkpoint(
     checkpoint_dir: str | Path,
     shards_dir: str | Path,
+    config: EvalConfig = EvalConfig(),
     *,
-    blimp_dir: str | Path | None = None,
-    blimp_max_pairs: int | None = None,
-    max_val_tokens: int = 1 << 20,
-    max_tokens_per_language: int = 1 << 16,
     data_dir: str | Path | None = None,
-    batch_size: int = 16,
-    blimp_batch_size: int = 64,
-    seq_len: int | None = None,
-    prompts: Sequence[str] = DEFAULT_PROMPTS,
-    max_new_tokens: int = 48,
-    temperature: float = 0.8,
-    top_k: int | None = 50,
-    seed: int = 0,
-    device: str = "cpu",
-    benchmarks: Mapping[str, str] | None = None,
-    benchmark_options: Mapping[str, Any] | None = None,
+    blimp_dir: str | Path | None = None,
+    benchmark_cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score a saved model on the shards' val split, optionally BLiMP and benchmarks, and sample
-    completions.
+    completions, as `config` says.
 
     `checkpoint_dir` is a training output or a `checkpoints/step-NNNNNN` directory; the
-    tokenizer is its `tokenizer.json`, else the shards'. `seq_len` defaults to the model's
-    context length; `batch_size` counts validation windows, `blimp_batch_size` sentences
-    (BLiMP sentences and benchmark continuations).
+    tokenizer is its `tokenizer.json`, else the shards'. Per-language metrics read the data
+    directory the shards were built from, or `data_dir`; BLiMP is scored when `blimp_dir` is
+    given; downloaded benchmark files are kept in `benchmark_cache` (default ~/.cache/lmforge).
     Returns val_loss, val_ppl, val_bpb, val_tokens, samples, `languages` ({lang: val_loss,
-    val_ppl, val_bpb, val_tokens, val_bytes, docs} over up to `max_tokens_per_language` val
-    tokens of whole documents per language; 0 turns it off) when the data directory the shards
-    were built from (or `data_dir`) is available, else `languages_skipped` saying why;
-    blimp_acc plus per-paradigm blimp when `blimp_dir` is given, and `benchmarks` (task ->
-    metrics) for the `name: path or URL` tasks of `benchmarks`, scored by
-    `tasks.benchmarks.evaluate_benchmarks` with `benchmark_options` (num_fewshot,
-    fewshot_sources, seed, limit, cache_dir).
+    val_ppl, val_bpb, val_tokens, val_bytes, docs}) when that data directory is available, else
+    `languages_skipped` saying why; blimp_acc plus per-paradigm blimp with `blimp_dir`, and
+    `benchmarks` (task -> metrics) for `config.tasks`.
 
-    Raises EvaluationError when the tokenizer is not the one the shards were built with, or its
-    vocabulary differs from the model's; ManifestError for a folder that is not a shards output;
-    FileNotFoundError/CheckpointError for a checkpoint that is missing or cannot be read.
+    Raises EvaluationError when the tokenizer is not the one the shards were built with, its
+    vocabulary differs from the model's, or `config.seq_len` exceeds the model's context;
+    ManifestError for a folder that is not a shards output; FileNotFoundError/CheckpointError
+    for a checkpoint that is missing or cannot be read.
     """
     checkpoint_dir, shards_dir = Path(checkpoint_dir), Path(shards_dir)
     shards_manifest = read_manifest(shards_dir, stage=SHARDS_STAGE)
@@ -473,32 +561,37 @@ def evaluate_checkpoint(
             f"{tokenizer_path} is not the tokenizer {shards_dir} was built with (sha256 differs): "
             "evaluate the model on shards made with its own tokenizer"
         )
-    model = load_model(checkpoint_dir, device=resolve_device(device))
+    model = load_model(checkpoint_dir, device=resolve_device(config.device))
     if model.config.vocab_size != tokenizer_vocab_size(tokenizer):
         raise EvaluationError(
             f"the model in {checkpoint_dir} has vocab_size={model.config.vocab_size} but "
             f"{tokenizer_path} has {tokenizer_vocab_size(tokenizer)} tokens: "
             "they do not belong together"
         )
-    seq_len = seq_len or model.config.max_seq_len
+    seq_len = config.seq_len or model.config.max_seq_len
+    if seq_len > model.config.max_seq_len:
+        raise EvaluationError(
+            f"eval.seq_len={seq_len} is longer than the context of the model in {checkpoint_dir} "
+            f"({model.config.max_seq_len} tokens): lower seq_len or leave it empty"
+        )
 
     results: dict[str, Any] = validation_metrics(
         model,
         open_token_split(shards_dir / "val"),
         seq_len,
-        batch_size,
-        max_val_tokens,
+        config.batch_size,
+        config.max_val_tokens,
         bytes_per_token=split_bytes_per_token(shards_manifest, "val"),
     )
-    if max_tokens_per_language:
+    if config.max_tokens_per_language:
         languages, skipped = shards_language_metrics(
             model,
             shards_dir,
             shards_manifest,
             data_dir,
             seq_len=seq_len,
-            batch_size=batch_size,
-            max_tokens_per_language=max_tokens_per_language,
+            batch_size=config.batch_size,
+            max_tokens_per_language=config.max_tokens_per_language,
         )
         if skipped:
             log.warning("per-language metrics skipped: %s", skipped)
@@ -508,21 +601,29 @@ def evaluate_checkpoint(
     if blimp_dir is not None:
         paradigms = load_blimp(blimp_dir)
         results.update(
-            blimp_accuracy(model, tokenizer, paradigms, blimp_batch_size, blimp_max_pairs)
+            blimp_accuracy(
+                model, tokenizer, paradigms, config.blimp_batch_size, config.blimp_max_pairs
+            )
         )
-    if benchmarks:
+    if config.tasks:
         from lmforge.tasks.evaluate.benchmarks import evaluate_benchmarks
 
         results["benchmarks"] = evaluate_benchmarks(
             model,
             tokenizer,
-            benchmarks,
-            batch_size=blimp_batch_size,
+            config.tasks,
+            batch_size=config.blimp_batch_size,
             max_length=model.config.max_seq_len,
-            **(benchmark_options or {}),
+            **config.benchmark_options(benchmark_cache),
         )
     results["samples"] = sample_generations(
-        model, tokenizer, prompts, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed
+        model,
+        tokenizer,
+        config.prompts,
+        config.max_new_tokens,
+        temperature=config.temperature,
+        top_k=config.top_k,
+        seed=config.seed,
     )
     results.update(seq_len=seq_len, tokenizer_sha256=shards_manifest["tokenizer"]["sha256"])
     return results

@@ -1,4 +1,5 @@
-"""Fine-tune a pretrained GPT as a text classifier: `finetune_classifier(ClassifierConfig(...))`.
+"""Fine-tune a pretrained GPT as a text classifier:
+`finetune_classifier(base_model, data, out_dir, ClassifierConfig(...))`.
 
 Examples come from a labelled CSV/JSONL file, or from a data-stage directory (`DATA/docs/*.parquet`)
 with labels derived from each document's URL:
@@ -22,13 +23,14 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 
 from lmforge.tasks.data.dataset_versions import read_documents
 
@@ -46,58 +48,52 @@ from lmforge.tasks.tokens.tokenizer import load_tokenizer, special_token_ids, to
 LabelSource = Literal["section", "site"]
 
 
-@dataclass
-class ClassifierConfig:
-    """One classification fine-tuning run.
-
-    base_model: a training output (model.safetensors, model_config.json, tokenizer.json).
-    data: a CSV/JSONL file with `text_field` and `label_field`, or a data-stage directory whose
-    labels come from `label_from`. max_len: tokens per text (the start is kept; None: the model's
-    max_seq_len). trainable_blocks: train only the head, final norm and the last N blocks (None:
-    everything). Classes with fewer than min_class_examples are left out (reported in counts).
-    Raises ValueError on construction for values out of range.
+class ClassifierConfig(BaseModel):
+    """How a pretrained model is fine-tuned into a text classifier: where labels come from, how
+    texts are cut, the optimisation, which blocks train and the held-out split. Classes with
+    fewer than min_class_examples are left out (reported in the counts). Invalid values raise
+    ValidationError (a ValueError) naming the field, before any work.
     """
 
-    base_model: str
-    data: str
-    out_dir: str
-    label_from: LabelSource = "section"
-    text_field: str = "text"
-    label_field: str = "label"
-    max_len: int | None = 256
-    epochs: int = 3
-    batch_size: int = 16
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.1
-    grad_clip: float = 1.0
-    trainable_blocks: int | None = None
-    val_fraction: float = 0.2
-    min_class_examples: int = 2
-    seed: int = 0
-    device: str = "auto"
-    log_every: int = 5
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(
-                    f"ClassifierConfig.{name} must be at least 1, got {getattr(self, name)}"
-                )
-        if self.max_len is not None and self.max_len < 2:
-            raise ValueError(f"ClassifierConfig.max_len must be at least 2, got {self.max_len}")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(
-                f"ClassifierConfig.val_fraction must be in (0, 1), got {self.val_fraction}"
-            )
-        if self.min_class_examples < 2:
-            raise ValueError(
-                "ClassifierConfig.min_class_examples must be at least 2 (one to train, one to test)"
-            )
-        if self.label_from not in ("section", "site"):
-            raise ValueError(f"label_from must be 'section' or 'site', got {self.label_from!r}")
-        if not 0 <= self.warmup_fraction < 1 or self.lr <= 0:
-            raise ValueError("ClassifierConfig needs lr > 0 and warmup_fraction in [0, 1)")
+    label_from: LabelSource = Field(
+        "section",
+        description="For a data-stage directory: label by the URL's section (the page's "
+        "directory, e.g. reference/library) or by site (the host).",
+    )
+    text_field: str = Field(
+        "text", min_length=1, description="Text column/field of a labelled file."
+    )
+    label_field: str = Field(
+        "label", min_length=1, description="Label column/field of a labelled file."
+    )
+    max_len: int | None = Field(
+        256, ge=2, description="Tokens per text (the start is kept); empty: the model's context."
+    )
+    epochs: int = Field(3, ge=1, description="Passes over the training split.")
+    batch_size: int = Field(16, ge=1, description="Texts per optimizer step.")
+    lr: float = Field(5e-4, gt=0.0, description="Peak learning rate (warmup, then cosine decay).")
+    weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay (2-D weights only).")
+    warmup_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of the steps spent warming the learning rate up."
+    )
+    grad_clip: float = Field(1.0, ge=0.0, description="Gradient norm clip; 0: no clipping.")
+    trainable_blocks: int | None = Field(
+        None, ge=0,
+        description="Train only the head, final norm and the last N blocks; empty: all.",
+    )  # fmt: skip
+    val_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Share of every class held out for accuracy and macro-F1."
+    )
+    min_class_examples: int = Field(
+        2, ge=2, description="Classes with fewer examples are left out (one to train, one to test)."
+    )
+    seed: int = Field(
+        0, ge=0, description="Seed of the split, the head's init and the batch order."
+    )
+    device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    log_every: int = Field(5, ge=1, description="Training loss every N steps (and at the end).")
 
 
 @dataclass
@@ -154,8 +150,8 @@ def documents_with_labels(data_dir: str | Path, label_from: LabelSource) -> list
     return examples
 
 
-def load_examples(config: ClassifierConfig) -> list[LabelledText]:
-    data = Path(config.data)
+def load_examples(data: str | Path, config: ClassifierConfig) -> list[LabelledText]:
+    data = Path(data)
     if data.is_dir():
         return documents_with_labels(data, config.label_from)
     return load_labelled_texts(data, config.text_field, config.label_field)
@@ -241,16 +237,22 @@ def predict(
 STAGE = "finetune_classifier"
 
 
-def claim_classifier_output(config: ClassifierConfig) -> None:
-    """OutputRefused, before any work, unless `config.out_dir` may receive this stage's output
-    (new, empty or an earlier one; clear of the base model and the data)."""
-    claim_output_dir(config.out_dir, STAGE, [config.base_model, config.data])
+def claim_classifier_output(base_model: str | Path, data: str | Path, out_dir: str | Path) -> None:
+    """OutputRefused, before any work, unless `out_dir` may receive this stage's output (new,
+    empty or an earlier one; clear of the base model and the data)."""
+    claim_output_dir(out_dir, STAGE, [base_model, data])
 
 
 def finetune_classifier(
-    config: ClassifierConfig, on_log: LogCallback | None = None
+    base_model: str | Path,
+    data: str | Path,
+    out_dir: str | Path,
+    config: ClassifierConfig = ClassifierConfig(),
+    on_log: LogCallback | None = None,
 ) -> ClassifierResult:
-    """Train a classification head (and the chosen blocks) on `config.data`; write `out_dir`.
+    """Train a classification head (and the chosen blocks) of the training output `base_model`
+    on `data` (a CSV/JSONL file with `config.text_field` and `config.label_field`, or a
+    data-stage directory labelled by `config.label_from`); write `out_dir`.
 
     on_log(step, metrics) gets {"loss", "lr"} every log_every steps and {"val_loss",
     "val_accuracy"} after every epoch. Raises FinetuneDataError for unusable data (fewer than
@@ -259,20 +261,20 @@ def finetune_classifier(
     """
     wall_start = time.perf_counter()
     log = MetricsHistory(on_log)
-    claim_classifier_output(config)
+    claim_classifier_output(base_model, data, out_dir)
 
-    base_dir = Path(config.base_model)
+    base_dir = Path(base_model)
     read_manifest(base_dir)  # a base model is a finished training output: fail early otherwise
     tokenizer = load_tokenizer(base_dir / TOKENIZER_FILE)
     pad_id = special_token_ids(tokenizer).pad_id
-    examples = load_examples(config)
+    examples = load_examples(data, config)
     counts = Counter(example.label for example in examples)
     rare = {label: n for label, n in counts.items() if n < config.min_class_examples}
     examples = [example for example in examples if example.label not in rare]
     labels = sorted({example.label for example in examples})
     if len(labels) < 2:
         raise FinetuneDataError(
-            f"{config.data}: need at least two classes with {config.min_class_examples}+ examples; "
+            f"{data}: need at least two classes with {config.min_class_examples}+ examples; "
             f"found {dict(counts)}"
         )
     train_set, val_set = stratified_split(examples, config.val_fraction, config.seed)
@@ -322,7 +324,7 @@ def finetune_classifier(
     accuracy, macro_f1, confusion, f1 = classification_metrics(val_y, predicted, len(labels))
     majority = Counter(train_y).most_common(1)[0][0]  # the baseline learns only the train prior
     result = ClassifierResult(
-        out_dir=Path(config.out_dir),
+        out_dir=Path(out_dir),
         labels=labels,
         accuracy=accuracy,
         macro_f1=macro_f1,
@@ -337,7 +339,7 @@ def finetune_classifier(
         seconds=0.0,
         history=log.records,
     )
-    write_classifier_output(config, result, classifier, base_dir, rare)
+    write_classifier_output(config, result, classifier, base_dir, Path(data), rare)
     result.seconds = time.perf_counter() - wall_start
     return result
 
@@ -347,6 +349,7 @@ def write_classifier_output(
     result: ClassifierResult,
     classifier: SequenceClassifier,
     base_dir: Path,
+    data: Path,
     rare: dict[str, int],
 ) -> None:
     """The stage directory: classifier, tokenizer, metrics.json, confusion_matrix.png, manifest."""
@@ -356,9 +359,9 @@ def write_classifier_output(
         "confusion": result.confusion,
         "per_class_f1": result.per_class_f1,
     }
-    with stage_output(
-        config.out_dir, STAGE, asdict(config), inputs=[base_dir, config.data]
-    ) as stage:
+    paths = {"base_model": str(base_dir), "data": str(data), "out_dir": str(result.out_dir)}
+    params = {**paths, **config.model_dump(mode="json")}
+    with stage_output(result.out_dir, STAGE, params, inputs=[base_dir, data]) as stage:
         save_classifier(classifier, stage.path, result.labels)
         shutil.copyfile(base_dir / TOKENIZER_FILE, stage.path / TOKENIZER_FILE)
         (stage.path / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

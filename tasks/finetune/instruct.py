@@ -1,4 +1,5 @@
-"""Supervised instruction fine-tuning of a pretrained GPT: `finetune_instruct(InstructConfig(...))`.
+"""Supervised instruction fine-tuning of a pretrained GPT:
+`finetune_instruct(base_model, data, out_dir, InstructConfig(...))`.
 
 Records (Alpaca-style or chat messages, see `lmforge.tasks.finetune.data`) are rendered with the
 prompt template, tokenized with loss on response tokens only, optionally packed into full rows,
@@ -20,13 +21,14 @@ import random
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 
 from lmforge.manifest import claim_output_dir, read_manifest, stage_output
 from lmforge.model.checkpoint import load_model, save_model
@@ -54,58 +56,44 @@ ADAPTER_FILE = "lora_adapter.safetensors"
 LORA_CONFIG_FILE = "lora.json"
 
 
-@dataclass
-class InstructConfig:
-    """One instruction fine-tuning run.
-
-    max_len: tokens per example, and per packed row (None: the model's max_seq_len); longer
-    examples are cut at the end. lora_rank 0 trains every weight; > 0 trains LoRA adapters on
-    `lora_targets` only. val_fraction of the records (at least one) is held out; up to
-    num_samples of them get generated responses of at most max_new_tokens.
-    Raises ValueError on construction for values out of range.
+class InstructConfig(BaseModel):
+    """How a pretrained model is instruction-tuned: example length and packing, the
+    optimisation, full or LoRA training, the held-out share and the responses sampled from it.
+    Examples longer than max_len are cut at the end. Invalid values and combinations raise
+    ValidationError (a ValueError) naming the field, before any work.
     """
 
-    base_model: str
-    data: str
-    out_dir: str
-    max_len: int | None = None
-    pack: bool = True
-    epochs: int = 3
-    batch_size: int = 8
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    warmup_fraction: float = 0.1
-    grad_clip: float = 1.0
-    lora_rank: int = 0
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    lora_targets: tuple[str, ...] = DEFAULT_TARGETS
-    val_fraction: float = 0.1
-    num_samples: int = 5
-    max_new_tokens: int = 64
-    seed: int = 0
-    device: str = "auto"
-    log_every: int = 5
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __post_init__(self) -> None:
-        self.lora_targets = tuple(self.lora_targets)
-        for name in ("epochs", "batch_size", "log_every", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(
-                    f"InstructConfig.{name} must be at least 1, got {getattr(self, name)}"
-                )
-        if self.max_len is not None and self.max_len < 8:
-            raise ValueError(f"InstructConfig.max_len must be at least 8, got {self.max_len}")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(
-                f"InstructConfig.val_fraction must be in (0, 1), got {self.val_fraction}"
-            )
-        if self.lora_rank < 0 or self.num_samples < 0:
-            raise ValueError("InstructConfig.lora_rank and num_samples must be >= 0")
-        if self.lr <= 0 or not 0 <= self.warmup_fraction < 1:
-            raise ValueError("InstructConfig needs lr > 0 and warmup_fraction in [0, 1)")
-        if self.lora_rank:
-            self.lora_config()  # validates alpha, dropout and targets
+    max_len: int | None = Field(
+        None, ge=8, description="Tokens per example and per packed row; empty: the model's context."
+    )
+    pack: bool = Field(True, description="Pack several examples into each row (fewer pad tokens).")
+    epochs: int = Field(3, ge=1, description="Passes over the training records.")
+    batch_size: int = Field(8, ge=1, description="Rows per optimizer step.")
+    lr: float = Field(3e-4, gt=0.0, description="Peak learning rate (warmup, then cosine decay).")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay (2-D weights only).")
+    warmup_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of the steps spent warming the learning rate up."
+    )
+    grad_clip: float = Field(1.0, ge=0.0, description="Gradient norm clip; 0: no clipping.")
+    lora_rank: int = Field(
+        0, ge=0, description="LoRA rank; 0 fine-tunes every weight, > 0 trains adapters only."
+    )
+    lora_alpha: float = Field(16.0, gt=0.0, description="LoRA scale: updates scale by alpha/rank.")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapters' input.")
+    lora_targets: tuple[str, ...] = Field(
+        DEFAULT_TARGETS, min_length=1,
+        description="Linear layers to adapt, by name (qkv, out_proj, gate_up, up, down).",
+    )  # fmt: skip
+    val_fraction: float = Field(
+        0.1, gt=0.0, lt=1.0, description="Share of records held out for loss and sample responses."
+    )
+    num_samples: int = Field(5, ge=0, description="Held-out prompts answered after training.")
+    max_new_tokens: int = Field(64, ge=1, description="Tokens generated per sample response.")
+    seed: int = Field(0, ge=0, description="Seed of the split and batch order.")
+    device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    log_every: int = Field(5, ge=1, description="Training loss every N steps (and at the end).")
 
     def lora_config(self) -> LoRAConfig:
         return LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets)
@@ -200,14 +188,21 @@ def generate_responses(
 STAGE = "finetune_instruct"
 
 
-def claim_instruct_output(config: InstructConfig) -> None:
-    """OutputRefused, before any work, unless `config.out_dir` may receive this stage's output
-    (new, empty or an earlier one; clear of the base model and the data)."""
-    claim_output_dir(config.out_dir, STAGE, [config.base_model, config.data])
+def claim_instruct_output(base_model: str | Path, data: str | Path, out_dir: str | Path) -> None:
+    """OutputRefused, before any work, unless `out_dir` may receive this stage's output (new,
+    empty or an earlier one; clear of the base model and the data)."""
+    claim_output_dir(out_dir, STAGE, [base_model, data])
 
 
-def finetune_instruct(config: InstructConfig, on_log: LogCallback | None = None) -> InstructResult:
-    """Fine-tune `config.base_model` on `config.data`; write `config.out_dir` (see module doc).
+def finetune_instruct(
+    base_model: str | Path,
+    data: str | Path,
+    out_dir: str | Path,
+    config: InstructConfig = InstructConfig(),
+    on_log: LogCallback | None = None,
+) -> InstructResult:
+    """Fine-tune the training output `base_model` on the instruction records in `data`; write
+    `out_dir` (see module doc).
 
     on_log(step, metrics) gets {"loss", "lr"} every log_every steps and {"val_response_loss"}
     after every epoch. Raises FinetuneDataError for unusable data (and when no record keeps a
@@ -216,15 +211,15 @@ def finetune_instruct(config: InstructConfig, on_log: LogCallback | None = None)
     """
     wall_start = time.perf_counter()
     log = MetricsHistory(on_log)
-    claim_instruct_output(config)
+    claim_instruct_output(base_model, data, out_dir)
 
-    base_dir = Path(config.base_model)
+    base_dir = Path(base_model)
     read_manifest(base_dir)
     tokenizer = load_tokenizer(base_dir / TOKENIZER_FILE)
     pad_id = special_token_ids(tokenizer).pad_id
-    records = load_instruction_records(config.data)
+    records = load_instruction_records(data)
     if len(records) < 2:
-        raise FinetuneDataError(f"{config.data}: need at least 2 records (one is held out)")
+        raise FinetuneDataError(f"{data}: need at least 2 records (one is held out)")
     order = list(range(len(records)))
     random.Random(config.seed).shuffle(order)
     held = min(len(records) - 1, max(1, round(config.val_fraction * len(records))))
@@ -240,7 +235,7 @@ def finetune_instruct(config: InstructConfig, on_log: LogCallback | None = None)
     val_examples = [e for r in val_records if (e := tokenize_example(tokenizer, r, max_len))]
     if not train_examples or not val_examples:
         raise FinetuneDataError(
-            f"{config.data}: no response token survives in the training or held-out records at "
+            f"{data}: no response token survives in the training or held-out records at "
             f"max_len={max_len}; shorten the prompts or raise max_len"
         )
     rows = pack_examples(train_examples, max_len) if config.pack else train_examples
@@ -289,7 +284,7 @@ def finetune_instruct(config: InstructConfig, on_log: LogCallback | None = None)
         model, tokenizer, val_records[: config.num_samples], config.max_new_tokens, device
     )
     result = InstructResult(
-        out_dir=Path(config.out_dir),
+        out_dir=Path(out_dir),
         val_loss_before=val_before,
         val_loss_after=val_after,
         train_examples=len(train_examples),
@@ -304,7 +299,7 @@ def finetune_instruct(config: InstructConfig, on_log: LogCallback | None = None)
         seconds=0.0,
         history=log.records,
     )
-    write_instruct_output(config, result, model, base_dir, adapter)
+    write_instruct_output(config, result, model, base_dir, Path(data), adapter)
     result.seconds = time.perf_counter() - wall_start
     return result
 
@@ -314,12 +309,13 @@ def write_instruct_output(
     result: InstructResult,
     model: GPT,
     base_dir: Path,
+    data: Path,
     adapter: dict[str, torch.Tensor],
 ) -> None:
     """The stage directory: merged model, tokenizer, adapter (LoRA), samples, metrics, manifest."""
-    with stage_output(
-        config.out_dir, STAGE, asdict(config), inputs=[base_dir, config.data]
-    ) as stage:
+    paths = {"base_model": str(base_dir), "data": str(data), "out_dir": str(result.out_dir)}
+    params = {**paths, **config.model_dump(mode="json")}
+    with stage_output(result.out_dir, STAGE, params, inputs=[base_dir, data]) as stage:
         save_model(model, stage.path)
         shutil.copyfile(base_dir / TOKENIZER_FILE, stage.path / TOKENIZER_FILE)
         if adapter:

@@ -29,9 +29,9 @@ import logging
 import os
 import shutil
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -39,7 +39,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tokenizers import Encoding, Tokenizer
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from tokenizers import Encoding, Tokenizer, pre_tokenizers
 
 from lmforge.tasks.data.dataset_versions import (
     dataset_doc_files,
@@ -67,6 +68,7 @@ from lmforge.model.shard_format import (
     write_shard,
 )
 from lmforge.tasks.tokens.tokenizer import (
+    SPECIAL_TOKENS,
     LanguageSampling,
     TokenizerConfig,
     flatten_encodings,
@@ -85,6 +87,8 @@ TOKENIZER_FILE = "tokenizer.json"
 SPLITS = ("train", "val")
 DOCUMENT_COLUMNS = ["id", "text", "lang"]
 UNKNOWN_LANGUAGE = "und"  # BCP 47 "undetermined", for documents without a language tag
+# A byte-level BPE holds every byte and the special tokens before its first merge.
+MIN_VOCAB_SIZE = len(pre_tokenizers.ByteLevel.alphabet()) + len(SPECIAL_TOKENS)
 
 T = TypeVar("T")
 
@@ -93,60 +97,88 @@ class ShardError(ManifestError):
     """A shards directory, or the data it is built from, is unusable; the message names the file."""
 
 
-@dataclass(frozen=True)
-class ShardParams:
-    """Parameters of `build_shards` (recorded verbatim in the manifest).
-
-    vocab_size/min_frequency: BPE training (ignored when tokenizer_path names a tokenizer to reuse).
-    sample_bytes, language_temperature, language_weights, max_repeats, sample_seed: the
-    tokenizer's training sample, drawn from the train split with per-language shares (see
-    `LanguageSampling`); a separate seed, so that reshuffling keeps the vocabulary.
-    shard_tokens: tokens per shard file (all but a split's last shard hold exactly this many).
-    val_fraction: share of documents, chosen by a hash of their id, that go to the val split.
-    seed: the document shuffle within each split, and the tokenizer sample.
-    batch_size: documents per `encode_batch` call (the Rust tokenizer parallelises within a
-    batch over RAYON_NUM_THREADS threads, default one per core; TOKENIZERS_PARALLELISM=false
-    makes it serial).
+class ShardConfig(BaseModel):
+    """Everything that decides a shards directory: the tokenizer (trained, or reused from
+    `tokenizer_path`), its training sample, the train/val split, the shuffle and the shard size.
+    Recorded verbatim in the manifest. Invalid values raise ValidationError naming the field.
     """
 
-    vocab_size: int = 8192
-    min_frequency: int = 2
-    shard_tokens: int = 1 << 24
-    val_fraction: float = 0.05
-    seed: int = 0
-    tokenizer_path: str | None = None
-    batch_size: int = 1024
-    sample_bytes: int = LanguageSampling.max_bytes
-    language_temperature: float = LanguageSampling.temperature
-    language_weights: Mapping[str, float] | None = None
-    max_repeats: int = LanguageSampling.max_repeats
-    sample_seed: int = LanguageSampling.seed
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __post_init__(self) -> None:
-        TokenizerConfig(self.vocab_size, self.min_frequency)  # validates both
-        self.language_sampling()  # validates the sampling knobs
-        if not 0 < self.shard_tokens <= MAX_SHARD_TOKENS:
-            raise ValueError(
-                f"shard_tokens must be in 1..{MAX_SHARD_TOKENS}, got {self.shard_tokens}"
-            )
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(
-                f"val_fraction must be strictly between 0 and 1, got {self.val_fraction}"
-            )
-        if not 0 <= self.seed < 2**64:
-            raise ValueError(f"seed must be in 0..2**64-1, got {self.seed}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+    vocab_size: int = Field(
+        8192, ge=MIN_VOCAB_SIZE, le=1 << 20,
+        description="BPE vocabulary size (ignored when tokenizer_path names a tokenizer).",
+    )  # fmt: skip
+    min_frequency: int = Field(2, ge=1, description="Minimum pair frequency for a BPE merge.")
+    shard_tokens: int = Field(
+        1 << 24, ge=1, le=MAX_SHARD_TOKENS,
+        description="Tokens per shard file (the last shard of a split is shorter).",
+    )  # fmt: skip
+    val_fraction: float = Field(
+        0.05, gt=0.0, lt=1.0, description="Share of documents (by id hash) held out for validation."
+    )
+    seed: int = Field(0, ge=0, lt=2**64, description="Seed of the document shuffle.")
+    tokenizer_path: str | None = Field(
+        None, description="Reuse this tokenizer.json instead of training one (skips BPE training)."
+    )
+    # The Rust tokenizer parallelises within a batch over RAYON_NUM_THREADS threads (default:
+    # one per core); TOKENIZERS_PARALLELISM=false makes it serial.
+    batch_size: int = Field(1024, ge=1, description="Documents per tokenizer encode call.")
+    sample_bytes: int = Field(
+        LanguageSampling.max_bytes, ge=1,
+        description="Cap on the UTF-8 bytes of text the tokenizer trains on.",
+    )  # fmt: skip
+    language_temperature: float = Field(
+        LanguageSampling.temperature, gt=0.0, allow_inf_nan=False,
+        description="Tokenizer sample share per language ~ bytes^(1/T): 1 keeps the data's mix, "
+        "larger flattens it so a dominant language does not swamp the vocabulary.",
+    )  # fmt: skip
+    language_weights: dict[str, float] | None = Field(
+        None,
+        description="Explicit tokenizer sample shares, e.g. en=2,de=1 (languages not named are "
+        "left out); overrides language_temperature.",
+    )
+    max_repeats: int = Field(
+        LanguageSampling.max_repeats, ge=1,
+        description="Most times a small language's documents repeat in the sample.",
+    )  # fmt: skip
+    sample_seed: int = Field(
+        LanguageSampling.seed, ge=0, lt=2**64,
+        description="Seed of the tokenizer sample (separate, so reshuffling keeps the vocabulary).",
+    )  # fmt: skip
+
+    @field_validator("language_weights", mode="before")
+    @classmethod
+    def _parse_language_weights(cls, value: object) -> object:
+        # The CLI hands over one string, `en=2,de=1`; the UI and Python hand over a mapping.
+        if not isinstance(value, str):
+            return value
+        weights: dict[str, str] = {}
+        for entry in filter(None, (part.strip() for part in value.split(","))):
+            lang, sep, weight = entry.partition("=")
+            if not sep or not lang.strip():
+                raise ValueError(f"language weight {entry!r} is not LANG=WEIGHT (e.g. en=2,de=1)")
+            weights[lang.strip()] = weight.strip()
+        return weights
+
+    @field_validator("language_weights")
+    @classmethod
+    def _check_language_weights(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is not None:
+            LanguageSampling(weights=value)  # finite, >= 0, some language with a share
+        return value
 
     def language_sampling(self) -> LanguageSampling:
-        weights = dict(self.language_weights) if self.language_weights is not None else None
         return LanguageSampling(
             temperature=self.language_temperature,
-            weights=weights,
+            weights=self.language_weights,
             max_bytes=self.sample_bytes,
             max_repeats=self.max_repeats,
             seed=self.sample_seed,
         )
+
+    def tokenizer_config(self) -> TokenizerConfig:
+        return TokenizerConfig(self.vocab_size, self.min_frequency)
 
 
 def is_validation_document(doc_id: str, val_fraction: float) -> bool:
@@ -216,7 +248,7 @@ def iter_document_batches(files: list[Path], batch_size: int) -> Iterator[Docume
                 )
 
 
-def train_bytes_by_language(files: list[Path], params: ShardParams) -> Counter[str]:
+def train_bytes_by_language(files: list[Path], params: ShardConfig) -> Counter[str]:
     """UTF-8 bytes of text per language in the train split (reads lengths, not texts)."""
     sizes: Counter[str] = Counter()
     for path in files:
@@ -249,7 +281,7 @@ class TokenizerSample:
 
 
 def tokenizer_sample_texts(
-    files: list[Path], params: ShardParams, sampling: LanguageSampling, sample: TokenizerSample
+    files: list[Path], params: ShardConfig, sampling: LanguageSampling, sample: TokenizerSample
 ) -> Iterator[str]:
     """The texts the tokenizer trains on: train-split documents, each repeated as often as
     `sampling` draws it at its language's rate (val never shapes the vocabulary)."""
@@ -321,7 +353,7 @@ class SplitStream:
 
 
 def tokenize_into_streams(
-    files: list[Path], tokenizer: Tokenizer, params: ShardParams, streams: dict[str, SplitStream]
+    files: list[Path], tokenizer: Tokenizer, params: ShardConfig, streams: dict[str, SplitStream]
 ) -> int:
     """Tokenize every non-empty document into its split's stream; returns how many there were.
 
@@ -355,7 +387,7 @@ def append_batch(
     batch: DocumentBatch,
     encodings: list[Encoding],
     eot_id: int,
-    params: ShardParams,
+    params: ShardConfig,
     streams: dict[str, SplitStream],
 ) -> None:
     """Append one encoded batch to the streams of the splits its documents belong to."""
@@ -445,65 +477,38 @@ def write_split_shards(
 
 
 def build_shards(
-    data_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    vocab_size: int = ShardParams.vocab_size,
-    min_frequency: int = ShardParams.min_frequency,
-    shard_tokens: int = ShardParams.shard_tokens,
-    val_fraction: float = ShardParams.val_fraction,
-    seed: int = ShardParams.seed,
-    tokenizer_path: str | Path | None = None,
-    batch_size: int = ShardParams.batch_size,
-    sample_bytes: int = ShardParams.sample_bytes,
-    language_temperature: float = ShardParams.language_temperature,
-    language_weights: Mapping[str, float] | None = None,
-    max_repeats: int = ShardParams.max_repeats,
-    sample_seed: int = ShardParams.sample_seed,
+    data_dir: str | Path, out_dir: str | Path, config: ShardConfig = ShardConfig()
 ) -> dict[str, Any]:
     """Tokenize the data stage output `data_dir` into a shards directory `out_dir`.
 
     Trains a byte-level BPE on a sample of the train split drawn with per-language shares (see
-    `ShardParams` and `LanguageSampling`), or copies `tokenizer_path`; splits documents into
-    train/val by a hash of their id, shuffles each split with `seed`, and writes shards per the
-    "Token shards" contract, atomically (`out_dir` appears only when complete). Returns the
-    manifest written to `out_dir/manifest.json`; its `tokenizer_sample` records what the
-    tokenizer was trained on, its `splits` the tokens and bytes per split and language.
+    `ShardConfig` and `LanguageSampling`), or copies `config.tokenizer_path`; splits documents
+    into train/val by a hash of their id, shuffles each split with `config.seed`, and writes
+    shards per the "Token shards" contract, atomically (`out_dir` appears only when complete).
+    Returns the manifest written to `out_dir/manifest.json`; its `params` are the config, its
+    `tokenizer_sample` records what the tokenizer was trained on, its `splits` the tokens and
+    bytes per split and language.
 
     Raises ManifestError if `data_dir` is not a finished data stage output, ShardError if it holds
-    no documents or either split would be empty, TokenizerError for an unusable tokenizer_path,
-    ValueError for invalid parameters (before any work).
+    no documents or either split would be empty, TokenizerError for an unusable tokenizer_path.
     """
     data_dir = Path(data_dir)
-    params = ShardParams(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        shard_tokens=shard_tokens,
-        val_fraction=val_fraction,
-        seed=seed,
-        tokenizer_path=str(tokenizer_path) if tokenizer_path is not None else None,
-        batch_size=batch_size,
-        sample_bytes=sample_bytes,
-        language_temperature=language_temperature,
-        language_weights=dict(language_weights) if language_weights is not None else None,
-        max_repeats=max_repeats,
-        sample_seed=sample_seed,
-    )
+    tokenizer_path = config.tokenizer_path
     files = document_files(data_dir)
     inputs: list[str | Path] = [data_dir] + ([Path(tokenizer_path)] if tokenizer_path else [])
 
-    with stage_output(out_dir, STAGE, asdict(params), inputs=inputs) as stage:
+    with stage_output(out_dir, STAGE, config.model_dump(mode="json"), inputs=inputs) as stage:
         tokenizer_file = stage.path / TOKENIZER_FILE
         sample: TokenizerSample | None = None
         if tokenizer_path is not None:
             tokenizer = load_tokenizer(tokenizer_path)
             shutil.copyfile(tokenizer_path, tokenizer_file)  # byte-identical: same sha256
         else:
-            sampling = params.language_sampling()
-            sample = TokenizerSample(sampling.rates(train_bytes_by_language(files, params)))
+            sampling = config.language_sampling()
+            sample = TokenizerSample(sampling.rates(train_bytes_by_language(files, config)))
             tokenizer = train_tokenizer(
-                tokenizer_sample_texts(files, params, sampling, sample),
-                TokenizerConfig(vocab_size, min_frequency),
+                tokenizer_sample_texts(files, config, sampling, sample),
+                config.tokenizer_config(),
             )
             tokenizer.save(str(tokenizer_file))
             log.info("tokenizer trained on %s", sample.summary())
@@ -516,19 +521,19 @@ def build_shards(
         work_dir = stage.path / ".tokens"  # removed before the manifest lists the outputs
         work_dir.mkdir()
         streams = {split: SplitStream(work_dir / f"{split}.bin", dtype) for split in SPLITS}
-        tokenized = tokenize_into_streams(files, tokenizer, params, streams)
+        tokenized = tokenize_into_streams(files, tokenizer, config, streams)
         for split, stream in streams.items():
             if not stream.doc_ids:
                 raise ShardError(
                     f"no document of {data_dir} fell into the {split} split "
-                    f"({tokenized} documents, val_fraction={val_fraction}): "
+                    f"({tokenized} documents, val_fraction={config.val_fraction}): "
                     "change val_fraction or add documents"
                 )
 
         schema = shard_schema(vocab, special.eot_id)
         splits: dict[str, dict[str, Any]] = {}
         for split, stream in streams.items():
-            shards = write_split_shards(stream, stage.path / split, schema, shard_tokens)
+            shards = write_split_shards(stream, stage.path / split, schema, config.shard_tokens)
             splits[split] = {
                 "tokens": stream.tokens,
                 "bytes": stream.text_bytes,

@@ -9,7 +9,8 @@ of its characters (code or markup dumps, symbol soup); `max_curly_bracket_ratio=
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as config_dataclass
 
 from lmforge.tasks.data.filters.base import DocumentFilter
 from lmforge.tasks.data.filters.text_units import TERMINAL_PUNCTUATION, TextUnits
@@ -21,16 +22,17 @@ _TERMINAL = "".join(sorted(TERMINAL_PUNCTUATION - set("。！？．｡")))
 _SENTENCE_END = re.compile(rf"[{re.escape(_TERMINAL)}]+[\"'”’»」』)\]]*(?=\s|$)|[。！？．｡]+")
 
 
-@dataclass(frozen=True)
+@config_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class C4QualityFilter(DocumentFilter):
     """Drops placeholder text, code/markup dumps and pages with too few sentences."""
 
     name = "c4_quality"
 
-    reject_lorem_ipsum: bool = True
-    # Share of all non-space characters that are `{` or `}`; None turns the rule off.
-    max_curly_bracket_ratio: float | None = 0.01
-    min_sentences: int | None = 3
+    reject_lorem_ipsum: bool = Field(True, description="Drop placeholder text (lorem ipsum).")
+    max_curly_bracket_ratio: float | None = Field(
+        0.01, ge=0.0, le=1.0, description="Largest share of non-space characters that are { or }."
+    )
+    min_sentences: int | None = Field(3, ge=0, description="Fewest sentences a document may have.")
 
     def check(self, units: TextUnits, lang: str | None) -> str | None:
         text = units.text

@@ -10,7 +10,8 @@ the rules ask what share of the *text* ends sentences or sits in short lines.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as config_dataclass
 
 from lmforge.tasks.data.filters.base import DocumentFilter
 from lmforge.tasks.data.filters.gopher import duplicate_fractions
@@ -21,7 +22,7 @@ from lmforge.tasks.data.filters.text_units import (
 )
 
 
-@dataclass(frozen=True)
+@config_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class FineWebQualityFilter(DocumentFilter):
     """Drops pages whose lines rarely end a sentence, are mostly short, repeat each other, or
     that are lists (many line breaks per word).
@@ -32,13 +33,25 @@ class FineWebQualityFilter(DocumentFilter):
 
     name = "fineweb_quality"
 
-    min_line_punct_ratio: float | None = 0.12
-    max_short_line_ratio: float | None = 0.67
-    short_line_chars: int = 30
-    max_duplicate_line_char_ratio: float | None = 0.1
-    max_newline_word_ratio: float | None = 0.3
-    weigh_lines_by_length: bool = True
-    dense_line_scale: float = 0.5
+    min_line_punct_ratio: float | None = Field(
+        0.12, ge=0.0, le=1.0, description="Smallest share of lines that end a sentence."
+    )
+    max_short_line_ratio: float | None = Field(
+        0.67, ge=0.0, le=1.0, description="Largest share of short lines (see short_line_chars)."
+    )
+    short_line_chars: int = Field(30, ge=1, description="A line shorter than this is short.")
+    max_duplicate_line_char_ratio: float | None = Field(
+        0.1, ge=0.0, le=1.0, description="Largest share of characters in repeated lines."
+    )
+    max_newline_word_ratio: float | None = Field(
+        0.3, ge=0.0, description="Most line breaks per word (lists rather than prose)."
+    )
+    weigh_lines_by_length: bool = Field(
+        True, description="Line shares count characters (true) or lines (false)."
+    )
+    dense_line_scale: float = Field(
+        0.5, gt=0.0, description="short_line_chars factor for scripts written without spaces."
+    )
 
     def check(self, units: TextUnits, lang: str | None) -> str | None:
         lines = nonempty_lines(units.text)

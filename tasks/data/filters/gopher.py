@@ -10,9 +10,10 @@ language the rule was made for; word-length rules are skipped for text mostly in
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import numpy as np
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as config_dataclass
 from lmforge.tasks.data.filters.base import DocumentFilter
 from lmforge.tasks.data.filters.text_units import (
     TextUnits,
@@ -28,7 +29,7 @@ BULLET_MARKS = ("•", "‣", "◦", "⁃", "▪", "▫", "●", "○", "■", "
 ELLIPSES = ("...", "…")
 
 
-@dataclass(frozen=True)
+@config_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class GopherQualityFilter(DocumentFilter):
     """Drops documents that do not look like prose: too short or too long, odd word lengths,
     symbol-heavy, bullet-list or ellipsis-line heavy, mostly non-words, or (English only) without
@@ -36,17 +37,35 @@ class GopherQualityFilter(DocumentFilter):
 
     name = "gopher_quality"
 
-    min_words: int | None = 50
-    max_words: int | None = 100_000
-    min_mean_word_length: float | None = 3.0
-    max_mean_word_length: float | None = 10.0
-    max_hash_word_ratio: float | None = 0.1
-    max_ellipsis_word_ratio: float | None = 0.1
-    max_bullet_line_ratio: float | None = 0.9
-    max_ellipsis_line_ratio: float | None = 0.3
-    min_alpha_word_ratio: float | None = 0.8
-    min_stop_words: int | None = 2
-    stop_word_languages: tuple[str, ...] = ("en",)
+    min_words: int | None = Field(50, ge=0, description="Fewest words a document may have.")
+    max_words: int | None = Field(100_000, ge=1, description="Most words a document may have.")
+    min_mean_word_length: float | None = Field(
+        3.0, ge=0.0, description="Shortest mean word length, in characters."
+    )
+    max_mean_word_length: float | None = Field(
+        10.0, gt=0.0, description="Longest mean word length, in characters."
+    )
+    max_hash_word_ratio: float | None = Field(
+        0.1, ge=0.0, description="Most `#` per word (hashtag and markup dumps)."
+    )
+    max_ellipsis_word_ratio: float | None = Field(
+        0.1, ge=0.0, description="Most ellipses (`...`, `…`) per word."
+    )
+    max_bullet_line_ratio: float | None = Field(
+        0.9, ge=0.0, le=1.0, description="Largest share of lines that start with a bullet."
+    )
+    max_ellipsis_line_ratio: float | None = Field(
+        0.3, ge=0.0, le=1.0, description="Largest share of lines that end with an ellipsis."
+    )
+    min_alpha_word_ratio: float | None = Field(
+        0.8, ge=0.0, le=1.0, description="Smallest share of words with a letter in them."
+    )
+    min_stop_words: int | None = Field(
+        2, ge=0, description="Fewest English stop words (the, be, to, of, and, that, have, with)."
+    )
+    stop_word_languages: tuple[str, ...] = Field(
+        ("en",), description="Languages the stop-word rule applies to (ISO 639-1)."
+    )
 
     def check(self, units: TextUnits, lang: str | None) -> str | None:
         n_words = len(units)
@@ -100,7 +119,7 @@ def _stop_word_hashes() -> np.ndarray:
     return hash_strings(list(GOPHER_STOP_WORDS))
 
 
-@dataclass(frozen=True)
+@config_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class GopherRepetitionFilter(DocumentFilter):
     """Drops documents that repeat themselves: duplicated lines or paragraphs, one n-gram
     covering too much of the text, or too much text inside n-grams seen earlier in it.
@@ -112,17 +131,30 @@ class GopherRepetitionFilter(DocumentFilter):
 
     name = "gopher_repetition"
 
-    max_duplicate_line_fraction: float | None = 0.30
-    max_duplicate_paragraph_fraction: float | None = 0.30
-    max_duplicate_line_char_fraction: float | None = 0.20
-    max_duplicate_paragraph_char_fraction: float | None = 0.20
-    # (n, max fraction of characters in the most frequent n-gram)
-    top_ngram_char_fractions: tuple[tuple[int, float], ...] = ((2, 0.20), (3, 0.18), (4, 0.16))
-    # (n, max fraction of characters inside n-grams that occurred before)
-    duplicate_ngram_char_fractions: tuple[tuple[int, float], ...] = (
-        (5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10),
+    max_duplicate_line_fraction: float | None = Field(
+        0.30, ge=0.0, le=1.0, description="Largest share of lines that repeat an earlier line."
+    )
+    max_duplicate_paragraph_fraction: float | None = Field(
+        0.30, ge=0.0, le=1.0,
+        description="Largest share of paragraphs that repeat an earlier paragraph.",
     )  # fmt: skip
-    dense_ngram_scale: int = 3
+    max_duplicate_line_char_fraction: float | None = Field(
+        0.20, ge=0.0, le=1.0, description="Largest share of characters in repeated lines."
+    )
+    max_duplicate_paragraph_char_fraction: float | None = Field(
+        0.20, ge=0.0, le=1.0, description="Largest share of characters in repeated paragraphs."
+    )
+    top_ngram_char_fractions: tuple[tuple[int, float], ...] = Field(
+        ((2, 0.20), (3, 0.18), (4, 0.16)),
+        description="(n, most characters covered by the most frequent n-gram, as a share).",
+    )
+    duplicate_ngram_char_fractions: tuple[tuple[int, float], ...] = Field(
+        ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)),
+        description="(n, most characters inside n-grams seen earlier in the text, as a share).",
+    )
+    dense_ngram_scale: int = Field(
+        3, ge=1, description="n-gram length factor for text in scripts written without spaces."
+    )
 
     def check(self, units: TextUnits, lang: str | None) -> str | None:
         text = units.text

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as config_dataclass
 
 _EMAIL = re.compile(
     r"(?<![\w.+-])[\w.+-]+@(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,63}\b", re.IGNORECASE
@@ -22,15 +23,20 @@ _EXAMPLE_DOMAINS = re.compile(
 )
 
 
-@dataclass(frozen=True)
+@config_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class PIIFormatter:
     """`redact(text)` replaces e-mail addresses and globally routable IP addresses."""
 
-    email_replacement: str = "email@example.com"
-    ipv4_replacement: str = "192.0.2.1"  # TEST-NET-1, reserved for documentation
-    ipv6_replacement: str = "2001:db8::1"  # reserved for documentation
-    redact_emails: bool = True
-    redact_ips: bool = True
+    email_replacement: str = Field(
+        "email@example.com", description="What an e-mail address is replaced with."
+    )
+    # TEST-NET-1 and 2001:db8::/32 are reserved for documentation: never a real host.
+    ipv4_replacement: str = Field("192.0.2.1", description="What an IPv4 address is replaced with.")
+    ipv6_replacement: str = Field(
+        "2001:db8::1", description="What an IPv6 address is replaced with."
+    )
+    redact_emails: bool = Field(True, description="Replace e-mail addresses.")
+    redact_ips: bool = Field(True, description="Replace globally routable IP addresses.")
 
     def redact(self, text: str) -> str:
         if self.redact_emails and "@" in text:

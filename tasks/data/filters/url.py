@@ -17,6 +17,9 @@ import functools
 import importlib.resources
 import re
 from dataclasses import dataclass
+
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as config_dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -52,7 +55,7 @@ def normalise_url(url: str) -> str:
     return f"{host}{path}" + (f"?{parts.query}" if parts.query else "")
 
 
-@dataclass(frozen=True)
+@config_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class URLFilter:
     """`reject_reason(url)`: None to keep the page, or `blocked_domain`, `blocked_url`,
     `banned_word`, `soft_banned_words` or `banned_subword`.
@@ -63,19 +66,27 @@ class URLFilter:
 
     name = "url"
 
-    blocked_domain_files: tuple[str, ...] = ()
-    blocked_url_files: tuple[str, ...] = ()
-    banned_word_files: tuple[str, ...] = ()
-    soft_banned_word_files: tuple[str, ...] = ()
-    banned_subword_files: tuple[str, ...] = ()
-    use_default_lists: bool = True
-    min_soft_banned_words: int = 2
+    blocked_domain_files: tuple[str, ...] = Field(
+        (), description="Files of domains to drop (one per line; subdomains too)."
+    )
+    blocked_url_files: tuple[str, ...] = Field((), description="Files of URLs to drop (one per line).")
+    banned_word_files: tuple[str, ...] = Field(
+        (), description="Files of words that drop a URL containing one of them as a word."
+    )
+    soft_banned_word_files: tuple[str, ...] = Field(
+        (), description="Files of words that drop a URL containing min_soft_banned_words of them."
+    )
+    banned_subword_files: tuple[str, ...] = Field(
+        (), description="Files of strings that drop a URL containing one anywhere."
+    )
+    use_default_lists: bool = Field(
+        True, description="Use the lists shipped with lmforge besides your own."
+    )
+    min_soft_banned_words: int = Field(
+        2, ge=1, description="Soft-banned words a URL needs to be dropped."
+    )
 
     def __post_init__(self) -> None:
-        if self.min_soft_banned_words < 1:
-            raise ValueError(
-                f"min_soft_banned_words must be at least 1, got {self.min_soft_banned_words}"
-            )
         self._lists()  # a missing list file fails when the config is made, not mid-run
 
     def reject_reason(self, url: str) -> str | None:

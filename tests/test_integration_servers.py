@@ -65,7 +65,7 @@ def test_mlflow_has_the_pipeline_run_linked_to_its_prefect_flow_run(mlflow_runs,
     parent, _ = mlflow_runs
     assert parent.info.run_name == "pipeline" and parent.info.status == "FINISHED"
     assert parent.data.tags["prefect.deployment_id"] == str(deployment.id)
-    assert parent.data.params["work_dir"] == "work/ui"
+    assert parent.data.params["run.work_dir"] == "work/ui"
     assert "val_loss" in parent.data.metrics
 
 

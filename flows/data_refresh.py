@@ -30,15 +30,8 @@ from lmforge.flows.params import DataRefreshRun
 from lmforge.flows.reports import mlflow_run_markdown, publish_markdown, publish_table
 from lmforge.flows.runners import make_task_runner
 from lmforge.flows.stage_cache import code_version
-from lmforge.flows.stages import stage_named
-from lmforge.flows.tracking import (
-    configure_tracking,
-    log_stage_manifest,
-    section_values,
-    stage_run,
-)
+from lmforge.flows.stage_flow import StageFlow
 from lmforge.manifest import claim_output_dir, input_sha256, output_lock, read_manifest
-from lmforge.recipes import log_config
 from lmforge.tasks import plots
 from lmforge.tasks.data.config import DataConfig
 from lmforge.tasks.data.dataset_versions import unprocessed_inputs
@@ -52,6 +45,7 @@ from lmforge.tasks.data.dedup import DuplicateReport
 from lmforge.tasks.data.inputs import InputError, InputsUnavailable, check_remote_inputs, input_name
 from lmforge.tasks.data.sample.corpus import build_sample_corpus
 from lmforge.tasks.data.warc_processing import FileResult, process_warc_file
+from lmforge.tracking_tags import CODE_VERSION_TAG
 
 log = logging.getLogger(__name__)
 
@@ -289,8 +283,8 @@ def data_refresh(data: DataConfig = DataConfig(), run: DataRefreshRun = DataRefr
 
 def _refresh(config: DataConfig, run: DataRefreshRun, out: Path) -> dict:
     files = input_files(run, out)
-    claim_output_dir(out, STAGE_NAME, files)  # an input inside (or being) `out` is refused
-    configure_tracking(out.parent, keep_existing=True)
+    # Claimed again now that the inputs are known: an input inside (or being) `out` is refused.
+    stage = StageFlow.start(STAGE_NAME, {"data": config, "run": run}, out, inputs=files)
     if continues_dataset(out, config):
         files, done = unprocessed_inputs(out, files)
         if not files:
@@ -300,14 +294,12 @@ def _refresh(config: DataConfig, run: DataRefreshRun, out: Path) -> dict:
     runner = make_task_runner(run.runner, run.workers, run.dask_address)
     staging = out.parent / f".{out.name}.staging"
     staging.mkdir(parents=True, exist_ok=True)
-    sections = {"data": config, "run": run}
-    with stage_run("data_refresh", {**section_values(sections), "files": len(files)}) as mlflow_run:
-        mlflow.set_tag("lmforge.code_version", code_version())
+    tags = {CODE_VERSION_TAG: code_version()}
+    with stage.mlflow_run(tags=tags, params={"files": len(files)}) as mlflow_run:
         results = process_warc_files.with_options(task_runner=runner)(files, config, staging)
         duplicates = find_duplicates_task(results, config, out)
         manifest = write_dataset_task(results, duplicates, out, config)
-        log_stage_manifest(out)
-        log_config(sections, out, stage_named("data_refresh").command)
+        stage.record_output()
         log_stats(manifest, config, mlflow_run, out)
     # Only a finished dataset retires the staged files and their cached per-file results.
     shutil.rmtree(staging, ignore_errors=True)

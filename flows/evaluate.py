@@ -13,25 +13,25 @@ from prefect import flow, task
 from lmforge.flows.params import EvalRun
 from lmforge.flows.reports import publish_markdown, publish_table
 from lmforge.flows.registry import versions_of_run
-from lmforge.flows.stages import stage_named
-from lmforge.flows.tracking import (
-    configure_tracking,
-    find_stage_run,
-    log_stage_manifest,
-    section_values,
-    stage_run,
-)
+from lmforge.flows.stage_flow import StageFlow
+from lmforge.flows.tracking import section_values
 from lmforge.errors import OutputRefused
 from lmforge.manifest import (
     MANIFEST_NAME,
-    claim_output_dir,
     manifest_digest,
     overlapping_input,
     stage_output,
 )
-from lmforge.recipes import log_config
 from lmforge.tasks.evaluate.benchmarks import benchmark_metrics, results_markdown, results_table
 from lmforge.tasks.evaluate.checkpoint import EvalConfig, evaluate_checkpoint
+from lmforge.tracking_tags import (
+    CHECKPOINT_DIGEST_TAG,
+    CHECKPOINT_TAG,
+    EVAL_RUN_ID_TAG,
+    MODEL_VERSIONS_TAG,
+    TRAINING_RUN_ID_TAG,
+    find_stage_run,
+)
 
 
 STAGE = "evaluate"
@@ -76,24 +76,24 @@ def evaluate_task(config: EvalConfig, run: EvalRun) -> dict:
 def model_lineage_tags(checkpoint: Path) -> dict[str, str]:
     """Tags naming what was evaluated: the checkpoint (path, manifest digest), the training run
     that wrote it and the registered model versions that run logged, when they can be found."""
-    tags = {"lmforge.checkpoint": str(checkpoint)}
+    tags = {CHECKPOINT_TAG: str(checkpoint)}
     if (checkpoint / MANIFEST_NAME).is_file():
-        tags["lmforge.checkpoint_manifest_sha256"] = manifest_digest(checkpoint)
+        tags[CHECKPOINT_DIGEST_TAG] = manifest_digest(checkpoint)
     training = find_stage_run(checkpoint)
     if training is not None:
-        tags["lmforge.training_run_id"] = training.info.run_id
+        tags[TRAINING_RUN_ID_TAG] = training.info.run_id
         versions = versions_of_run(training.info.run_id)
         if versions:
-            tags["lmforge.model_versions"] = ",".join(f"{v.name}:{v.version}" for v in versions)
+            tags[MODEL_VERSIONS_TAG] = ",".join(f"{v.name}:{v.version}" for v in versions)
     return tags
 
 
 def link_model_versions(tags: dict[str, str], eval_run_id: str) -> None:
     """Tag each evaluated registered version with this evaluation run, so lineage finds it."""
     client = MlflowClient()
-    for entry in filter(None, tags.get("lmforge.model_versions", "").split(",")):
+    for entry in filter(None, tags.get(MODEL_VERSIONS_TAG, "").split(",")):
         name, _, version = entry.rpartition(":")
-        client.set_model_version_tag(name, version, "lmforge.eval_run_id", eval_run_id)
+        client.set_model_version_tag(name, version, EVAL_RUN_ID_TAG, eval_run_id)
 
 
 def scores(results: dict) -> dict[str, float]:
@@ -135,26 +135,22 @@ def evaluate(eval: EvalConfig = EvalConfig(), run: EvalRun = EvalRun()) -> dict:
     `eval` decides what is measured and how; `run` names the checkpoint, the shards, the other
     inputs and where the results go."""
     checkpoint = Path(run.checkpoint).resolve()
-    out = Path(run.out).resolve() if run.out else checkpoint.parent / "eval"
+    out = run.out or checkpoint.parent / "eval"
     inputs = evaluation_inputs(eval, run)
-    claim_output_dir(out, STAGE, inputs)  # before any work
-    claim_results_file(run.results_json, inputs)
-    configure_tracking(out.parent, keep_existing=True)
-    sections = {"eval": eval, "run": run}
-    with stage_run("evaluate", section_values(sections)) as mlflow_run:
-        lineage = model_lineage_tags(checkpoint)
-        mlflow.set_tags(lineage)
+    claim_results_file(run.results_json, inputs)  # before any work, like `out` below
+    stage = StageFlow.start(STAGE, {"eval": eval, "run": run}, out, inputs=inputs)
+    lineage = model_lineage_tags(checkpoint)
+    with stage.mlflow_run(tags=lineage) as mlflow_run:
         results = evaluate_task(eval, run)
         with stage_output(
-            out, STAGE, section_values(sections), inputs=[run.checkpoint, run.shards]
-        ) as stage:
-            (stage.path / "results.json").write_text(json.dumps(results, indent=2))
-            stage.counts.update(scores(results))
+            stage.out, STAGE, section_values(stage.sections), inputs=[run.checkpoint, run.shards]
+        ) as output:
+            (output.path / "results.json").write_text(json.dumps(results, indent=2))
+            output.counts.update(scores(results))
         if run.results_json:
             Path(run.results_json).parent.mkdir(parents=True, exist_ok=True)
             Path(run.results_json).write_text(json.dumps(results, indent=2))
-        log_stage_manifest(out, context="evaluation")
-        log_config(sections, out, stage_named("evaluate").command)
+        stage.record_output(context="evaluation")
         mlflow.log_metrics(scores(results))
         for paradigm, accuracy in (results.get("blimp") or {}).items():
             mlflow.log_metric(f"blimp.{paradigm}", accuracy)

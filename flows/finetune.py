@@ -20,29 +20,22 @@ from prefect import flow, task
 from lmforge.flows.params import FinetuneClassifierRun, FinetuneInstructRun
 from lmforge.flows.reports import publish_markdown, publish_table
 from lmforge.flows.registry import example_ids, log_pt2_model
-from lmforge.flows.stages import stage_named
-from lmforge.flows.tracking import (
-    MetricsLogger,
-    configure_tracking,
-    enclosing_parent_run,
-    find_stage_run,
-    log_stage_manifest,
-    section_values,
-    stage_run,
-)
+from lmforge.flows.stage_flow import StageFlow
+from lmforge.flows.tracking import MetricsLogger, enclosing_parent_run
 from lmforge.manifest import manifest_digest
 from lmforge.model.checkpoint import load_model
 from lmforge.model.classifier import load_classifier
-from lmforge.recipes import log_config
 from lmforge.tasks import plots
-from lmforge.tasks.finetune.classify import (
-    ClassifierConfig,
-    ClassifierResult,
-    claim_classifier_output,
-)
+from lmforge.tasks.finetune.classify import ClassifierConfig, ClassifierResult
 from lmforge.tasks.finetune.classify import finetune_classifier as train_classifier
-from lmforge.tasks.finetune.instruct import InstructConfig, InstructResult, claim_instruct_output
+from lmforge.tasks.finetune.instruct import InstructConfig, InstructResult
 from lmforge.tasks.finetune.instruct import finetune_instruct as train_instruct
+from lmforge.tracking_tags import (
+    BASE_MODEL_DIGEST_TAG,
+    BASE_MODEL_TAG,
+    BASE_RUN_ID_TAG,
+    find_stage_run,
+)
 
 
 def base_model_lineage(base_model: str) -> tuple[str | None, dict[str, str]]:
@@ -53,11 +46,11 @@ def base_model_lineage(base_model: str) -> tuple[str | None, dict[str, str]]:
     recorded as a tag.
     """
     base = Path(base_model).resolve()
-    tags = {"lmforge.base_model": str(base), "lmforge.base_model_digest": manifest_digest(base)}
+    tags = {BASE_MODEL_TAG: str(base), BASE_MODEL_DIGEST_TAG: manifest_digest(base)}
     found = find_stage_run(base)
     base_run = found.info.run_id if found else None
     if base_run:
-        tags["lmforge.base_run_id"] = base_run
+        tags[BASE_RUN_ID_TAG] = base_run
     parent = enclosing_parent_run() or (None if mlflow.active_run() else base_run)
     return parent, tags
 
@@ -84,16 +77,15 @@ def finetune_classifier(
 
     `finetune` decides how it is trained; `run` names the base model, the data, the output
     folder and the registry name."""
-    out = Path(run.out).resolve()
-    claim_classifier_output(run.base_model, run.data, run.out)  # before any work
-    configure_tracking(out.parent, keep_existing=True)
-    parent, tags = base_model_lineage(run.base_model)
     sections = {"finetune": finetune, "run": run}
-    with stage_run("finetune_classifier", section_values(sections), parent) as mlflow_run:
-        mlflow.set_tags(tags)
+    stage = StageFlow.start(
+        "finetune_classifier", sections, run.out, inputs=[run.base_model, run.data]
+    )
+    out = stage.out
+    parent, tags = base_model_lineage(run.base_model)
+    with stage.mlflow_run(parent, tags=tags) as mlflow_run:
         result = classifier_task(finetune, run, mlflow_run.info.run_id)
-        log_stage_manifest(out, context="training")
-        log_config(sections, out, stage_named("finetune_classifier").command)
+        stage.record_output(context="training")
         classifier, labels = load_classifier(out)
         context = classifier.base.config.max_seq_len
         max_len = min(finetune.max_len or context, context)
@@ -139,16 +131,15 @@ def finetune_instruct(
 
     `finetune` decides how it is trained; `run` names the base model, the records (no
     default), the output folder and the registry name."""
-    out = Path(run.out).resolve()
-    claim_instruct_output(run.base_model, run.data, run.out)  # before any work
-    configure_tracking(out.parent, keep_existing=True)
-    parent, tags = base_model_lineage(run.base_model)
     sections = {"finetune": finetune, "run": run}
-    with stage_run("finetune_instruct", section_values(sections), parent) as mlflow_run:
-        mlflow.set_tags(tags)
+    stage = StageFlow.start(
+        "finetune_instruct", sections, run.out, inputs=[run.base_model, run.data]
+    )
+    out = stage.out
+    parent, tags = base_model_lineage(run.base_model)
+    with stage.mlflow_run(parent, tags=tags) as mlflow_run:
         result = instruct_task(finetune, run, mlflow_run.info.run_id)
-        log_stage_manifest(out, context="training")
-        log_config(sections, out, stage_named("finetune_instruct").command)
+        stage.record_output(context="training")
         model = load_model(out)
         info = log_pt2_model(
             model, example_ids(model.config.max_seq_len), "model", run.registered_model_name

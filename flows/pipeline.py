@@ -30,24 +30,23 @@ from lmforge.flows.reports import (
     publish_markdown,
 )
 from lmforge.flows.stage_cache import StageCache, code_version, stage_key
-from lmforge.flows.stages import PIPELINE_STAGES, stage_named
+from lmforge.flows.stage_flow import StageFlow
+from lmforge.flows.stages import PIPELINE_STAGES
 from lmforge.flows.tracking import (
     child_runs_of,
     configure_tracking,
-    flatten_params,
     log_stage_manifest,
-    prefect_tags,
     section_values,
     stage_run,
 )
 from lmforge.manifest import MANIFEST_NAME, describe_input, read_manifest
 from lmforge.model.config import ModelSpec
 from lmforge.model.train import TrainConfig
-from lmforge.recipes import log_config
 from lmforge.tasks.data.config import DataConfig
 from lmforge.tasks.data.refresh import resolve_inputs
 from lmforge.tasks.evaluate.checkpoint import EvalConfig
 from lmforge.tasks.tokens.shards import ShardConfig
+from lmforge.tracking_tags import CACHE_TAG, CACHED_STAGES_TAG, CODE_VERSION_TAG, STAGE_TAG
 
 STAGES = PIPELINE_STAGES  # data_refresh, build_shards, pretrain, evaluate: the registry's order
 
@@ -78,7 +77,7 @@ def reuse_stage_output(stage: str, sections: dict[str, BaseModel], out: str, par
     """Record a reused stage: a child MLflow run tagged `lmforge.cache=hit` with the output's
     manifest and inputs (lineage stays complete), and a Cached state in Prefect."""
     with stage_run(stage, section_values(sections), parent_run_id):
-        mlflow.set_tag("lmforge.cache", "hit")
+        mlflow.set_tag(CACHE_TAG, "hit")
         log_stage_manifest(out)
     print(f"{stage}: reusing {out} (same inputs, parameters and code)")
     return Completed(name="Cached", message=f"reused {out}")
@@ -121,18 +120,18 @@ def pipeline(
     One section per stage (`data`, `shards`, `model`, `train`, `eval`) says what it does; `run`
     says what goes in and where the stages write."""
     work = Path(run.work_dir).resolve()
+    # The pipeline's work dir holds the tracking store; its stages, and its own run, keep it.
     tracking_uri = configure_tracking(work)
     data_run, shards_run, train_run, eval_run = stage_runs(run)
     # Rerunning into the same work dir continues (or reuses) that training run.
     train = train.model_copy(update={"resume": True})
     cache = StageCache(work)
-    tags = {"lmforge.stage": "pipeline", "lmforge.code_version": code_version(), **prefect_tags()}
     sections = {
         "data": data, "shards": shards, "model": model, "train": train, "eval": eval, "run": run,
     }  # fmt: skip
-    with mlflow.start_run(run_name="pipeline", tags=tags) as mlflow_run:
-        mlflow.log_params(flatten_sections(sections))
-        log_config(sections, work, stage_named("pipeline").command)
+    stage = StageFlow.start("pipeline", sections, work)
+    with stage.mlflow_run(tags={CODE_VERSION_TAG: code_version()}) as mlflow_run:
+        stage.record_config()
         parent = mlflow_run.info.run_id
         outcomes = {
             "data_refresh": run_or_reuse(
@@ -156,8 +155,8 @@ def pipeline(
         results = json.loads((Path(eval_run.out) / "results.json").read_text())
         headline = {k: results[k] for k in ("val_loss", "val_bpb", "blimp_acc") if k in results}
         mlflow.log_metrics({k: float(v) for k, v in headline.items()})
-        cached = [stage for stage in STAGES if outcomes[stage] == "cached"]
-        mlflow.set_tag("lmforge.cached_stages", ",".join(cached))
+        cached = [name for name in STAGES if outcomes[name] == "cached"]
+        mlflow.set_tag(CACHED_STAGES_TAG, ",".join(cached))
         experiment_id = mlflow_run.info.experiment_id
     summary = {
         "work_dir": str(work),
@@ -191,11 +190,6 @@ def set_aside_finished_training(out: Path) -> Path | None:
     return kept
 
 
-def flatten_sections(sections: dict[str, BaseModel]) -> dict[str, str]:
-    """The pipeline run's MLflow params: `section.field` (nested models flattened)."""
-    return flatten_params(section_values(sections))
-
-
 def publish_report(summary: dict, tracking_uri: str, experiment_id: str) -> None:
     """The pipeline's Prefect artifacts: a summary with a row and an MLflow link per stage."""
     parent = summary["mlflow_run_id"]
@@ -206,7 +200,7 @@ def publish_report(summary: dict, tracking_uri: str, experiment_id: str) -> None
         output_format="list",
     )
     links = {
-        run.data.tags.get("lmforge.stage"): mlflow_run_markdown(
+        run.data.tags.get(STAGE_TAG): mlflow_run_markdown(
             tracking_uri, experiment_id, run.info.run_id
         )
         for run in children

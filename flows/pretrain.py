@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
 from uuid import UUID
 
 import mlflow
@@ -14,20 +13,13 @@ from prefect.context import FlowRunContext
 
 from lmforge.flows.params import PretrainRun
 from lmforge.flows.registry import default_registered_name, register_checkpoint
-from lmforge.flows.reports import mlflow_run_markdown, publish_markdown
-from lmforge.flows.stages import stage_named
-from lmforge.flows.tracking import (
-    MetricsLogger,
-    configure_tracking,
-    log_stage_manifest,
-    section_values,
-    stage_run,
-)
+from lmforge.flows.stage_flow import StageFlow
+from lmforge.flows.tracking import MetricsLogger, log_stage_manifest
 from lmforge.model.config import ModelSpec
 from lmforge.model.train import TrainConfig, TrainJob, TrainResult
-from lmforge.recipes import log_config
 from lmforge.tasks import plots
 from lmforge.tasks.pretrain import TorchrunOptions, run_pretraining
+from lmforge.tracking_tags import SHARDS_DIGEST_TAG, SHARDS_TAG
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +28,8 @@ def tag_shards_input(manifest: dict) -> None:
     """Tag the training run with the shards it read (path and manifest digest), for lineage."""
     for item in manifest.get("inputs", []):
         if item.get("stage") == "build_shards":
-            mlflow.set_tag("lmforge.shards", item["path"])
-            mlflow.set_tag("lmforge.shards_manifest_sha256", item.get("manifest_sha256", ""))
+            mlflow.set_tag(SHARDS_TAG, item["path"])
+            mlflow.set_tag(SHARDS_DIGEST_TAG, item.get("manifest_sha256", ""))
 
 
 def torchrun_options(run: PretrainRun) -> TorchrunOptions:
@@ -119,15 +111,15 @@ def pretrain(
     written with a manifest that names the shards it was trained on.
 
     `model` is the shape, `train` how it is trained, `run` the folders, processes and registry."""
-    out = Path(run.out).resolve()
-    configure_tracking(out.parent, keep_existing=True)
-    sections = {"model": model, "train": train, "run": run}
+    # No claim here: the training job claims `out` (a folder of checkpoints is a run to resume).
+    stage = StageFlow.start("pretrain", {"model": model, "train": train, "run": run}, run.out)
+    out = stage.out
     job = TrainJob(shards_dir=run.shards, out_dir=run.out, model=model, train=train)
-    with stage_run("pretrain", section_values(sections)) as mlflow_run:
+    with stage.mlflow_run() as mlflow_run:
         launch = torchrun_options(run)
         progress_id = create_training_progress(train.max_steps)
         result, history = train_task(job, mlflow_run.info.run_id, launch, progress_id)
-        log_config(sections, out, stage_named("pretrain").command)
+        stage.record_config()
         summary = {
             "out_dir": str(out),
             "completed": result.completed,
@@ -149,13 +141,8 @@ def pretrain(
         with plots.figure_files() as figures:
             plots.training_curves(history, figures / "loss.png")
             mlflow.log_artifacts(str(figures), artifact_path="plots")
-        run_link = mlflow_run_markdown(
-            mlflow.get_tracking_uri(), mlflow_run.info.experiment_id, mlflow_run.info.run_id
-        )
-        publish_markdown(
-            "pretrain-summary",
-            f"# pretrain\n\nMLflow run: {run_link}\n\n"
-            + "".join(f"- **{k}**: {v}\n" for k, v in summary.items()),
+        stage.publish_summary(
+            mlflow_run, "".join(f"- **{k}**: {v}\n" for k, v in summary.items())
         )
     print(f"pretrain: {summary}")
     return summary

@@ -20,7 +20,8 @@ from mlflow.tracking import MlflowClient
 
 from lmforge.manifest import MANIFEST_NAME, manifest_digest
 from lmforge.model.checkpoint import load_model
-from lmforge.tasks.tokens.shards import TOKENIZER_FILE
+from lmforge.model.shard_format import TOKENIZER_FILE
+from lmforge.tracking_tags import CHECKPOINT_DIGEST_TAG, CHECKPOINT_TAG, TRAINING_RUN_ID_TAG
 
 CANDIDATE_ALIAS = "candidate"
 
@@ -81,9 +82,9 @@ def register_checkpoint(
     version = str(info.registered_model_version)
     client = MlflowClient()
     tags = {
-        "lmforge.checkpoint": str(checkpoint_dir),
-        "lmforge.checkpoint_manifest_sha256": digest,
-        "lmforge.training_run_id": mlflow.active_run().info.run_id,
+        CHECKPOINT_TAG: str(checkpoint_dir),
+        CHECKPOINT_DIGEST_TAG: digest,
+        TRAINING_RUN_ID_TAG: mlflow.active_run().info.run_id,
     }
     for key, value in tags.items():
         client.set_model_version_tag(registered_name, version, key, value)

@@ -63,7 +63,7 @@ STAGES: tuple[Stage, ...] = (
         description="Run the whole pipeline: data refresh, shards, pretraining, evaluation, each "
         "a child MLflow run. With no input it builds an offline sample of WARC files from the "
         "Python interpreter's own documentation.",
-        check_path="lmforge.preflight:check_pipeline_inputs",
+        check_path="lmforge.flows.preflight:check_pipeline_inputs",
     ),
     Stage(
         name="data_refresh",
@@ -85,7 +85,7 @@ STAGES: tuple[Stage, ...] = (
         summary="Dataset -> BPE tokenizer and token shards.",
         description="Train a byte-level BPE tokenizer on a dataset and write train/val token "
         "shards as Arrow IPC files with a manifest.",
-        check_path="lmforge.preflight:check_shard_inputs",
+        check_path="lmforge.flows.preflight:check_shard_inputs",
         in_pipeline=True,
     ),
     Stage(
@@ -97,7 +97,7 @@ STAGES: tuple[Stage, ...] = (
         summary="Token shards -> pretrained checkpoint.",
         description="Pretrain a decoder-only transformer on token shards, with resumable "
         "checkpoints in the output folder.",
-        check_path="lmforge.preflight:check_train_inputs",
+        check_path="lmforge.flows.preflight:check_train_inputs",
         in_pipeline=True,
     ),
     Stage(
@@ -110,7 +110,7 @@ STAGES: tuple[Stage, ...] = (
         description="Evaluate a checkpoint: validation loss, perplexity, bits per byte; BLiMP "
         "minimal-pair accuracy with --blimp; benchmarks with --tasks; a few sampled "
         "generations.",
-        check_path="lmforge.preflight:check_eval_inputs",
+        check_path="lmforge.flows.preflight:check_eval_inputs",
         in_pipeline=True,
         # `--out FILE.json` predates the results folder: the folder is --eval-dir.
         flag_renames={"out": "eval-dir", "results_json": "out"},
@@ -126,7 +126,7 @@ STAGES: tuple[Stage, ...] = (
         "fine-tune it on a labelled CSV/JSONL file (text, label) or on a data-stage directory "
         "labelled by URL section or site; reports held-out accuracy and macro-F1 against the "
         "majority-class baseline and registers the classifier in MLflow.",
-        check_path="lmforge.preflight:check_classifier_inputs",
+        check_path="lmforge.flows.preflight:check_classifier_inputs",
         deployed=False,
     ),
     Stage(
@@ -140,7 +140,7 @@ STAGES: tuple[Stage, ...] = (
         "instruction/input/output, or chat messages) with loss on response tokens only; a LoRA "
         "rank above 0 trains adapters and merges them. Generates responses to held-out prompts "
         "and registers the model in MLflow.",
-        check_path="lmforge.preflight:check_instruct_inputs",
+        check_path="lmforge.flows.preflight:check_instruct_inputs",
         deployed=False,
     ),
 )

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from lmforge import __version__
 from lmforge.flows.tracking_store import open_sqlite_store, sqlite_path
 from lmforge.manifest import MANIFEST_NAME, read_manifest
+from lmforge.tracking_tags import OUTPUT_DIR_TAG, STAGE_TAG, VERSION_TAG
 
 EXPERIMENT_NAME = os.environ.get("LMFORGE_EXPERIMENT", "lmforge")
 # MLflow keeps dataset digests in a 36-character column; the full sha256 goes into an input tag.
@@ -102,7 +103,7 @@ def stage_run(
     active = mlflow.active_run()
     parent_run_id = parent_run_id or _parent_run.get()
     parent_run_id = parent_run_id or (active.info.run_id if active else None)
-    tags = {"lmforge.stage": stage, "lmforge.version": __version__, **prefect_tags()}
+    tags = {STAGE_TAG: stage, VERSION_TAG: __version__, **prefect_tags()}
     with mlflow.start_run(
         run_name=stage, nested=active is not None, parent_run_id=parent_run_id, tags=tags
     ) as run:
@@ -172,7 +173,7 @@ def log_stage_manifest(stage_dir: str | Path, context: str = "input") -> dict[st
     mlflow.log_metrics(numeric_metrics(manifest.get("counts", {})))
     for item in manifest.get("inputs", []):
         log_dataset_input(item, context=context)
-    mlflow.set_tag("lmforge.output_dir", str(stage_dir.resolve()))
+    mlflow.set_tag(OUTPUT_DIR_TAG, str(stage_dir.resolve()))
     return manifest
 
 
@@ -209,18 +210,3 @@ class MetricsLogger:
         self.client.log_batch(self.run_id, metrics=batch)
         if self.on_step is not None:
             self.on_step(step)
-
-
-def find_stage_run(output_dir: str | Path) -> mlflow.entities.Run | None:
-    """The newest MLflow run whose stage output (`lmforge.output_dir` tag) is `output_dir`."""
-    path = str(Path(output_dir).resolve())
-    if "'" in path:  # cannot be quoted in a filter string
-        return None
-    runs = mlflow.search_runs(
-        search_all_experiments=True,
-        filter_string=f"tags.`lmforge.output_dir` = '{path}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-        output_format="list",
-    )
-    return runs[0] if runs else None

@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -32,14 +32,14 @@ from lmforge.recipes import (
     read_config_file,
     resolve_sections,
 )
+from lmforge.telemetry import TELEMETRY_OFF
+from lmforge.tracking_tags import STAGE_TAG
 
-# Offline by default: no telemetry calls from Prefect or MLflow (there may be no network at all).
-QUIET_ENVIRONMENT = {
-    "DO_NOT_TRACK": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-}
+if TYPE_CHECKING:  # lmforge.servers loads when a services command runs
+    from lmforge.servers import ServiceConfig
+
+# Offline by default (no telemetry calls); time for a temporary Prefect server on a slow machine.
+QUIET_ENVIRONMENT = {**TELEMETRY_OFF, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90"}
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -440,7 +440,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
                 f"({one_line(error, 120)}): check the run id and --tracking-uri"
             ) from None
         metadata, _ = read_config_file(path)
-        command = metadata.get("command") or recorded_command(run.data.tags.get("lmforge.stage"))
+        command = metadata.get("command") or recorded_command(run.data.tags.get(STAGE_TAG))
         if command is None:
             raise ConfigError(
                 f"run {args.run_id} is not a stage run (its {CONFIG_FILE} names no command and "
@@ -560,6 +560,20 @@ def run_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def register_flows(config: ServiceConfig) -> None:
+    """Create the work pool and (re)register the deployments on the Prefect server `config`
+    names: what `lmforge up` does once its servers answer."""
+    from lmforge.flows.deployments import register_deployments
+    from lmforge.servers import prefect_client_settings
+
+    with prefect_client_settings(config):
+        register_deployments(
+            config.work_pool,
+            working_dir=config.working_dir,
+            parameters=dict(config.deployment_parameters),
+        )
+
+
 def run_up(args: argparse.Namespace) -> int:
     from lmforge.servers import load_config, shell_exports, start_services
 
@@ -568,7 +582,7 @@ def run_up(args: argparse.Namespace) -> int:
         work_pool=args.work_pool, working_dir=Path(args.working_dir),
         start_worker=not args.no_worker,
     )
-    start_services(config)
+    start_services(config, register_flows)
     print(f"\nPrefect UI:  {config.prefect_url}\nMLflow UI:   {config.mlflow_url}")
     print("\nSend flows to them (or `source " + str(config.state_dir / "env") + "`):")
     for line in shell_exports(config):

@@ -19,8 +19,17 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from lmforge.errors import LmforgeError
-from lmforge.flows.tracking import find_stage_run
 from lmforge.manifest import ManifestError, manifest_digest, read_manifest
+from lmforge.tracking_tags import (
+    CHECKPOINT_DIGEST_TAG,
+    CHECKPOINT_TAG,
+    EVAL_RUN_ID_TAG,
+    OUTPUT_DIR_TAG,
+    SHARDS_DIGEST_TAG,
+    SHARDS_TAG,
+    TRAINING_RUN_ID_TAG,
+    find_stage_run,
+)
 
 # The text view shows these filter statistics; --json has every one.
 HEADLINE_DATA_COUNTS = ("warc_files", "responses", "kept", "removed", "read_errors")
@@ -76,13 +85,13 @@ def stage_input(manifest: dict[str, Any], stage: str) -> dict[str, Any] | None:
 
 def evaluation_of(client: MlflowClient, version: ModelVersion, training_run_id: str) -> dict | None:
     """The evaluation run linked from the version's tag, else the newest one of its training run."""
-    run_id = version.tags.get("lmforge.eval_run_id")
+    run_id = version.tags.get(EVAL_RUN_ID_TAG)
     if run_id:
         run = client.get_run(run_id)
     else:
         runs = client.search_runs(
             [client.get_run(training_run_id).info.experiment_id],
-            filter_string=f"tags.`lmforge.training_run_id` = '{training_run_id}'",
+            filter_string=f"tags.`{TRAINING_RUN_ID_TAG}` = '{training_run_id}'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
@@ -104,12 +113,12 @@ def build_lineage(spec: str) -> dict[str, Any]:
         "aliases": list(version.aliases),
         "run_id": version.run_id,
     }
-    training_run_id = version.tags.get("lmforge.training_run_id") or version.run_id
+    training_run_id = version.tags.get(TRAINING_RUN_ID_TAG) or version.run_id
     if not training_run_id:
         raise LineageError(f"{spec} was not logged by a training run: it has no source run")
     training_run = client.get_run(training_run_id)
     tags = training_run.data.tags
-    checkpoint = version.tags.get("lmforge.checkpoint") or tags.get("lmforge.output_dir")
+    checkpoint = version.tags.get(CHECKPOINT_TAG) or tags.get(OUTPUT_DIR_TAG)
     training = {
         "run_id": training_run_id,
         "params": {k.split(".")[-1]: training_run.data.params[k] for k in TRAINING_PARAMS
@@ -117,7 +126,7 @@ def build_lineage(spec: str) -> dict[str, Any]:
         "metrics": {k: v for k, v in training_run.data.metrics.items()
                     if k in ("final_train_loss", "final_val_loss", "tokens", "parameters")},
         "checkpoint": digest_check(
-            checkpoint, version.tags.get("lmforge.checkpoint_manifest_sha256")
+            checkpoint, version.tags.get(CHECKPOINT_DIGEST_TAG)
         ),
     }
     lineage: dict[str, Any] = {
@@ -125,10 +134,10 @@ def build_lineage(spec: str) -> dict[str, Any]:
         "evaluation": evaluation_of(client, version, training_run_id),
         "training": training,
     }
-    shards_path = tags.get("lmforge.shards")
+    shards_path = tags.get(SHARDS_TAG)
     if not shards_path:
-        raise LineageError(f"training run {training_run_id} has no lmforge.shards tag")
-    shards = digest_check(shards_path, tags.get("lmforge.shards_manifest_sha256"))
+        raise LineageError(f"training run {training_run_id} has no {SHARDS_TAG} tag")
+    shards = digest_check(shards_path, tags.get(SHARDS_DIGEST_TAG))
     shards_manifest = read_recorded_manifest(shards_path)
     shards_run = find_stage_run(shards_path)
     shards.update(

@@ -7,9 +7,8 @@ A section is a pydantic model, named by the flow parameter that takes it (`train
 `--data.gopher_quality.min_words 40`, kebab case accepted) and a key of the same path in a
 recipe. A value comes from the flag if one is given, else from the recipe, else the field's
 default; then each section is validated by its model. A recorded `config.yaml` is a recipe too,
-so `lmforge run --config config.yaml` repeats a run.
-
-    python -m lmforge.recipes --readme README.md   # regenerate the README's config reference
+so `lmforge run --config config.yaml` repeats a run. The README's config reference is written
+from these sections by `lmforge.config_reference`.
 """
 
 from __future__ import annotations
@@ -321,6 +320,21 @@ def _switch_base(option: str) -> str:
 
 
 # --- resolving: defaults <- recipe <- flags ---------------------------------------------------
+
+
+def parse_language_mapping(value: object, entry_name: str, form: str) -> object:
+    """A per-language field's one CLI string, `en=0.7,ja=0.5`, -> {"en": "0.7", "ja": "0.5"}
+    for pydantic to type; a mapping (the UI, a recipe, Python) passes through. An entry without
+    `=` or a language raises ValueError: "{entry_name} 'x' is not {form}"."""
+    if not isinstance(value, str):
+        return value
+    mapping: dict[str, str] = {}
+    for entry in filter(None, (part.strip() for part in value.split(","))):
+        lang, sep, text = entry.partition("=")
+        if not sep or not lang.strip():
+            raise ValueError(f"{entry_name} {entry!r} is not {form}")
+        mapping[lang.strip()] = text.strip()
+    return mapping
 
 
 def resolve_sections(
@@ -657,31 +671,3 @@ def replace_readme_block(readme: str, reference: str) -> str:
     if start < 0 or end < start:
         raise ConfigError(f"the README has no {README_START} ... {README_END} block")
     return readme[: start + len(README_START)] + "\n" + reference + readme[end:]
-
-
-def registry_sections() -> dict[str, dict[str, type[BaseModel]]]:
-    """Command -> sections of every stage in `lmforge.flows.stages` (imports every flow)."""
-    from lmforge.flows.stages import STAGES
-
-    return {stage.command: stage.sections() for stage in STAGES}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m lmforge.recipes", description="Print or rewrite the config reference."
-    )
-    parser.add_argument("--readme", metavar="README", help="rewrite the config reference block")
-    args = parser.parse_args(argv)
-    reference = config_reference_markdown(registry_sections())
-    if args.readme is None:
-        print(reference, end="")
-        return 0
-    path = Path(args.readme)
-    text = replace_readme_block(path.read_text(encoding="utf-8"), reference)
-    path.write_text(text, encoding="utf-8")
-    print(f"rewrote the config reference in {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

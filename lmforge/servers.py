@@ -30,17 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
+from lmforge.telemetry import TELEMETRY_OFF
 
 PREFECT = "prefect-server"
 MLFLOW = "mlflow"
 WORKER = "worker"
 # Started in this order, stopped in the reverse one (the worker talks to both servers).
 SERVICES = (PREFECT, MLFLOW, WORKER)
-QUIET = {
-    "DO_NOT_TRACK": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-}
 
 
 class ServiceError(LmforgeError, RuntimeError):
@@ -164,7 +160,7 @@ def service_command(name: str, config: ServiceConfig) -> list[str]:
 
 
 def service_env(name: str, config: ServiceConfig) -> dict[str, str]:
-    env = {**os.environ, **QUIET}
+    env = {**os.environ, **TELEMETRY_OFF}
     if name == PREFECT:
         env.pop("PREFECT_API_URL", None)  # the server must not try to reach another one
         env["PREFECT_HOME"] = str(config.state_dir.resolve() / "prefect")
@@ -277,8 +273,13 @@ def health_url(name: str, config: ServiceConfig) -> str:
     return f"{config.prefect_api_url}/health" if name == PREFECT else f"{config.mlflow_url}/health"
 
 
-def start_services(config: ServiceConfig, echo: Callable[[str], None] = print) -> ServiceConfig:
-    """Start whatever is not running yet, wait for health, register the deployments.
+def start_services(
+    config: ServiceConfig,
+    register: Callable[[ServiceConfig], None],
+    echo: Callable[[str], None] = print,
+) -> ServiceConfig:
+    """Start whatever is not running yet, wait for health, then `register(config)` the
+    deployments (the caller brings them: `lmforge.cli.register_flows`), then start the worker.
 
     Idempotent: services whose pid file names a live process are left alone. Raises ServiceError
     naming the port when one is taken by something else, or with the log's tail when a service
@@ -309,18 +310,6 @@ def start_services(config: ServiceConfig, echo: Callable[[str], None] = print) -
     write_env_file(config)
     save_addresses(config)
     return config
-
-
-def register(config: ServiceConfig) -> None:
-    """Create the work pool and (re)register the deployments on this Prefect server."""
-    from lmforge.flows.deployments import register_deployments
-
-    with prefect_client_settings(config):
-        register_deployments(
-            config.work_pool,
-            working_dir=config.working_dir,
-            parameters=dict(config.deployment_parameters),
-        )
 
 
 def worker_online(config: ServiceConfig) -> bool:

@@ -18,7 +18,12 @@ import numpy as np
 import torch
 
 from lmforge.manifest import MANIFEST_NAME, sha256_file
-from lmforge.model.shard_format import SHARD_PATTERN, TokenDataError, read_shard_tokens
+from lmforge.model.shard_format import (
+    SHARD_PATTERN,
+    TOKENIZER_FILE,
+    TokenDataError,
+    read_shard_tokens,
+)
 
 __all__ = [
     "TokenDataError",
@@ -28,8 +33,6 @@ __all__ = [
     "sequential_windows",
     "shards_vocab_size",
 ]
-
-TOKENIZER_FILE = "tokenizer.json"
 
 
 class TokenSplit:

@@ -173,8 +173,3 @@ def merge_lora(model: nn.Module) -> nn.Module:
         parameter.requires_grad_(True)
     return model
 
-
-def unmerge_lora(model: nn.Module) -> None:
-    """Undo `LoRALinear.merge` on every adapter still in the model (after merging in place)."""
-    for _, layer in lora_layers(model):
-        layer.unmerge()

@@ -1,12 +1,17 @@
 """Where and how a model runs, for every loop that trains one (pretraining, fine-tuning): the
-device, bf16 autocast, the random state a resumed run restores, and the AdamW optimizer."""
+device, bf16 autocast, the random state a resumed run restores, the AdamW optimizer, and the
+callback each loop reports its metrics to."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+
+# Called with (step, metrics) each time a training loop logs: MLflow, a progress bar, a test.
+LogCallback = Callable[[int, Mapping[str, float]], None]
 
 
 def resolve_device(name: str) -> torch.device:

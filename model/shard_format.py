@@ -9,6 +9,9 @@ with schema metadata `lmforge.vocab_size` and `lmforge.eot_id`. A row is a docum
 of one cut at a shard boundary (the pieces keep the doc_id). The list offsets are the
 document-offset index, and the flattened `tokens` values are one contiguous buffer that a reader
 memory-maps without a copy.
+
+Beside the splits, `SHARDS/tokenizer.json` (TOKENIZER_FILE) is the BPE tokenizer that made the
+tokens; a training output copies it next to its weights under the same name.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import pyarrow as pa
 from lmforge.errors import LmforgeError
 
 SHARD_PATTERN = "shard-*.arrow"
+TOKENIZER_FILE = "tokenizer.json"
 VOCAB_SIZE_KEY = b"lmforge.vocab_size"
 EOT_ID_KEY = b"lmforge.eot_id"
 TOKEN_TYPES = (pa.uint16(), pa.uint32())

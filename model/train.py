@@ -12,7 +12,6 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +51,7 @@ from lmforge.model.data import (
     shards_vocab_size,
 )
 from lmforge.model.gpt import GPT
+from lmforge.model.shard_format import TOKENIZER_FILE
 from lmforge.model.mfu import model_flops_utilization, peak_flops
 from lmforge.model.parallel import (
     apply_activation_checkpointing,
@@ -59,7 +59,13 @@ from lmforge.model.parallel import (
     distributed_env,
     init_distributed,
 )
-from lmforge.model.runtime import build_optimizer, resolve_device, rng_state, set_rng_state
+from lmforge.model.runtime import (
+    LogCallback,
+    build_optimizer,
+    resolve_device,
+    rng_state,
+    set_rng_state,
+)
 from lmforge.model.schedule import LRSchedule, ScheduleKind
 from lmforge.model.strategies import (
     TrainingStrategy,
@@ -67,10 +73,7 @@ from lmforge.model.strategies import (
     make_strategy,
 )
 
-TOKENIZER_FILE = "tokenizer.json"
 STAGE = "pretrain"  # the stage a finished run's manifest names
-
-LogCallback = Callable[[int, dict[str, float]], None]
 
 
 class TrainConfig(BaseModel):

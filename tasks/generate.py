@@ -17,9 +17,9 @@ from tokenizers import Tokenizer
 
 from lmforge.model.checkpoint import check_model_dir
 from lmforge.model.gpt import GPT, check_sampling
+from lmforge.model.shard_format import TOKENIZER_FILE
 from lmforge.tasks.tokens.tokenizer import special_token_ids, to_valid_utf8
 
-TOKENIZER_FILE = "tokenizer.json"
 _INCOMPLETE = "\ufffd"  # what the byte-level decoder yields for a character cut short
 
 

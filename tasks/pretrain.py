@@ -12,15 +12,13 @@ import subprocess
 import sys
 import tempfile
 from collections import deque
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from lmforge.model.launch import METRICS_MARKER, RESULT_MARKER, result_from_dict
+from lmforge.model.runtime import LogCallback
 from lmforge.model.train import TrainJob, TrainResult, train
-
-LogCallback = Callable[[int, Mapping[str, float]], None]
 
 
 @dataclass(frozen=True)

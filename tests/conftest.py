@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from lmforge.telemetry import turn_off_telemetry
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+turn_off_telemetry()  # before Prefect and MLflow are imported
 
 # Prefect binds its console log handler to the streams of the moment its logging is set up (the
 # first flow definition): do it now, under pytest's session-wide capture, not inside a test's
@@ -47,6 +47,7 @@ TINY_PIPELINE = {"shards": {"vocab_size": 300}, "train": {"max_steps": 2, "batch
 def lmforge_services(tmp_path_factory):
     """`lmforge up` for real, on free ports: a Prefect server, an MLflow server and a process
     worker on 127.0.0.1, the deployments registered with a tiny `pipeline` as their default."""
+    from lmforge.cli import register_flows
     from lmforge.servers import ServiceConfig, start_services, stop_services
 
     root = tmp_path_factory.mktemp("services")
@@ -60,7 +61,7 @@ def lmforge_services(tmp_path_factory):
         deployment_parameters={"pipeline": {"run": {"work_dir": "work/ui"}, **TINY_PIPELINE}},
     )
     try:
-        start_services(config, echo=lambda line: None)
+        start_services(config, register_flows, echo=lambda line: None)
         yield config
     finally:
         stop_services(config)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from html import escape
 
+from lmforge.tasks.data.warc_writer import WarcWriter
+
 ARTICLES_EN = {
     "backups": [
         "A backup that has never been restored is only a hope. The first rule of any backup plan "
@@ -148,3 +150,11 @@ def html_page(
         f"<main><article><h1>{escape(title)}</h1>\n{body}\n</article></main>"
         f"<footer><p>{escape(site)} | Contact | Privacy | Terms</p></footer></body></html>"
     )
+
+
+class CorruptingWarcWriter(WarcWriter):
+    """A WarcWriter that can also plant bytes between records, as damaged crawl files have."""
+
+    def write_raw(self, data: bytes) -> None:
+        """Writes `data` unchanged (no gzip member, no headers)."""
+        self._require_open().write(data)

@@ -16,6 +16,7 @@ from data_stage_fixtures import (
     ARTICLES_EN,
     KEYWORD_STUFFING,
     REPEATED_LINES,
+    CorruptingWarcWriter,
     html_page,
 )
 from lmforge.tasks.data.config import DataConfig
@@ -40,7 +41,7 @@ def write_crawl(directory):
     """Two WARC files; returns {label: response record id} and the number of responses."""
     ids: dict[str, str] = {}
     first = directory / "crawl-00000.warc.gz"
-    with WarcWriter(first, date=DATE) as warc:
+    with CorruptingWarcWriter(first, date=DATE) as warc:
         warc.write_warcinfo()
 
         def fetch(label, url, body, **kwargs):

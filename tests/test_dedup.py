@@ -12,7 +12,6 @@ from lmforge.tasks.data.dedup import (
     DedupDocument,
     MinHashConfig,
     MinHasher,
-    estimated_jaccard,
     find_duplicates,
     jaccard,
     shingle_hashes,
@@ -33,6 +32,11 @@ def near_copy(paragraphs: list[str]) -> str:
 
 def similarity(a: str, b: str, lang: str = "en") -> float:
     return jaccard(shingles(a, lang, CONFIG), shingles(b, lang, CONFIG))
+
+
+def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """The share of equal signature values: MinHash's unbiased estimate of the Jaccard."""
+    return float(np.mean(a == b))
 
 
 def test_exact_copies_are_removed_in_favour_of_the_first_seen():

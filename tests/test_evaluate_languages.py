@@ -168,7 +168,7 @@ def test_the_evaluate_flow_logs_language_metrics_and_a_language_table(
 
     from lmforge.flows.evaluate import evaluate
     from lmforge.flows.params import EvalRun
-    from lmforge.flows.tracking import find_stage_run
+    from lmforge.tracking_tags import find_stage_run
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setattr("lmforge.flows.tracking._configured_uri", None)

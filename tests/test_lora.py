@@ -14,7 +14,6 @@ from lmforge.model.lora import (
     apply_lora,
     lora_state_dict,
     merge_lora,
-    unmerge_lora,
 )
 
 
@@ -93,7 +92,7 @@ def test_unmerge_restores_the_base_weight():
     original = layer.base.weight.detach().clone()
     layer.merge()
     assert not torch.allclose(layer.base.weight, original)
-    unmerge_lora(model)
+    layer.unmerge()
     torch.testing.assert_close(layer.base.weight, original)
 
 

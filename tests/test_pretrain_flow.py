@@ -15,7 +15,7 @@ from lmforge.model.checkpoint import load_model
 from lmforge.model.config import ModelSpec
 from lmforge.model.train import TrainConfig
 from lmforge.flows.pretrain import TrainingProgress, pretrain
-from lmforge.flows.tracking import find_stage_run
+from lmforge.tracking_tags import find_stage_run
 
 
 def latest_artifact(key: str):

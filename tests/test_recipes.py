@@ -280,11 +280,11 @@ def test_the_readme_block_is_replaced_between_its_markers():
 
 @pytest.mark.slow  # imports every flow
 def test_the_readme_config_reference_is_generated_from_the_current_fields():
-    from lmforge.recipes import registry_sections
+    from lmforge.config_reference import registry_sections
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     expected = replace_readme_block(readme, config_reference_markdown(registry_sections()))
-    assert readme == expected, "stale: run `python -m lmforge.recipes --readme README.md`"
+    assert readme == expected, "stale: run `python -m lmforge.config_reference --readme README.md`"
 
 
 def test_a_bare_name_two_sections_share_is_the_primary_sections_or_no_ones():
@@ -420,3 +420,13 @@ def test_a_filter_that_is_a_pydantic_dataclass_is_a_nested_section_too():
     reference = config_reference_markdown({"data refresh": sections})
     row = "| `--data.repetition.max_duplicate_lines` | float \\| None | `0.3` | ≥ 0.0 |"
     assert row in reference
+
+
+def test_a_per_language_flag_reads_lang_equals_value_and_names_a_bad_entry():
+    from lmforge.recipes import parse_language_mapping
+
+    form = "LANG=VALUE (e.g. en=0.7,ja=0.5)"
+    assert parse_language_mapping(" en=0.7, ja = 0.5,", "entry", form) == {"en": "0.7", "ja": "0.5"}
+    assert parse_language_mapping({"en": 0.7}, "entry", form) == {"en": 0.7}
+    with pytest.raises(ValueError, match=r"entry '=0.5' is not LANG=VALUE"):
+        parse_language_mapping("en=0.7,=0.5", "entry", form)

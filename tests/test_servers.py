@@ -23,6 +23,7 @@ from conftest import free_port
 
 
 def test_up_refuses_a_taken_port_and_names_it(tmp_path):
+    from lmforge.cli import register_flows
     from lmforge.servers import ServiceConfig, ServiceError, start_services
 
     with socket.socket() as taken:
@@ -31,7 +32,7 @@ def test_up_refuses_a_taken_port_and_names_it(tmp_path):
         port = taken.getsockname()[1]
         config = ServiceConfig(state_dir=tmp_path, prefect_port=port, mlflow_port=free_port())
         with pytest.raises(ServiceError, match=f"port {port} on 127.0.0.1 is taken"):
-            start_services(config, echo=lambda line: None)
+            start_services(config, register_flows, echo=lambda line: None)
     assert not list(tmp_path.glob("*.pid"))  # nothing was started
 
 
@@ -172,10 +173,11 @@ def test_mlflow_refuses_other_origins_and_host_names(lmforge_services):
 
 @pytest.mark.slow
 def test_up_again_leaves_running_services_alone(lmforge_services):
+    from lmforge.cli import register_flows
     from lmforge.servers import SERVICES, read_pid, start_services
 
     before = {name: read_pid(lmforge_services, name) for name in SERVICES}
-    start_services(lmforge_services, echo=lambda line: None)
+    start_services(lmforge_services, register_flows, echo=lambda line: None)
     assert {name: read_pid(lmforge_services, name) for name in SERVICES} == before
 
 

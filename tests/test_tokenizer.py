@@ -13,7 +13,7 @@ from lmforge.tasks.tokens.tokenizer import (
     decode_document,
     document_copies,
     encode_documents,
-    encode_documents_flat,
+    flatten_encodings,
     load_tokenizer,
     special_token_ids,
     to_valid_utf8,
@@ -148,7 +148,9 @@ def test_loading_garbage_names_the_file(tmp_path):
 
 def test_flat_encoding_is_the_documents_tokens_end_to_end(tokenizer):
     texts = [HARD_TEXTS["cjk"], "", HARD_TEXTS["emoji"], CORPUS[0]]
-    tokens, lengths = encode_documents_flat(tokenizer, texts, np.dtype(np.uint16))
+    eot_id = special_token_ids(tokenizer).eot_id
+    encodings = tokenizer.encode_batch_fast(texts)
+    tokens, lengths = flatten_encodings(encodings, eot_id, np.dtype(np.uint16))
     expected = encode_documents(tokenizer, texts)
     assert tokens.dtype == np.uint16 and lengths.tolist() == [len(ids) for ids in expected]
     assert tokens.tolist() == [token for ids in expected for token in ids]

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 import pytest
 from lmforge.tasks.data.warc import WarcResponseReader, parse_content_type
-from lmforge.tasks.data.warc_writer import WarcWriter
+from data_stage_fixtures import CorruptingWarcWriter
 
 DATE = datetime(2025, 3, 14, tzinfo=timezone.utc)
 
@@ -17,7 +17,7 @@ DATE = datetime(2025, 3, 14, tzinfo=timezone.utc)
 def write_warc(path, fetches, *, corrupt_after: int | None = None, corruption: bytes = b""):
     """Write `fetches` (url, body, kwargs); plant `corruption` after fetch `corrupt_after`."""
     ids = []
-    with WarcWriter(path, date=DATE) as writer:
+    with CorruptingWarcWriter(path, date=DATE) as writer:
         writer.write_warcinfo()
         for index, (url, body, kwargs) in enumerate(fetches):
             ids.append(writer.write_fetch(url, body, **kwargs))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from fastwarc import ArchiveIterator, WarcRecordType
 
+from data_stage_fixtures import CorruptingWarcWriter
 from lmforge.tasks.data.warc_writer import WarcWriter, sha1_base32
 
 DATE = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -158,7 +159,7 @@ def test_fetch_dates_start_at_the_given_date_and_advance_a_second_per_fetch(tmp_
 
 def test_write_raw_plants_bytes_verbatim_between_members(tmp_path):
     path = tmp_path / "corrupt.warc.gz"
-    with WarcWriter(path, date=DATE) as writer:
+    with CorruptingWarcWriter(path, date=DATE) as writer:
         writer.write_fetch("https://docs.example.org/a.html", PAGE)
         writer.write_raw(b"\x1f\x8b this is not a gzip member")
         writer.write_fetch("https://docs.example.org/b.html", PAGE)

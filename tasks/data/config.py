@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from lmforge.recipes import parse_language_mapping
 from lmforge.tasks.data.dedup import MinHashConfig
 from lmforge.tasks.data.filters import (
     C4QualityFilter,
@@ -96,7 +97,9 @@ class DataConfig(BaseModel):
     @field_validator("min_lang_scores", mode="before")
     @classmethod
     def _parse_min_lang_scores(cls, value: object) -> object:
-        return parse_language_mapping(value, "min_lang_scores")
+        return parse_language_mapping(
+            value, "min_lang_scores entry", "LANG=VALUE (e.g. en=0.7,ja=0.5)"
+        )
 
     @field_validator("min_lang_scores")
     @classmethod
@@ -133,16 +136,3 @@ class DataConfig(BaseModel):
             raise TypeError(f"unknown DataConfig fields: {', '.join(unknown)}")
         return cls.model_validate(data)
 
-
-def parse_language_mapping(value: object, field: str) -> object:
-    """`en=0.7,ja=0.5` (the CLI's one string) -> {"en": "0.7", "ja": "0.5"} for pydantic to
-    type; a mapping (the UI, Python) passes through."""
-    if not isinstance(value, str):
-        return value
-    mapping = {}
-    for entry in filter(None, (part.strip() for part in value.split(","))):
-        lang, sep, number = entry.partition("=")
-        if not sep or not lang.strip():
-            raise ValueError(f"{field} entry {entry!r} is not LANG=VALUE (e.g. en=0.7,ja=0.5)")
-        mapping[lang.strip()] = number.strip()
-    return mapping

@@ -269,11 +269,6 @@ class MinHasher:
         return mix64(combined ^ self.band_salts)
 
 
-def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    """The share of equal signature values: an unbiased estimate of the Jaccard similarity."""
-    return float(np.mean(a == b))
-
-
 class _NoPriorDocuments:
     keys = np.zeros((0, 2), np.uint64)
     bands = np.zeros((0, 0), np.uint64)

@@ -195,10 +195,6 @@ class WarcWriter:
         )
         return response_id
 
-    def write_raw(self, data: bytes) -> None:
-        """Writes `data` unchanged (no gzip member, no headers): for planting corrupt input."""
-        self._require_open().write(data)
-
     def _warcinfo_header(self) -> list[tuple[str, str]]:
         return [("WARC-Warcinfo-ID", self._warcinfo_id)] if self._warcinfo_id else []
 

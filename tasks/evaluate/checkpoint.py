@@ -27,7 +27,7 @@ from lmforge.manifest import read_manifest
 from lmforge.model.checkpoint import load_model
 from lmforge.model.data import TokenSplit, open_token_split, sequential_windows
 from lmforge.model.runtime import resolve_device
-from lmforge.model.shard_format import SHARD_PATTERN
+from lmforge.model.shard_format import SHARD_PATTERN, TOKENIZER_FILE
 from lmforge.tasks.evaluate.benchmark_formats import benchmark_task
 from lmforge.tasks.evaluate.blimp import MinimalPair, load_blimp
 from lmforge.tasks.data.dataset_versions import (
@@ -37,7 +37,7 @@ from lmforge.tasks.data.dataset_versions import (
     has_dataset,
 )
 from lmforge.tasks.tokens.shards import STAGE as SHARDS_STAGE
-from lmforge.tasks.tokens.shards import TOKENIZER_FILE, is_validation_document
+from lmforge.tasks.tokens.shards import is_validation_document
 from lmforge.tasks.tokens.tokenizer import (
     load_tokenizer,
     special_token_ids,

@@ -37,12 +37,12 @@ from lmforge.tasks.data.dataset_versions import read_documents
 from lmforge.manifest import claim_output_dir, read_manifest, stage_output
 from lmforge.model.checkpoint import load_model
 from lmforge.model.classifier import SequenceClassifier, save_classifier
-from lmforge.model.runtime import autocast_context, build_optimizer, resolve_device
+from lmforge.model.runtime import LogCallback, autocast_context, build_optimizer, resolve_device
 from lmforge.model.schedule import LRSchedule
+from lmforge.model.shard_format import TOKENIZER_FILE
 from lmforge.tasks import plots
 from lmforge.tasks.finetune.data import FinetuneDataError, LabelledText, load_labelled_texts
-from lmforge.tasks.finetune.steps import LogCallback, MetricsHistory, optimizer_step
-from lmforge.tasks.tokens.shards import TOKENIZER_FILE
+from lmforge.tasks.finetune.steps import MetricsHistory, optimizer_step
 from lmforge.tasks.tokens.tokenizer import load_tokenizer, special_token_ids, tokenizer_vocab_size
 
 LabelSource = Literal["section", "site"]

@@ -34,8 +34,9 @@ from lmforge.manifest import claim_output_dir, read_manifest, stage_output
 from lmforge.model.checkpoint import load_model, save_model
 from lmforge.model.gpt import GPT
 from lmforge.model.lora import DEFAULT_TARGETS, LoRAConfig, apply_lora, lora_state_dict, merge_lora
-from lmforge.model.runtime import autocast_context, build_optimizer, resolve_device
+from lmforge.model.runtime import LogCallback, autocast_context, build_optimizer, resolve_device
 from lmforge.model.schedule import LRSchedule
+from lmforge.model.shard_format import TOKENIZER_FILE
 from lmforge.tasks.finetune.data import (
     IGNORE_INDEX,
     FinetuneDataError,
@@ -48,8 +49,7 @@ from lmforge.tasks.finetune.data import (
     reference_of,
     tokenize_example,
 )
-from lmforge.tasks.finetune.steps import LogCallback, MetricsHistory, optimizer_step
-from lmforge.tasks.tokens.shards import TOKENIZER_FILE
+from lmforge.tasks.finetune.steps import MetricsHistory, optimizer_step
 from lmforge.tasks.tokens.tokenizer import load_tokenizer, special_token_ids
 
 ADAPTER_FILE = "lora_adapter.safetensors"

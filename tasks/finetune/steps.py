@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 
 import torch
 
-LogCallback = Callable[[int, Mapping[str, float]], None]
+from lmforge.model.runtime import LogCallback
 
 
 class MetricsHistory:

@@ -59,6 +59,7 @@ from lmforge.model.shard_format import (
     EOT_ID_KEY,
     MAX_SHARD_TOKENS,
     SHARD_PATTERN,
+    TOKENIZER_FILE,
     VOCAB_SIZE_KEY,
     TokenDataError,
     read_shard_schema,
@@ -67,6 +68,7 @@ from lmforge.model.shard_format import (
     token_dtype,
     write_shard,
 )
+from lmforge.recipes import parse_language_mapping
 from lmforge.tasks.tokens.tokenizer import (
     SPECIAL_TOKENS,
     LanguageSampling,
@@ -83,7 +85,6 @@ from lmforge.tasks.tokens.tokenizer import (
 log = logging.getLogger(__name__)
 
 STAGE = "build_shards"
-TOKENIZER_FILE = "tokenizer.json"
 SPLITS = ("train", "val")
 DOCUMENT_COLUMNS = ["id", "text", "lang"]
 UNKNOWN_LANGUAGE = "und"  # BCP 47 "undetermined", for documents without a language tag
@@ -150,16 +151,7 @@ class ShardConfig(BaseModel):
     @field_validator("language_weights", mode="before")
     @classmethod
     def _parse_language_weights(cls, value: object) -> object:
-        # The CLI hands over one string, `en=2,de=1`; the UI and Python hand over a mapping.
-        if not isinstance(value, str):
-            return value
-        weights: dict[str, str] = {}
-        for entry in filter(None, (part.strip() for part in value.split(","))):
-            lang, sep, weight = entry.partition("=")
-            if not sep or not lang.strip():
-                raise ValueError(f"language weight {entry!r} is not LANG=WEIGHT (e.g. en=2,de=1)")
-            weights[lang.strip()] = weight.strip()
-        return weights
+        return parse_language_mapping(value, "language weight", "LANG=WEIGHT (e.g. en=2,de=1)")
 
     @field_validator("language_weights")
     @classmethod

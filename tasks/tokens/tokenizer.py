@@ -254,15 +254,6 @@ def encode_documents(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
     return [encoding.ids + [eot_id] for encoding in tokenizer.encode_batch_fast(texts)]
 
 
-def encode_documents_flat(
-    tokenizer: Tokenizer, texts: list[str], dtype: np.dtype
-) -> tuple[np.ndarray, np.ndarray]:
-    """The same tokens as `encode_documents`, laid end to end in one `dtype` array, and each
-    document's length (its `<|endoftext|>` included) as int64: what shard writing needs."""
-    eot_id = special_token_ids(tokenizer).eot_id
-    return flatten_encodings(tokenizer.encode_batch_fast(texts), eot_id, dtype)
-
-
 def flatten_encodings(
     encodings: list[Encoding], eot_id: int, dtype: np.dtype
 ) -> tuple[np.ndarray, np.ndarray]:

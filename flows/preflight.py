@@ -6,6 +6,9 @@ Each check is the stage's own loader, or the cheap first part of it (a checkpoin
 weights header, a manifest), so the check and the stage never disagree; the stage checks again.
 Outputs are not checked here (each stage claims its own output folder), except training's,
 which is refused before the flow starts (`check_out_dir`).
+
+It lives with the flows because it checks their run sections (`PretrainRun`, ...) and the stage
+registry (`lmforge.flows.stages`) names each check; `lmforge/` stays free of flow imports.
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ from lmforge.flows.params import (
 )
 from lmforge.manifest import read_manifest
 from lmforge.model.checkpoint import check_model_dir
+from lmforge.model.shard_format import TOKENIZER_FILE
 from lmforge.model.train import TrainConfig, check_out_dir
 from lmforge.tasks.evaluate.blimp import load_blimp
 from lmforge.tasks.evaluate.checkpoint import EvalConfig
 from lmforge.tasks.data.dataset_writer import STAGE_NAME as DATA_STAGE
 from lmforge.tasks.tokens.shards import STAGE as SHARDS_STAGE
-from lmforge.tasks.tokens.shards import TOKENIZER_FILE, ShardConfig
+from lmforge.tasks.tokens.shards import ShardConfig
 from lmforge.tasks.tokens.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:  # the fine-tuning modules load when a fine-tuning command runs
@@ -37,10 +41,7 @@ if TYPE_CHECKING:  # the fine-tuning modules load when a fine-tuning command run
 
 
 def check_pipeline_inputs(eval: EvalConfig, run: PipelineRun, **sections: object) -> None:
-    if run.blimp:
-        load_blimp(run.blimp)
-    check_benchmark_files(eval.tasks or {})
-    check_benchmark_files(eval.fewshot_from or {})
+    check_evaluation_files(eval, run.blimp)
 
 
 def check_shard_inputs(shards: ShardConfig, run: ShardsRun) -> None:
@@ -59,10 +60,7 @@ def check_eval_inputs(eval: EvalConfig, run: EvalRun) -> None:
     read_manifest(run.shards, stage=SHARDS_STAGE)
     if run.data:
         read_manifest(run.data, stage=DATA_STAGE)
-    if run.blimp:
-        load_blimp(run.blimp)
-    check_benchmark_files(eval.tasks or {})
-    check_benchmark_files(eval.fewshot_from or {})
+    check_evaluation_files(eval, run.blimp)
 
 
 def check_classifier_inputs(finetune: ClassifierConfig, run: FinetuneClassifierRun) -> None:
@@ -87,6 +85,14 @@ def check_base_model(path: str) -> None:
     check_model_dir(path)
     read_manifest(path)
     load_tokenizer(Path(path) / TOKENIZER_FILE)
+
+
+def check_evaluation_files(eval: EvalConfig, blimp: str | None) -> None:
+    """What an evaluation reads besides the model: BLiMP pairs and local benchmark files."""
+    if blimp:
+        load_blimp(blimp)
+    check_benchmark_files(eval.tasks or {})
+    check_benchmark_files(eval.fewshot_from or {})
 
 
 def check_benchmark_files(sources: Mapping[str, str]) -> None:

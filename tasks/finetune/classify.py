@@ -237,12 +237,6 @@ def predict(
 STAGE = "finetune_classifier"
 
 
-def claim_classifier_output(base_model: str | Path, data: str | Path, out_dir: str | Path) -> None:
-    """OutputRefused, before any work, unless `out_dir` may receive this stage's output (new,
-    empty or an earlier one; clear of the base model and the data)."""
-    claim_output_dir(out_dir, STAGE, [base_model, data])
-
-
 def finetune_classifier(
     base_model: str | Path,
     data: str | Path,
@@ -261,7 +255,8 @@ def finetune_classifier(
     """
     wall_start = time.perf_counter()
     log = MetricsHistory(on_log)
-    claim_classifier_output(base_model, data, out_dir)
+    # refused before any work unless out_dir may receive this stage's output, clear of the inputs
+    claim_output_dir(out_dir, STAGE, [base_model, data])
 
     base_dir = Path(base_model)
     read_manifest(base_dir)  # a base model is a finished training output: fail early otherwise

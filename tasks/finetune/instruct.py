@@ -188,12 +188,6 @@ def generate_responses(
 STAGE = "finetune_instruct"
 
 
-def claim_instruct_output(base_model: str | Path, data: str | Path, out_dir: str | Path) -> None:
-    """OutputRefused, before any work, unless `out_dir` may receive this stage's output (new,
-    empty or an earlier one; clear of the base model and the data)."""
-    claim_output_dir(out_dir, STAGE, [base_model, data])
-
-
 def finetune_instruct(
     base_model: str | Path,
     data: str | Path,
@@ -211,7 +205,8 @@ def finetune_instruct(
     """
     wall_start = time.perf_counter()
     log = MetricsHistory(on_log)
-    claim_instruct_output(base_model, data, out_dir)
+    # refused before any work unless out_dir may receive this stage's output, clear of the inputs
+    claim_output_dir(out_dir, STAGE, [base_model, data])
 
     base_dir = Path(base_model)
     read_manifest(base_dir)

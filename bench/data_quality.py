@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from lmforge.tasks.data.config import DataConfig
 from lmforge.tasks.data.refresh import resolve_inputs
 from lmforge.tasks.data.stats import merge_file_stats
-from lmforge.tasks.data.dataset_writer import find_duplicates, write_dataset
+from lmforge.tasks.data.refresh import find_duplicates, write_dataset
 from lmforge.tasks.data.dataset_versions import read_documents
 from lmforge.tasks.data.dedup import SHINGLE_LANGUAGE_SOURCES, MinHashConfig, normalised_text_key
 from lmforge.tasks.data.html_text import decode_page, python_codec

@@ -34,13 +34,8 @@ from lmforge.flows.stage_flow import StageFlow
 from lmforge.manifest import claim_output_dir, input_sha256, output_lock, read_manifest
 from lmforge.tasks import plots
 from lmforge.tasks.data.config import DataConfig
-from lmforge.tasks.data.dataset_versions import unprocessed_inputs
-from lmforge.tasks.data.dataset_writer import (
-    STAGE_NAME,
-    continues_dataset,
-    find_duplicates,
-    write_dataset,
-)
+from lmforge.tasks.data.dataset_writer import STAGE_NAME
+from lmforge.tasks.data.refresh import DatasetRefresh
 from lmforge.tasks.data.dedup import DuplicateReport
 from lmforge.tasks.data.inputs import InputError, InputsUnavailable, check_remote_inputs, input_name
 from lmforge.tasks.data.sample.corpus import build_sample_corpus
@@ -164,17 +159,15 @@ def process_warc_files(
 
 
 @task(name="find-duplicates")
-def find_duplicates_task(
-    results: list[FileResult], config: DataConfig, data_dir: Path
-) -> DuplicateReport:
-    return find_duplicates(results, config, data_dir=data_dir)
+def find_duplicates_task(refresh: DatasetRefresh, results: list[FileResult]) -> DuplicateReport:
+    return refresh.find_duplicates(results)
 
 
 @task(name="write-dataset")
 def write_dataset_task(
-    results: list[FileResult], duplicates: DuplicateReport, out: Path, config: DataConfig
+    refresh: DatasetRefresh, results: list[FileResult], duplicates: DuplicateReport
 ) -> dict:
-    return write_dataset(results, duplicates, out, config)
+    return refresh.write(results, duplicates)
 
 
 def input_files(run: DataRefreshRun, out: Path) -> list[Path | str]:
@@ -249,12 +242,12 @@ def log_stats(
     a markdown report artifact on the flow run."""
     counts = manifest.get("version_counts", manifest["counts"])
     files = counts["warc_files"]
-    filter_order = [f.name for f in config.filters()]
-    rows = plots.funnel_rows(counts, filter_order=filter_order)
+    step_order = [step.name for step in config.text_steps()]
+    rows = plots.funnel_rows(counts, step_order=step_order)
     languages = counts.get("languages", {})
     mlflow.log_metrics(stage_metrics(rows, languages))
     with plots.figure_files() as figures:
-        plots.removal_funnel(counts, figures / "funnel.png", filter_order=filter_order)
+        plots.removal_funnel(counts, figures / "funnel.png", step_order=step_order)
         plots.language_histogram(languages, figures / "languages.png")
         mlflow.log_artifacts(str(figures), artifact_path="plots")
     run_link = mlflow_run_markdown(
@@ -285,11 +278,11 @@ def _refresh(config: DataConfig, run: DataRefreshRun, out: Path) -> dict:
     files = input_files(run, out)
     # Claimed again now that the inputs are known: an input inside (or being) `out` is refused.
     stage = StageFlow.start(STAGE_NAME, {"data": config, "run": run}, out, inputs=files)
-    if continues_dataset(out, config):
-        files, done = unprocessed_inputs(out, files)
-        if not files:
-            print(f"data_refresh: all {len(done)} inputs are already in {out}; nothing to add")
-            return read_manifest(out)
+    refresh = DatasetRefresh(out, config)
+    files, done = refresh.pending(files)
+    if refresh.continuing and not files:
+        print(f"data_refresh: all {len(done)} inputs are already in {out}; nothing to add")
+        return read_manifest(out)
     check_remote_inputs(files)
     runner = make_task_runner(run.runner, run.workers, run.dask_address)
     staging = out.parent / f".{out.name}.staging"
@@ -297,8 +290,8 @@ def _refresh(config: DataConfig, run: DataRefreshRun, out: Path) -> dict:
     tags = {CODE_VERSION_TAG: code_version()}
     with stage.mlflow_run(tags=tags, params={"files": len(files)}) as mlflow_run:
         results = process_warc_files.with_options(task_runner=runner)(files, config, staging)
-        duplicates = find_duplicates_task(results, config, out)
-        manifest = write_dataset_task(results, duplicates, out, config)
+        duplicates = find_duplicates_task(refresh, results)
+        manifest = write_dataset_task(refresh, results, duplicates)
         stage.record_output()
         log_stats(manifest, config, mlflow_run, out)
     # Only a finished dataset retires the staged files and their cached per-file results.

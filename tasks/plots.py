@@ -14,10 +14,8 @@ import matplotlib
 matplotlib.use("Agg")  # headless: workers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-# The order records flow through the data stage; a funnel shows what each step removed.
-FUNNEL_STAGES = ("read", "extract", "url", "language", "quality", "dedup")
-# Quality reasons are `filter_name:rule`; without a given order the filters run in this one.
-QUALITY_FILTERS = ("gopher_repetition", "gopher_quality", "c4_quality", "fineweb_quality")
+# The steps every response meets first; the text steps follow in their configured order.
+FIRST_STEPS = ("read", "url", "html", "extract", "language")
 
 
 @contextlib.contextmanager
@@ -29,19 +27,19 @@ def figure_files() -> Iterator[Path]:
 
 def funnel_rows(
     counts: Mapping[str, Any],
-    filter_order: Sequence[str] = QUALITY_FILTERS,
+    step_order: Sequence[str] = (),
     steps: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Documents and bytes into and out of each step of the data stage, from a data manifest's
-    counts; the quality step is split into its filters (in `filter_order`).
+    counts.
 
     Each row: `step`, `docs_in`, `docs_out`, `removed`, `bytes_in`, `bytes_out`, `reasons`
     (`{reason: documents}`). Per-step statistics of the per-file work (`steps`, else
     `counts["steps"]`: `{step: {docs_in, docs_out, bytes_in, bytes_out, dropped: {reason: n}}}`
     in pipeline order, as `data_stats.merge_file_stats` gives them) are used as they are, with
     the dataset-level dedup step appended. Without them, documents come from
-    `removed_by_reason` and bytes are known only where the stage enters (`bytes_in`) and
-    leaves (`bytes_out`), None in between.
+    `removed_by_reason` (steps in `FIRST_STEPS` + `step_order`, then any others) and bytes are
+    known only where the stage enters (`bytes_in`) and leaves (`bytes_out`), None in between.
     """
     steps = steps or counts.get("steps")
     if isinstance(steps, Mapping) and steps:
@@ -54,7 +52,7 @@ def funnel_rows(
     }
     remaining = int(counts["responses"])
     rows = []
-    for step, reasons in _ordered_steps(by_reason, filter_order):
+    for step, reasons in _ordered_steps(by_reason, step_order):
         removed = sum(int(n) for n in reasons.values())
         rows.append({"step": step, "docs_in": remaining, "docs_out": remaining - removed,
                      "removed": removed, "bytes_in": None, "bytes_out": None,
@@ -83,23 +81,13 @@ def _dedup_step(counts: Mapping[str, Any], previous: Mapping[str, Any]) -> dict[
 
 
 def _ordered_steps(
-    by_reason: Mapping[str, Mapping[str, int]], filter_order: Sequence[str]
+    by_reason: Mapping[str, Mapping[str, int]], step_order: Sequence[str]
 ) -> list[tuple[str, dict[str, int]]]:
-    """(step, reasons) in pipeline order; stages this module does not know go before dedup."""
-    known = [s for s in FUNNEL_STAGES if s != "dedup"]
-    stages = known + sorted(set(by_reason) - set(FUNNEL_STAGES)) + ["dedup"]
-    steps: list[tuple[str, dict[str, int]]] = []
-    for stage in stages:
-        reasons = dict(by_reason.get(stage, {}))
-        if stage != "quality":
-            if reasons or stage in ("read", "extract", "language", "dedup"):
-                steps.append((stage, reasons))
-            continue
-        by_filter: dict[str, dict[str, int]] = {name: {} for name in filter_order}
-        for reason, n in reasons.items():
-            by_filter.setdefault(reason.split(":", 1)[0], {})[reason] = n
-        steps.extend(by_filter.items())
-    return steps
+    """(step, reasons) in pipeline order; steps not in the order go before dedup."""
+    known = [*FIRST_STEPS, *step_order]
+    names = known + sorted(set(by_reason) - {*known, "dedup"}) + ["dedup"]
+    return [(name, dict(by_reason.get(name, {}))) for name in names
+            if by_reason.get(name) or name in ("read", "extract", "language", "dedup")]  # fmt: skip
 
 
 def removal_funnel(counts: Mapping[str, Any], path: Path, **kwargs: Any) -> Path:

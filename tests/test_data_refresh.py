@@ -22,9 +22,11 @@ from data_stage_fixtures import (
 from lmforge.tasks.data.config import DataConfig
 from lmforge.tasks.data.refresh import refresh_dataset, resolve_inputs
 from lmforge.tasks.data.dataset_versions import read_documents
-from lmforge.tasks.data.dataset_writer import AccountingError, find_duplicates, write_dataset
+from lmforge.tasks.data.dataset_writer import AccountingError
+from lmforge.tasks.data.refresh import find_duplicates, write_dataset
 from lmforge.tasks.data.warc_processing import process_warc_file
 from lmforge.tasks.data.filters import GopherQualityFilter
+from lmforge.tasks.data.steps.registry import TEXT_STEPS
 from lmforge.tasks.data.warc_writer import WarcWriter
 
 from lmforge.manifest import read_manifest, verify_outputs
@@ -202,18 +204,18 @@ def test_email_addresses_are_redacted_in_kept_text(dataset):
     [
         ("404", "read", "http_404"),
         ("301", "read", "http_301"),
-        ("png", "extract", "binary_payload"),
-        ("robots", "extract", "not_html"),
+        ("png", "html", "binary_payload"),
+        ("robots", "html", "not_html"),
         ("nav-only", "extract", "no_main_text"),
-        ("stuffing", "quality", None),
-        ("repeated", "quality", "gopher_repetition:duplicate_lines"),
+        ("stuffing", None, None),
+        ("repeated", "gopher_repetition", "duplicate_lines"),
     ],
 )
 def test_removed_responses_carry_stage_and_reason(dataset, label, stage, reason):
     _, _, _, removed, ids, _ = dataset
     row = removed[ids[label]]
-    assert row["stage"] == stage
-    assert row["reason"] == reason or (reason is None and ":" in row["reason"])
+    assert row["stage"] == stage or (stage is None and row["stage"] in TEXT_STEPS)
+    assert row["reason"] == reason or (reason is None and row["reason"])
     assert row["duplicate_of"] is None
 
 
@@ -317,8 +319,8 @@ def test_config_survives_a_json_round_trip_and_rejects_bad_values():
                         c4_quality=None)  # fmt: skip
     restored = DataConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert restored == config and restored.languages == ("de", "en")
-    assert [f.name for f in restored.filters()] == [
-        "gopher_repetition", "gopher_quality", "fineweb_quality",
+    assert [step.name for step in restored.text_steps()] == [
+        "gopher_repetition", "gopher_quality", "fineweb_quality", "pii",
     ]  # fmt: skip
     with pytest.raises(ValueError, match="min_lang_score"):
         DataConfig(min_lang_score=1.5)

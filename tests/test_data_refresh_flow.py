@@ -181,8 +181,7 @@ def test_mlflow_gets_per_step_metrics_languages_and_charts(local_run):
     counts = manifest["counts"]
     assert metrics["docs_in/read"] == counts["responses"]
     assert metrics["docs_out/dedup"] == counts["kept"]
-    quality = counts["removed_by_reason"]["quality"]
-    gopher_quality = sum(n for r, n in quality.items() if r.startswith("gopher_quality:"))
+    gopher_quality = counts["removed_by_stage"].get("gopher_quality", 0)
     assert metrics["docs_in/gopher_quality"] - metrics["docs_out/gopher_quality"] == gopher_quality
     assert metrics["removed/read/http_404"] == 1
     assert metrics["bytes_in/read"] == counts["bytes_in"]

@@ -88,24 +88,25 @@ def test_progress_listeners_are_removed_when_the_block_ends():
 
 COUNTS = {
     "responses": 100, "kept": 50, "bytes_in": 1_000_000, "bytes_out": 90_000,
-    "removed_by_stage": {"read": 10, "extract": 10, "language": 5, "quality": 20, "dedup": 5},
+    "removed_by_stage": {"read": 10, "extract": 10, "language": 5, "c4_quality": 8,
+                         "gopher_quality": 12, "dedup": 5},
     "removed_by_reason": {
         "read": {"http_404": 10}, "extract": {"no_main_text": 10},
         "language": {"low_confidence": 5},
-        "quality": {"gopher_quality:stop_words": 12, "c4_quality:lorem_ipsum": 8},
+        "c4_quality": {"lorem_ipsum": 8}, "gopher_quality": {"stop_words": 12},
         "dedup": {"near_duplicate": 5},
     },
     "languages": {"en": 40, "de": 10},
 }  # fmt: skip
 
 
-def test_funnel_rows_split_quality_into_filters_in_their_order():
-    rows = plots.funnel_rows(COUNTS, filter_order=["gopher_quality", "c4_quality"])
+def test_funnel_rows_follow_the_configured_step_order():
+    rows = plots.funnel_rows(COUNTS, step_order=["gopher_quality", "c4_quality"])
     assert [r["step"] for r in rows] == [
         "read", "extract", "language", "gopher_quality", "c4_quality", "dedup"]  # fmt: skip
     assert rows[0]["docs_in"] == 100 and rows[-1]["docs_out"] == 50
     assert all(a["docs_out"] == b["docs_in"] for a, b in zip(rows, rows[1:]))
-    assert rows[3]["removed"] == 12 and rows[4]["reasons"] == {"c4_quality:lorem_ipsum": 8}
+    assert rows[3]["removed"] == 12 and rows[4]["reasons"] == {"lorem_ipsum": 8}
     assert rows[0]["bytes_in"] == 1_000_000 and rows[-1]["bytes_out"] == 90_000
 
 
@@ -127,7 +128,7 @@ def test_funnel_rows_use_recorded_step_statistics_and_append_dedup():
 def test_stage_metrics_are_named_by_step_reason_and_language():
     from lmforge.flows.data_refresh import stage_metrics
 
-    rows = plots.funnel_rows(COUNTS, filter_order=["gopher_quality", "c4_quality"])
+    rows = plots.funnel_rows(COUNTS, step_order=["gopher_quality", "c4_quality"])
     metrics = stage_metrics(rows, COUNTS["languages"])
     assert metrics["docs_out/gopher_quality"] == 100 - 10 - 10 - 5 - 12
     assert metrics["removed/gopher_quality/stop_words"] == 12

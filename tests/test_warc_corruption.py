@@ -262,7 +262,7 @@ def test_process_warc_file_accounts_for_every_response_of_a_damaged_file(corpus,
 
     stats = process_warc_file(path, DataConfig(max_payload_bytes=MAX_PAYLOAD), tmp_path).stats
 
-    removed = sum(count for reasons in stats["removed"].values() for count in reasons.values())
+    removed = sum(sum(step["dropped"].values()) for step in stats["steps"].values())
     assert stats["candidates"] + removed == stats["responses"]
     assert stats["steps"]["read"]["docs_in"] == stats["responses"]
     error_offsets = [error["offset"] for error in stats["read_errors"]]

@@ -1,29 +1,26 @@
 """`DataConfig`: everything that decides which documents the data stage keeps, with a JSON round
-trip so that flows, manifests and the CLI share one typed description."""
+trip so that flows, manifests and the CLI share one typed description. Its text steps' fields
+come from the step registry (`steps.registry.TEXT_STEPS`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from lmforge.recipes import parse_language_mapping
 from lmforge.tasks.data.dedup import MinHashConfig
-from lmforge.tasks.data.filters import (
-    C4QualityFilter,
-    DocumentFilter,
-    FineWebQualityFilter,
-    GopherQualityFilter,
-    GopherRepetitionFilter,
-    PIIFormatter,
-    URLFilter,
-)
+from lmforge.tasks.data.filters import URLFilter
 from lmforge.tasks.data.html_text import ExtractionConfig
-from lmforge.tasks.data.language_id import DEFAULT_VARIANT_GROUPS
+from lmforge.tasks.data.language_id import DEFAULT_VARIANT_GROUPS, LanguageIdentifier
+from lmforge.tasks.data.steps.base import Step
+from lmforge.tasks.data.steps.language import LanguageFilter
+from lmforge.tasks.data.steps.page import Extraction, HtmlCheck, ReadCheck
+from lmforge.tasks.data.steps.registry import TEXT_STEPS
 from lmforge.tasks.data.warc import DEFAULT_MAX_PAYLOAD_BYTES
 
 
-class DataConfig(BaseModel):
+class _DataSettings(BaseModel):
     """Everything that decides which documents the data stage keeps.
 
     A filter set to None (null) is off, and so is any of its rules set to None. Invalid values
@@ -57,20 +54,10 @@ class DataConfig(BaseModel):
     url_filter: URLFilter | None = Field(
         URLFilter(), description="Drops pages by URL before extraction; null: off."
     )
-    gopher_repetition: GopherRepetitionFilter | None = Field(
-        GopherRepetitionFilter(), description="Gopher's repetition rules; null: off."
-    )
-    gopher_quality: GopherQualityFilter | None = Field(
-        GopherQualityFilter(), description="Gopher's quality rules; null: off."
-    )
-    c4_quality: C4QualityFilter | None = Field(
-        C4QualityFilter(), description="C4's quality rules; null: off."
-    )
-    fineweb_quality: FineWebQualityFilter | None = Field(
-        FineWebQualityFilter(), description="FineWeb's quality rules; null: off."
-    )
-    pii: PIIFormatter | None = Field(
-        PIIFormatter(), description="Replaces e-mail and IP addresses; null keeps them."
+    step_order: tuple[str, ...] | None = Field(
+        None,
+        description="Order of the text steps after language ID, every one of them named once "
+        f"(default: {','.join(TEXT_STEPS)}).",
     )
     minhash: MinHashConfig = Field(
         MinHashConfig(), description="Near-duplicate detection (MinHash LSH)."
@@ -112,27 +99,57 @@ class DataConfig(BaseModel):
             raise ValueError(f"scores must be in [0, 1], got {bad}")
         return dict(sorted(scores.items()))
 
+    @field_validator("step_order")
+    @classmethod
+    def _check_step_order(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and sorted(value) != sorted(TEXT_STEPS):
+            raise ValueError(
+                f"must name each text step once: {', '.join(TEXT_STEPS)} (got {', '.join(value)})"
+            )
+        return value
+
     def min_score_for(self, lang: str) -> float:
         """The minimum language-ID score a document identified as `lang` needs."""
         if self.min_lang_scores and lang in self.min_lang_scores:
             return self.min_lang_scores[lang]
         return self.min_lang_score
 
-    def filters(self) -> tuple[DocumentFilter, ...]:
-        """The enabled quality filters, in the order they run (FineWeb's order)."""
-        chain = (self.gopher_repetition, self.gopher_quality, self.c4_quality,
-                 self.fineweb_quality)  # fmt: skip
-        return tuple(f for f in chain if f is not None)
+    def text_steps(self) -> tuple[Step, ...]:
+        """The enabled text steps (their settings are the steps), in the order they run."""
+        settings = (getattr(self, name) for name in self.step_order or TEXT_STEPS)
+        return tuple(step for step in settings if step is not None)
+
+    def steps(self) -> list[Step]:
+        """Every step a response goes through, in order (loads the language-ID model)."""
+        identifier = LanguageIdentifier(
+            self.lang_model_path, variant_groups=self.lang_variant_groups
+        )
+        url = [self.url_filter] if self.url_filter is not None else []
+        language = LanguageFilter(identifier, self.min_score_for, self.languages)
+        return [ReadCheck(), *url, HtmlCheck(), Extraction(self.extraction), language,
+                *self.text_steps()]  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, as recorded in the data manifest's params."""
         return self.model_dump(mode="json")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DataConfig:
+    def from_dict(cls, data: dict[str, Any]) -> _DataSettings:
         """Rebuild from `to_dict()` output. Unknown keys raise TypeError naming them."""
         unknown = sorted(set(data) - set(cls.model_fields))
         if unknown:
             raise TypeError(f"unknown DataConfig fields: {', '.join(unknown)}")
         return cls.model_validate(data)
 
+
+
+DataConfig = create_model(
+    "DataConfig",
+    __base__=_DataSettings,
+    __module__=__name__,
+    __doc__=_DataSettings.__doc__,
+    **{
+        name: (step.settings | None, Field(step.default, description=step.description))
+        for name, step in TEXT_STEPS.items()
+    },
+)

@@ -1,7 +1,7 @@
-"""Steps 2 and 3 of the data stage, once over all new files: find duplicates among the staged
-candidates and against the dataset already in the output directory, then add a dataset version
-- `docs/lang=xx/` and `removed/` parts, the version's dedup index rows and ledger - after
-checking that kept + removed == responses.
+"""The writing half of steps 2 and 3 of the data stage (`refresh.DatasetRefresh` runs them):
+the staged candidates as dedup documents, and one dataset version - `docs/lang=xx/` and
+`removed/` parts, the version's dedup index rows and ledger - checked so that kept + removed ==
+responses.
 
 A refresh into a directory that holds a dataset built with the same `DataConfig` adds a
 version (see `lmforge.tasks.data.dataset_versions` for the layout): input files whose sha256 is in
@@ -35,30 +35,19 @@ from lmforge.tasks.data.dataset_versions import (
     add_counts,
     has_dataset,
     language_directory,
-    ledger,
     write_ledger,
 )
 from lmforge.tasks.data.dedup import DedupDocument, DuplicateReport, KeptSignatures, MinHashConfig
-from lmforge.tasks.data.dedup import find_duplicates as find_duplicate_documents
 from lmforge.tasks.data.dedup_index import (
     INDEX_FORMAT,
     index_files,
     index_is_usable,
     index_table,
-    load_index,
     rebuild_index,
 )
 from lmforge.tasks.data.warc_processing import DOC_SCHEMA, REMOVED_SCHEMA, FileResult
 
-from lmforge.manifest import (
-    claim_output_dir,
-    describe_input,
-    manifest_version,
-    read_manifest,
-    stage_output,
-    stage_version,
-    version_name,
-)
+from lmforge.manifest import describe_input, read_manifest, version_name
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +60,11 @@ class AccountingError(LmforgeError, RuntimeError):
     """Kept plus removed documents do not add up to the responses read: something vanished."""
 
 
-class _CandidateDocuments:
+class CandidateDocuments:
     """The candidates of all files as DedupDocuments, re-readable (dedup iterates twice)."""
 
     def __init__(self, file_results: Sequence[FileResult], config: MinHashConfig):
-        self.files = [(r.candidates_path, r.warc_file) for r in _in_order(file_results)]
+        self.files = [(r.candidates_path, r.warc_file) for r in in_order(file_results)]
         self.config = config
 
     def __iter__(self) -> Iterator[DedupDocument]:
@@ -89,7 +78,7 @@ class _CandidateDocuments:
                     yield DedupDocument(row["id"], row["text"], lang, warc_file)
 
 
-def _in_order(file_results: Sequence[FileResult]) -> list[FileResult]:
+def in_order(file_results: Sequence[FileResult]) -> list[FileResult]:
     # Mapped tasks may finish in any order; the dataset must not depend on it.
     return sorted(file_results, key=lambda r: r.warc_file)
 
@@ -106,35 +95,6 @@ def continues_dataset(data_dir: str | os.PathLike[str] | None, config: DataConfi
         return DataConfig.from_dict(manifest["params"]) == config
     except (TypeError, ValueError):
         return False
-
-
-def new_file_results(
-    file_results: Sequence[FileResult], data_dir: str | os.PathLike[str] | None, config: DataConfig
-) -> list[FileResult]:
-    """The results, in order, whose WARC file the dataset in `data_dir` has not processed."""
-    done = ledger(data_dir) if continues_dataset(data_dir, config) else {}
-    return [r for r in _in_order(file_results) if r.sha256 not in done]
-
-
-def find_duplicates(
-    file_results: Sequence[FileResult],
-    config: DataConfig,
-    data_dir: str | os.PathLike[str] | None = None,
-) -> DuplicateReport:
-    """Exact and near duplicates among the candidates of all files (see `lmforge.tasks.data.dedup`).
-
-    With `data_dir` holding a dataset that this refresh continues (`continues_dataset`), files
-    it already processed are left out and the new documents are also deduplicated against its
-    kept documents, through its dedup index (rebuilt from the kept documents if missing)."""
-    results = new_file_results(file_results, data_dir, config)
-    prior, base_version = None, 0
-    if continues_dataset(data_dir, config):
-        prior = load_index(data_dir, config.minhash)
-        base_version = manifest_version(read_manifest(data_dir))
-    documents = _CandidateDocuments(results, config.minhash)
-    report = find_duplicate_documents(documents, config.minhash, prior)
-    report.base_version = base_version
-    return report
 
 
 class _PartWriter:
@@ -216,56 +176,9 @@ class _DocumentParts:
             writer.close(always=always)
 
 
-def write_dataset(
-    file_results: Sequence[FileResult],
-    duplicates: DuplicateReport,
-    out_dir: str | os.PathLike[str],
-    config: DataConfig,
-    inputs: Sequence[str | os.PathLike[str] | dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """Add a dataset version to `out_dir` - `docs/lang=xx/part-vNNNNN-*.parquet`,
-    `removed/part-vNNNNN-*.parquet`, `index/vNNNNN.parquet`, `ledger/vNNNNN.parquet` - and
-    commit it by replacing the manifest atomically (`stage_version`); return the manifest.
-
-    Files already in the ledger are skipped; with nothing new the current manifest is returned
-    unchanged. `duplicates` is recomputed here when it was not computed against this
-    directory's current version (e.g. `find_duplicates` was called without `data_dir`).
-    `inputs` describe the WARC files in the manifest (default: the files of `file_results`,
-    using the digests computed while processing them). Raises AccountingError, leaving
-    `out_dir` as it was, if kept + removed differs from the responses read or a duplicate
-    names a document that is not among the candidates. Raises OutputRefused, before any
-    work, when `out_dir` holds anything but a `data_refresh` output or overlaps an input file.
-    """
-    out_dir = Path(out_dir)
-    claim_output_dir(out_dir, STAGE_NAME, [r.warc_path for r in file_results])
-    continuing = continues_dataset(out_dir, config)
-    if has_dataset(out_dir) and not continuing:
-        log.warning("%s holds a dataset built with other settings (or before versions): "
-                    "replacing it with a new version 1", out_dir)  # fmt: skip
-    results = new_file_results(file_results, out_dir, config)
-    base_version = manifest_version(read_manifest(out_dir)) if continuing else 0
-    if continuing and not results:
-        log.info("%s: every input file is already in the dataset; no new version", out_dir)
-        return read_manifest(out_dir)
-    candidates = sum(r.stats["candidates"] for r in results)
-    if (duplicates.base_version != base_version or duplicates.kept is None
-            or duplicates.stats.get("documents") != candidates):  # fmt: skip
-        duplicates = find_duplicates(results, config, out_dir if continuing else None)
-    done = ledger(out_dir) if continuing else {}
-    described = [item for item in _describe_inputs(results, inputs)
-                 if item.get("sha256") not in done]  # fmt: skip
-    if continuing:
-        context = stage_version(out_dir, STAGE_NAME, config.to_dict(), described)
-    else:
-        context = stage_output(out_dir, STAGE_NAME, config.to_dict(), described)
-    with context as writer:
-        _write_version(writer, out_dir, results, duplicates, config, continuing)
-    return read_manifest(out_dir)
-
-
-def _write_version(writer, out_dir: Path, results: list[FileResult], duplicates: DuplicateReport,
+def write_version(writer, out_dir: Path, results: list[FileResult], duplicates: DuplicateReport,
                    config: DataConfig, continuing: bool) -> None:  # fmt: skip
-    """The body of one version: parts, index, ledger, counts (see `write_dataset`). New files
+    """The body of one version: parts, index, ledger, counts (see `refresh.DatasetRefresh.write`). New files
     go under `writer.path` (laid out like `out_dir`, where the committed dataset is read)."""
     root, version = writer.path, writer.version
     if not continuing:
@@ -391,7 +304,7 @@ def _write_index(writer, out_dir: Path, duplicates: DuplicateReport,
     pq.write_table(pa.concat_tables(tables), path)
 
 
-def _describe_inputs(
+def describe_inputs(
     results: Sequence[FileResult],
     inputs: Sequence[str | os.PathLike[str] | dict[str, Any]] | None,
 ) -> list[dict[str, Any]]:

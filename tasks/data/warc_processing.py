@@ -1,7 +1,7 @@
-"""Step 1 of the data stage, one call per WARC file on any worker: read responses, check HTTP
-status and size, filter by URL, decide HTML, decode, extract the main text, identify the
-language, apply the quality filters, redact PII. Candidates and removals stream to staged Parquet
-files; every step's documents and bytes in/out and drop reasons are counted (`data_stats`); the
+"""Step 1 of the data stage, one call per WARC file on any worker: every response goes through
+the configured steps (`DataConfig.steps`: read checks, URL filter, HTML check, extraction,
+language ID, the text steps of `steps.registry`). Candidates and removals stream to staged
+Parquet files; every step's documents and bytes in/out and drop reasons are counted (`stats`); the
 call returns a small `FileResult`, which `to_json`/`from_json` keep as plain data (a crashed
 refresh resumes from it; nothing is ever unpickled from disk). The file may be local or remote
 (`inputs`)."""
@@ -12,7 +12,6 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,17 +19,12 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from lmforge.tasks.data.config import DataConfig
-from lmforge.tasks.data.stats import StepStats
-from lmforge.tasks.data.filters import DocumentFilter
-from lmforge.tasks.data.filters.text_units import TextUnits
-from lmforge.tasks.data.html_text import decode_page, extract_main_text, html_rejection
 from lmforge.manifest import sha256_file
-from lmforge.tasks.data.inputs import WARC_SUFFIXES, input_name, local_input, path_inside
+from lmforge.tasks.data.config import DataConfig
 from lmforge.tasks.data.declared_language import declared_language
-from lmforge.tasks.data.language_id import LanguageIdentifier
+from lmforge.tasks.data.inputs import WARC_SUFFIXES, input_name, local_input, path_inside
+from lmforge.tasks.data.steps.base import Document, Removal, StepChain
 from lmforge.tasks.data.warc import WarcResponse, WarcResponseReader
-from resiliparse.parse.html import HTMLParserException
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +43,8 @@ DOC_SCHEMA = pa.schema(
         ("warc_offset", pa.int64()),
         ("warc_date", pa.string()),
         ("charset", pa.string()),
+        # the quality classifier's probability that the text is like its positives (if it ran)
+        ("quality_score", pa.float32()),
     ]
 )
 REMOVED_SCHEMA = pa.schema(
@@ -61,10 +57,12 @@ REMOVED_SCHEMA = pa.schema(
         ("duplicate_of", pa.string()),
         ("lang", pa.string()),
         ("warc_offset", pa.int64()),
+        # what the step matched, where it says (e.g. the benchmark item a document contained)
+        ("detail", pa.string()),
     ]
 )
 # Bumped whenever FileResult's JSON changes: a record of another format is not reused.
-RESULT_FORMAT = 1
+RESULT_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -72,8 +70,7 @@ class FileResult:
     """What processing one WARC file produced: staged Parquet files and its statistics.
 
     `warc_path`: the resolved local path or the URL it was read from; `size_bytes`, `sha256`:
-    of the file as read. `stats`: responses, candidates, removed (`{stage: {reason: count}}`),
-    read_errors (list of `{offset, message}`), payload_bytes, text_bytes (UTF-8 bytes of
+    of the file as read. `stats`: responses, candidates, read_errors (list of `{offset, message}`), payload_bytes, text_bytes (UTF-8 bytes of
     candidate text), languages, steps and removed_by_language (see `data_stats`).
     """
 
@@ -136,7 +133,7 @@ _RECORD_SHAPE: dict[Any, Any] = {
     "staged": {"candidates": _STAGED, "removed": _STAGED},
     "stats": {
         "responses": int, "candidates": int, "payload_bytes": int, "text_bytes": int,
-        "removed": {str: _COUNTS}, "languages": _COUNTS,
+        "languages": _COUNTS,
         "read_errors": [{"offset": int, "message": str}],
         "steps": {str: {"docs_in": int, "docs_out": int, "bytes_in": int, "bytes_out": int,
                         "dropped": _COUNTS}},
@@ -182,102 +179,38 @@ def staged_name(warc_path: str | os.PathLike[str]) -> str:
     return name
 
 
-@dataclass
-class _Removal:
-    stage: str
-    reason: str
-    lang: str | None = None
+def candidate_row(doc: Document) -> dict[str, Any]:
+    """The `DOC_SCHEMA` row of a document every step kept."""
+    response = doc.response
+    return {
+        "id": response.record_id,
+        "url": response.url,
+        "text": doc.text,
+        "lang": doc.lang,
+        "lang_score": doc.lang_score,
+        "declared_lang": declared_language(response.url, doc.page.html, response.content_language),
+        "warc_file": response.warc_file,
+        "source": urlsplit(response.url).hostname or "",
+        "warc_offset": response.offset,
+        "warc_date": response.date,
+        "charset": doc.page.encoding,
+        **doc.columns,
+    }
 
 
-class _ResponseJudge:
-    """Runs one response through the steps, counting each in `stats`; a candidate row or a
-    `_Removal` out. Removal stages: read, url, extract (html and extraction), language,
-    quality (reasons `<filter>:<rule>`)."""
-
-    def __init__(self, config: DataConfig):
-        self.config = config
-        self.identifier = LanguageIdentifier(
-            config.lang_model_path, variant_groups=config.lang_variant_groups
-        )
-        self.filters: Sequence[DocumentFilter] = config.filters()
-        steps = ["read", "url", "html", "extract", "language"]
-        self.stats = StepStats([*steps, *(f.name for f in self.filters), "pii"])
-
-    def judge(self, response: WarcResponse) -> _Removal | dict[str, Any]:
-        config, stats = self.config, self.stats
-        payload = len(response.body)
-        read_problem = _read_problem(response)
-        if read_problem is not None:
-            stats.dropped("read", read_problem, payload)
-            return _Removal("read", read_problem)
-        stats.passed("read", payload)
-        if config.url_filter is not None:
-            reason = config.url_filter.reject_reason(response.url)
-            if reason is not None:
-                stats.dropped("url", reason, payload)
-                return _Removal("url", reason)
-        stats.passed("url", payload)
-        rejection = html_rejection(response.content_type, response.body)
-        if rejection is not None:
-            stats.dropped("html", rejection, payload)
-            return _Removal("extract", rejection)
-        stats.passed("html", payload)
-        page = decode_page(response.body, response.charset)
-        try:
-            text = extract_main_text(page.html, config.extraction)
-        except HTMLParserException as error:
-            log.warning("%s at offset %d: HTML extraction failed: %s",
-                        response.warc_file, response.offset, error)  # fmt: skip
-            stats.dropped("extract", "parse_error", payload)
-            return _Removal("extract", "parse_error")
-        if not text:
-            stats.dropped("extract", "no_main_text", payload)
-            return _Removal("extract", "no_main_text")
-        text_bytes = len(text.encode("utf-8"))
-        stats.passed("extract", payload, text_bytes)
-        prediction = self.identifier.identify(text)
-        lang = prediction.lang
-        if prediction.score < config.min_score_for(lang):
-            stats.dropped("language", "low_confidence", text_bytes, lang)
-            return _Removal("language", "low_confidence", lang)
-        if config.languages is not None and lang not in config.languages:
-            stats.dropped("language", "unwanted_language", text_bytes, lang)
-            return _Removal("language", "unwanted_language", lang)
-        stats.passed("language", text_bytes)
-        units = TextUnits(text)  # computed once, shared by every filter
-        for document_filter in self.filters:
-            reason = document_filter.check(units, lang)
-            if reason is not None:
-                rule = reason.removeprefix(f"{document_filter.name}:")
-                stats.dropped(document_filter.name, rule, text_bytes, lang)
-                return _Removal("quality", reason, lang)
-            stats.passed(document_filter.name, text_bytes)
-        if config.pii is not None:
-            text = config.pii.redact(text)
-        stats.passed("pii", text_bytes, len(text.encode("utf-8")))
-        return {
-            "id": response.record_id,
-            "url": response.url,
-            "text": text,
-            "lang": lang,
-            "lang_score": prediction.score,
-            "declared_lang": declared_language(response.url, page.html, response.content_language),
-            "warc_file": response.warc_file,
-            "source": urlsplit(response.url).hostname or "",
-            "warc_offset": response.offset,
-            "warc_date": response.date,
-            "charset": page.encoding,
-        }
-
-
-def _read_problem(response: WarcResponse) -> str | None:
-    if response.status is None:
-        return "invalid_http"
-    if response.status != 200:
-        return f"http_{response.status}"
-    if response.oversized:
-        return "payload_too_large"
-    return None
+def removal_row(response: WarcResponse, removal: Removal) -> dict[str, Any]:
+    """The `REMOVED_SCHEMA` row of a document a step dropped."""
+    return {
+        "id": response.record_id,
+        "url": response.url,
+        "warc_file": response.warc_file,
+        "stage": removal.stage,
+        "reason": removal.reason,
+        "duplicate_of": None,
+        "lang": removal.lang,
+        "warc_offset": response.offset,
+        "detail": removal.detail,
+    }
 
 
 def process_warc_file(
@@ -296,11 +229,10 @@ def process_warc_file(
     """
     staging = Path(staging_dir)
     staging.mkdir(parents=True, exist_ok=True)
-    judge = _ResponseJudge(config)
+    chain = StepChain(config.steps())
     name = staged_name(warc_path)
     candidates_path = path_inside(staging, f"{name}.candidates.parquet")
     removed_path = path_inside(staging, f"{name}.removed.parquet")
-    removed_counts: dict[str, Counter[str]] = {}
     languages: Counter[str] = Counter()
     responses = payload_bytes = text_bytes = 0
     with (
@@ -314,34 +246,22 @@ def process_warc_file(
         for response in reader:
             responses += 1
             payload_bytes += len(response.body)
-            verdict = judge.judge(response)
-            if isinstance(verdict, _Removal):
-                removed_counts.setdefault(verdict.stage, Counter())[verdict.reason] += 1
-                removed.append(
-                    {
-                        "id": response.record_id,
-                        "url": response.url,
-                        "warc_file": response.warc_file,
-                        "stage": verdict.stage,
-                        "reason": verdict.reason,
-                        "duplicate_of": None,
-                        "lang": verdict.lang,
-                        "warc_offset": response.offset,
-                    }
-                )
+            doc = Document(response)
+            removal = chain.run(doc)
+            if removal is not None:
+                removed.append(removal_row(response, removal))
             else:
-                candidates.append(verdict)
-                languages[verdict["lang"]] += 1
-                text_bytes += len(verdict["text"].encode("utf-8"))
+                candidates.append(candidate_row(doc))
+                languages[doc.lang] += 1
+                text_bytes += doc.size
     stats = {
         "responses": responses,
         "candidates": candidates.rows,
-        "removed": {stage: dict(sorted(c.items())) for stage, c in sorted(removed_counts.items())},
         "read_errors": [{"offset": e.offset, "message": e.message} for e in reader.errors],
         "payload_bytes": payload_bytes,
         "text_bytes": text_bytes,
         "languages": dict(sorted(languages.items())),
-        **judge.stats.to_dict(),
+        **chain.stats.to_dict(),
     }
     log.info("%s: %d responses, %d candidates, %d read errors",
              reader.name, responses, candidates.rows, len(reader.errors))  # fmt: skip

@@ -1,4 +1,5 @@
-"""The one interface every quality filter implements: keep a document, or say why not."""
+"""The one interface every quality filter implements: keep a document, or say why not. A filter
+is a text step of the data stage (`steps.base.Step`)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from lmforge.tasks.data.filters.text_units import TextUnits
+from lmforge.tasks.data.steps.base import Document, Step
 
 
 @dataclass(frozen=True)
-class DocumentFilter(ABC):
+class DocumentFilter(Step, ABC):
     """A document filter: `reject_reason(text, lang)` returns None to keep the document, or a
     short slug `<filter name>:<rule>` (e.g. `gopher_quality:mean_word_length`) to drop it.
 
@@ -19,6 +21,10 @@ class DocumentFilter(ABC):
     """
 
     name = "filter"
+
+    def apply(self, doc: Document) -> str | None:
+        reason = self.check(doc.units, doc.lang)
+        return None if reason is None else reason.removeprefix(f"{self.name}:")
 
     def reject_reason(self, text: str, lang: str | None = None) -> str | None:
         return self.check(TextUnits(text), lang)

@@ -12,6 +12,8 @@ import re
 from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass as config_dataclass
 
+from lmforge.tasks.data.steps.base import Document, Step
+
 _EMAIL = re.compile(
     r"(?<![\w.+-])[\w.+-]+@(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,63}\b", re.IGNORECASE
 )
@@ -24,8 +26,8 @@ _EXAMPLE_DOMAINS = re.compile(
 
 
 @config_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
-class PIIFormatter:
-    """`redact(text)` replaces e-mail addresses and globally routable IP addresses."""
+class PIIFormatter(Step):
+    """A transforming step: `redact(text)` replaces e-mail addresses and globally routable IP addresses."""
 
     email_replacement: str = Field(
         "email@example.com", description="What an e-mail address is replaced with."
@@ -37,6 +39,11 @@ class PIIFormatter:
     )
     redact_emails: bool = Field(True, description="Replace e-mail addresses.")
     redact_ips: bool = Field(True, description="Replace globally routable IP addresses.")
+
+    name = "pii"
+
+    def apply(self, doc: Document) -> None:
+        doc.text = self.redact(doc.text)
 
     def redact(self, text: str) -> str:
         if self.redact_emails and "@" in text:

@@ -23,6 +23,8 @@ from pydantic.dataclasses import dataclass as config_dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from lmforge.tasks.data.steps.base import Document, Step
+
 _DEFAULT_FILES = {
     "domains": "url_blocked_domains.txt",
     "words": "url_banned_words.txt",
@@ -56,7 +58,7 @@ def normalise_url(url: str) -> str:
 
 
 @config_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
-class URLFilter:
+class URLFilter(Step):
     """`reject_reason(url)`: None to keep the page, or `blocked_domain`, `blocked_url`,
     `banned_word`, `soft_banned_words` or `banned_subword`.
 
@@ -88,6 +90,9 @@ class URLFilter:
 
     def __post_init__(self) -> None:
         self._lists()  # a missing list file fails when the config is made, not mid-run
+
+    def apply(self, doc: Document) -> str | None:
+        return self.reject_reason(doc.response.url)
 
     def reject_reason(self, url: str) -> str | None:
         lists = self._lists()

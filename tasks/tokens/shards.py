@@ -20,6 +20,13 @@ The tokenizer trains on a sample of the train split drawn with per-language shar
 (`LanguageSampling`), so that a dominant language does not take the whole vocabulary.
 Documents are then encoded in batches by the Rust tokenizer's thread pool and streamed to one
 temporary token file per split before being written out in shuffled order.
+
+Data mixing (`mix_source_weights`, `mix_language_weights`; arithmetic in `mixing`) repeats or
+thins train documents by weight. The split is decided first, by id hash: val stays the
+unweighted held-out set, every document once, so models trained on different mixes are scored
+on the same data, and a document repeated in train can never reach val. Each copy of a
+document gets its own shuffle key, so copies land apart like any two documents. The tokenizer
+sample ignores the mixing weights: one vocabulary serves every mix of a dataset.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ from lmforge.model.shard_format import (
     write_shard,
 )
 from lmforge.recipes import parse_language_mapping
+from lmforge.tasks.tokens.mixing import MixingWeights, MixTally, check_weights
 from lmforge.tasks.tokens.tokenizer import (
     SPECIAL_TOKENS,
     LanguageSampling,
@@ -87,6 +95,7 @@ log = logging.getLogger(__name__)
 STAGE = "build_shards"
 SPLITS = ("train", "val")
 DOCUMENT_COLUMNS = ["id", "text", "lang"]
+SOURCE_COLUMN = "source"  # the URL host; optional (nulls when absent) unless sources are weighted
 UNKNOWN_LANGUAGE = "und"  # BCP 47 "undetermined", for documents without a language tag
 # A byte-level BPE holds every byte and the special tokens before its first merge.
 MIN_VOCAB_SIZE = len(pre_tokenizers.ByteLevel.alphabet()) + len(SPECIAL_TOKENS)
@@ -147,6 +156,24 @@ class ShardConfig(BaseModel):
         LanguageSampling.seed, ge=0, lt=2**64,
         description="Seed of the tokenizer sample (separate, so reshuffling keeps the vocabulary).",
     )  # fmt: skip
+    mix_source_weights: dict[str, float] | None = Field(
+        None,
+        description="Data mixing: weight per source (URL host) of train documents, e.g. "
+        "`docs.python.org=3,*=0.5` (`*`: every source not named, default 1). A document of "
+        "weight w = source x language weight enters floor(w) times plus once with probability "
+        "frac(w); 0 drops it. val is never weighted.",
+    )
+    mix_language_weights: dict[str, float] | None = Field(
+        None,
+        description="Data mixing: weight per language of train documents, e.g. `en=0.5,de=2` "
+        "(`*`: every language not named, default 1); multiplies mix_source_weights. Unlike "
+        "language_weights it shapes the shards, not the tokenizer sample.",
+    )
+    mix_seed: int = Field(
+        0, ge=0, lt=2**64,
+        description="Seed of the mixing draws for fractional weights (separate, so reshuffling "
+        "keeps the mix).",
+    )  # fmt: skip
 
     @field_validator("language_weights", mode="before")
     @classmethod
@@ -159,6 +186,24 @@ class ShardConfig(BaseModel):
         if value is not None:
             LanguageSampling(weights=value)  # finite, >= 0, some language with a share
         return value
+
+    @field_validator("mix_source_weights", "mix_language_weights", mode="before")
+    @classmethod
+    def _parse_mix_weights(cls, value: object) -> object:
+        value = parse_language_mapping(value, "mix weight", "NAME=WEIGHT (e.g. en=2,*=0.5)")
+        if isinstance(value, dict) and (
+            bad := {k: w for k, w in value.items() if isinstance(w, bool) or w is None}
+        ):
+            raise ValueError(f"mix weights must be numbers, got {bad}")  # pydantic takes True as 1
+        return value
+
+    @field_validator("mix_source_weights", "mix_language_weights")
+    @classmethod
+    def _check_mix_weights(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        return check_weights(value)  # finite, >= 0, not all 0; an empty mapping is None
+
+    def mixing_weights(self) -> MixingWeights:
+        return MixingWeights(self.mix_source_weights, self.mix_language_weights, self.mix_seed)
 
     def language_sampling(self) -> LanguageSampling:
         return LanguageSampling(
@@ -180,13 +225,14 @@ def is_validation_document(doc_id: str, val_fraction: float) -> bool:
     return int.from_bytes(digest.digest(), "big") < val_fraction * 2**64
 
 
-def shuffle_key(doc_id: str, seed: int) -> int:
-    """A document's position key in the seeded shuffle of its split (sort ascending)."""
+def shuffle_key(doc_id: str, seed: int, copy: int = 0) -> int:
+    """A document's position key in the seeded shuffle of its split (sort ascending); each
+    `copy` that mixing makes of it gets its own key, so copies land apart."""
     digest = hashlib.blake2b(
         doc_id.encode("utf-8"),
         digest_size=8,
         person=b"lmforge/order",
-        salt=seed.to_bytes(16, "big"),
+        salt=((copy << 64) | seed).to_bytes(16, "big"),  # seed < 2**64: copy 0 keys as before
     )
     return int.from_bytes(digest.digest(), "big")
 
@@ -213,14 +259,26 @@ def document_files(data_dir: str | Path) -> list[Path]:
     return files
 
 
+def require_source_column(files: list[Path]) -> None:
+    """ShardError naming the first file without a `source` column: source weights would find
+    no source there and silently weigh its documents as `*`."""
+    for path in files:
+        if SOURCE_COLUMN not in pq.read_schema(path).names:
+            raise ShardError(
+                f"{path} lacks the column {SOURCE_COLUMN}, which mix_source_weights needs: "
+                "rebuild the dataset with `lmforge data refresh` or drop mix_source_weights"
+            )
+
+
 @dataclass
 class DocumentBatch:
-    """Documents with text, in file order: ids, texts (valid UTF-8), language tags, and the
-    UTF-8 size of each text."""
+    """Documents with text, in file order: ids, texts (valid UTF-8), language tags, sources
+    (None when unknown), and the UTF-8 size of each text."""
 
     ids: list[str]
     texts: list[str]
     langs: list[str]
+    sources: list[str | None]
     text_bytes: np.ndarray
 
 
@@ -228,7 +286,7 @@ def iter_document_batches(files: list[Path], batch_size: int) -> Iterator[Docume
     """The documents of `files`, `batch_size` rows at a time; rows with a null or empty text
     are dropped (counted by the caller from the totals), a missing language becomes `und`."""
     for path in files:
-        for batch in document_batches(path, DOCUMENT_COLUMNS, batch_size):
+        for batch in document_batches(path, [*DOCUMENT_COLUMNS, SOURCE_COLUMN], batch_size):
             sizes = pc.fill_null(pc.binary_length(batch.column("text")), 0)
             batch = batch.filter(pc.greater(sizes, 0))
             if batch.num_rows:
@@ -236,6 +294,7 @@ def iter_document_batches(files: list[Path], batch_size: int) -> Iterator[Docume
                     ids=batch.column("id").to_pylist(),
                     texts=[to_valid_utf8(text) for text in batch.column("text").to_pylist()],
                     langs=[lang or UNKNOWN_LANGUAGE for lang in batch.column("lang").to_pylist()],
+                    sources=batch.column(SOURCE_COLUMN).to_pylist(),
                     text_bytes=pc.binary_length(batch.column("text")).to_numpy(),
                 )
 
@@ -296,41 +355,37 @@ def tokenizer_sample_texts(
 
 @dataclass
 class SplitStream:
-    """Tokens of one split in corpus order, appended to a temporary file, plus per-document
-    bookkeeping needed to write shards in shuffled order."""
+    """Tokens of one split in corpus order, appended to a temporary file once per document
+    however many copies mixing makes, plus the bookkeeping needed to write shards in shuffled
+    order: per stored document its copies, per copy its shuffle key (document order, then copy
+    order), and the tally of every document of the split, dropped ones included."""
 
     token_file: Path
     dtype: np.dtype
     handle: BinaryIO | None = None
     doc_ids: list[str] = field(default_factory=list)
     lengths: list[np.ndarray] = field(default_factory=list)
+    copies: list[np.ndarray] = field(default_factory=list)
     keys: list[int] = field(default_factory=list)
-    text_bytes: int = 0
-    tokens_by_language: Counter = field(default_factory=Counter)
-    bytes_by_language: Counter = field(default_factory=Counter)
-    documents_by_language: Counter = field(default_factory=Counter)
+    tally: MixTally = field(default_factory=MixTally)
 
     def append(
         self,
         ids: list[str],
         tokens: np.ndarray,
         lengths: np.ndarray,
-        text_bytes: np.ndarray,
-        langs: list[str],
+        copies: np.ndarray,
         keys: list[int],
     ) -> None:
-        """Add documents whose tokens lie end to end in `tokens`, `lengths[i]` for `ids[i]`."""
+        """Store documents whose tokens lie end to end in `tokens`, `lengths[i]` for `ids[i]`,
+        which enter the split `copies[i]` >= 1 times, with `keys` for their copies."""
         if self.handle is None:
             self.handle = open(self.token_file, "wb")
         self.handle.write(tokens.astype(self.dtype, copy=False).tobytes())
         self.doc_ids += ids
         self.lengths.append(lengths)
+        self.copies.append(copies)
         self.keys += keys
-        self.text_bytes += int(text_bytes.sum())
-        for lang, length, size in zip(langs, lengths.tolist(), text_bytes.tolist(), strict=True):
-            self.tokens_by_language[lang] += length
-            self.bytes_by_language[lang] += size
-            self.documents_by_language[lang] += 1
 
     def close(self) -> None:
         if self.handle is not None:
@@ -339,21 +394,39 @@ class SplitStream:
     def document_lengths(self) -> np.ndarray:
         return np.concatenate(self.lengths) if self.lengths else np.zeros(0, dtype=np.int64)
 
-    @property
-    def tokens(self) -> int:
-        return int(sum(int(lengths.sum()) for lengths in self.lengths))
+    def document_copies(self) -> np.ndarray:
+        return np.concatenate(self.copies) if self.copies else np.zeros(0, dtype=np.int64)
+
+    def counts(self) -> dict[str, Any]:
+        """The split's manifest counts as written: every copy counted (tokens, bytes, documents),
+        in total and per language."""
+        return {
+            "tokens": self.tally.total("tokens_after"),
+            "bytes": self.tally.total("bytes_after"),
+            "documents": self.tally.total("documents_after"),
+            **{
+                f"{name}_by_language": self.tally.after_by_language(name)
+                for name in ("tokens", "bytes", "documents")
+            },
+        }
 
 
 def tokenize_into_streams(
-    files: list[Path], tokenizer: Tokenizer, params: ShardConfig, streams: dict[str, SplitStream]
+    files: list[Path],
+    tokenizer: Tokenizer,
+    params: ShardConfig,
+    streams: dict[str, SplitStream],
+    mixing: MixingWeights | None = None,
 ) -> int:
     """Tokenize every non-empty document into its split's stream; returns how many there were.
 
     Three stages overlap: a thread reads the next batch of documents, this thread encodes the
     current one (in Rust, on the tokenizer's thread pool, without the GIL), and another thread
     turns the previous batch's encodings into arrays and appends them to the streams. So the
-    Python work hides behind encoding instead of leaving the thread pool idle.
+    Python work hides behind encoding instead of leaving the thread pool idle. `mixing`
+    (default: the config's) decides the copies of train documents.
     """
+    mixing = mixing if mixing is not None else params.mixing_weights()
     eot_id = special_token_ids(tokenizer).eot_id
     documents = 0
     appending: deque[Future[None]] = deque()
@@ -362,7 +435,9 @@ def tokenize_into_streams(
             for batch in read_ahead(iter_document_batches(files, params.batch_size)):
                 encodings = tokenizer.encode_batch_fast(batch.texts)
                 appending.append(
-                    appender.submit(append_batch, batch, encodings, eot_id, params, streams)
+                    appender.submit(
+                        append_batch, batch, encodings, eot_id, params, mixing, streams
+                    )
                 )
                 documents += len(batch.ids)
                 while len(appending) > 1:  # at most one batch waits: memory stays flat
@@ -380,28 +455,57 @@ def append_batch(
     encodings: list[Encoding],
     eot_id: int,
     params: ShardConfig,
+    mixing: MixingWeights,
     streams: dict[str, SplitStream],
 ) -> None:
-    """Append one encoded batch to the streams of the splits its documents belong to."""
+    """Append one encoded batch to the streams of the splits its documents belong to: val
+    documents once each, train documents as many times as `mixing` says (0: tallied only)."""
     dtype = next(iter(streams.values())).dtype
     tokens, lengths = flatten_encodings(encodings, eot_id, dtype)
+    rows = range(len(batch.ids))
     is_val = np.fromiter(
         (is_validation_document(doc_id, params.val_fraction) for doc_id in batch.ids),
         dtype=bool,
         count=len(batch.ids),
     )
+    if mixing.is_uniform:
+        copies = np.ones(len(batch.ids), dtype=np.int64)
+    else:  # the split is decided first: val is never weighted
+        copies = np.fromiter(
+            (
+                1 if is_val[k] else mixing.copies(batch.ids[k], batch.sources[k], batch.langs[k])
+                for k in rows
+            ),
+            dtype=np.int64,
+            count=len(batch.ids),
+        )
+    buckets = [mixing.source_bucket(source) for source in batch.sources]
     for split, stream in streams.items():
         chosen = is_val if split == "val" else ~is_val
         if not chosen.any():
             continue
         picked = np.flatnonzero(chosen).tolist()
+        stream.tally.add(
+            [batch.langs[k] for k in picked],
+            [buckets[k] for k in picked],
+            lengths[chosen],
+            batch.text_bytes[chosen],
+            copies[chosen],
+        )
+        kept = chosen & (copies > 0)
+        if not kept.any():
+            continue
+        stored = np.flatnonzero(kept).tolist()
         stream.append(
-            ids=[batch.ids[k] for k in picked],
-            tokens=tokens[np.repeat(chosen, lengths)],
-            lengths=lengths[chosen],
-            text_bytes=batch.text_bytes[chosen],
-            langs=[batch.langs[k] for k in picked],
-            keys=[shuffle_key(batch.ids[k], params.seed) for k in picked],
+            ids=[batch.ids[k] for k in stored],
+            tokens=tokens[np.repeat(kept, lengths)],
+            lengths=lengths[kept],
+            copies=copies[kept],
+            keys=[
+                shuffle_key(batch.ids[k], params.seed, copy)
+                for k in stored
+                for copy in range(int(copies[k]))
+            ],
         )
 
 
@@ -444,13 +548,14 @@ def pack_into_shards(
 def write_split_shards(
     stream: SplitStream, out_dir: Path, schema: pa.Schema, shard_tokens: int
 ) -> int:
-    """Write the stream's documents in shuffled order, cut into shards of exactly `shard_tokens`
-    tokens (the last one shorter); returns the number of shard files."""
+    """Write the stream's document copies in shuffled order, cut into shards of exactly
+    `shard_tokens` tokens (the last one shorter); returns the number of shard files."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tokens = np.memmap(stream.token_file, dtype=stream.dtype, mode="r")
     lengths = stream.document_lengths()
     starts = np.cumsum(lengths) - lengths
-    order = np.argsort(np.asarray(stream.keys, dtype=np.uint64), kind="stable")
+    copy_of = np.repeat(np.arange(len(lengths)), stream.document_copies())  # keys' documents
+    order = copy_of[np.argsort(np.asarray(stream.keys, dtype=np.uint64), kind="stable")]
     shards = 0
     for pieces in pack_into_shards(order, starts, lengths, shard_tokens):
         write_shard(
@@ -477,16 +582,23 @@ def build_shards(
     `ShardConfig` and `LanguageSampling`), or copies `config.tokenizer_path`; splits documents
     into train/val by a hash of their id, shuffles each split with `config.seed`, and writes
     shards per the "Token shards" contract, atomically (`out_dir` appears only when complete).
+    Train documents are repeated or thinned by the mixing weights (see `mixing`); val is not.
     Returns the manifest written to `out_dir/manifest.json`; its `params` are the config, its
-    `tokenizer_sample` records what the tokenizer was trained on, its `splits` the tokens and
-    bytes per split and language.
+    `tokenizer_sample` records what the tokenizer was trained on, its `splits` the tokens,
+    bytes and documents per split and language as written (each copy counted), its `mixing`
+    the same per language and per source bucket before and after weighting.
 
     Raises ManifestError if `data_dir` is not a finished data stage output, ShardError if it holds
-    no documents or either split would be empty, TokenizerError for an unusable tokenizer_path.
+    no documents, either split would be empty (train also when the weights drop every
+    document), or sources are weighted and a file lacks the `source` column, TokenizerError for
+    an unusable tokenizer_path.
     """
     data_dir = Path(data_dir)
     tokenizer_path = config.tokenizer_path
     files = document_files(data_dir)
+    if config.mix_source_weights:
+        require_source_column(files)
+    mixing = config.mixing_weights()
     inputs: list[str | Path] = [data_dir] + ([Path(tokenizer_path)] if tokenizer_path else [])
 
     with stage_output(out_dir, STAGE, config.model_dump(mode="json"), inputs=inputs) as stage:
@@ -513,27 +625,32 @@ def build_shards(
         work_dir = stage.path / ".tokens"  # removed before the manifest lists the outputs
         work_dir.mkdir()
         streams = {split: SplitStream(work_dir / f"{split}.bin", dtype) for split in SPLITS}
-        tokenized = tokenize_into_streams(files, tokenizer, config, streams)
+        tokenized = tokenize_into_streams(files, tokenizer, config, streams, mixing)
         for split, stream in streams.items():
-            if not stream.doc_ids:
+            if not stream.tally.total("documents_before"):
                 raise ShardError(
                     f"no document of {data_dir} fell into the {split} split "
                     f"({tokenized} documents, val_fraction={config.val_fraction}): "
                     "change val_fraction or add documents"
+                )
+            if not stream.doc_ids:
+                raise ShardError(
+                    f"the mixing weights drop all {stream.tally.total('documents_before')} "
+                    f"{split} documents of {data_dir} (mix_source_weights="
+                    f"{config.mix_source_weights}, mix_language_weights="
+                    f"{config.mix_language_weights}): give some of its sources and languages "
+                    "a weight above 0"
                 )
 
         schema = shard_schema(vocab, special.eot_id)
         splits: dict[str, dict[str, Any]] = {}
         for split, stream in streams.items():
             shards = write_split_shards(stream, stage.path / split, schema, config.shard_tokens)
+            counts = stream.counts()
             splits[split] = {
-                "tokens": stream.tokens,
-                "bytes": stream.text_bytes,
-                "documents": len(stream.doc_ids),
+                **{key: counts[key] for key in ("tokens", "bytes", "documents")},
                 "shards": shards,
-                "tokens_by_language": dict(sorted(stream.tokens_by_language.items())),
-                "bytes_by_language": dict(sorted(stream.bytes_by_language.items())),
-                "documents_by_language": dict(sorted(stream.documents_by_language.items())),
+                **{key: counts[key] for key in counts if key.endswith("_by_language")},
             }
         shutil.rmtree(work_dir)
 
@@ -557,6 +674,10 @@ def build_shards(
             tokenizer_sample=sample.summary() if sample is not None else None,
             token_dtype=dtype.name,
             splits=splits,
+            mixing={
+                split: stream.tally.summary(mixing, weighted=split == "train")
+                for split, stream in streams.items()
+            },
             source_manifest_sha256=manifest_digest(data_dir),
         )
     return read_manifest(out_dir)

@@ -201,7 +201,7 @@ def _kebab(text: str) -> str:
 
 def field_help(info: FieldInfo) -> str:
     text = " ".join((info.description or "").split())
-    default = info.get_default(call_default_factory=True)
+    default = None if info.is_required() else info.get_default(call_default_factory=True)
     if default not in (None, [], (), {}, "") and nested_model(type(default)) is None:
         text = f"{text} (default: {_plain(default)})" if text else f"default: {_plain(default)}"
     return text.replace("%", "%%")  # argparse %-formats help
@@ -224,7 +224,8 @@ def add_config_flags(
     """One flag per leaf field of every section: `--{section}.{field}[.{sub}...]`, kebab case
     accepted; an argument group per section and per nested model, titled with its docstring.
 
-    Top-level fields of the sections in `flat` also take the bare `--field` spelling; a name
+    Top-level fields of the sections in `flat` (and nested fields whose `json_schema_extra`
+    names a `flag`) also take the bare `--field` spelling; a name
     several of them share goes to the first of `flat` (the primary section) if it has one, else
     stays dotted only. `renames` maps a field name to another bare name, e.g. {"out": "eval-dir"}.
     Booleans are `--x/--no-x`, sequences take several values, other values (numbers excepted)
@@ -237,6 +238,13 @@ def add_config_flags(
         for name, info in fields_of(sections[section]).items():
             if nested_model(info.annotation) is None:
                 holders.setdefault(_kebab(renames.get(name, name)), []).append(f"{section}.{name}")
+    for section in (name for name in flat if name in sections):
+        # A nested field may name its own bare flag (`--decontaminate` for the benchmarks of
+        # data.decontaminate): the one setting users give that step.
+        for field in config_fields(section, sections[section]):
+            extra = field.info.json_schema_extra
+            if isinstance(extra, dict) and isinstance(extra.get("flag"), str):
+                holders.setdefault(extra["flag"], []).append(field.dotted)
     bare: dict[str, str] = {}  # dotted path -> bare name
     primary = next((name for name in flat if name in sections), None)
     for spelled, dotted in holders.items():

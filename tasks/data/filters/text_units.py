@@ -86,7 +86,7 @@ def _powers(base: int, size: int) -> np.ndarray:
     return np.concatenate((np.ones(1, np.uint64), rest))
 
 
-def _power_table(base: int, length: int) -> np.ndarray:
+def power_table(base: int, length: int) -> np.ndarray:
     size = 1 << max(10, (length + 1).bit_length())
     return _powers(base, size)[: length + 1]
 
@@ -172,8 +172,8 @@ class TextUnits:
         if not len(self):
             return np.zeros(0, np.uint64)
         lowered = _tables().lower[self.cp].astype(np.uint64)
-        powers = _power_table(_UNIT_BASE, len(lowered))
-        inverse = _power_table(pow(_UNIT_BASE, -1, 1 << 64), len(lowered))
+        powers = power_table(_UNIT_BASE, len(lowered))
+        inverse = power_table(pow(_UNIT_BASE, -1, 1 << 64), len(lowered))
         prefix = np.zeros(len(lowered) + 1, np.uint64)
         np.cumsum(lowered * powers[:-1], dtype=np.uint64, out=prefix[1:])
         raw = (prefix[self.ends] - prefix[self.starts]) * inverse[self.starts]

@@ -16,6 +16,7 @@ from lmforge.tasks.data.filters import (
     PIIFormatter,
 )
 from lmforge.tasks.data.steps.base import Step
+from lmforge.tasks.data.steps.decontaminate import Decontaminate
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ TEXT_STEPS: dict[str, TextStep] = {
     "c4_quality": TextStep(C4QualityFilter, C4QualityFilter(), "C4's quality rules; null: off."),
     "fineweb_quality": TextStep(
         FineWebQualityFilter, FineWebQualityFilter(), "FineWeb's quality rules; null: off."
+    ),
+    "decontaminate": TextStep(
+        Decontaminate, None, "Drops (or cuts) text sharing an n-gram with a benchmark item; null: off."
     ),
     "pii": TextStep(
         PIIFormatter, PIIFormatter(), "Replaces e-mail and IP addresses; null keeps them."

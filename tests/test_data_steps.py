@@ -1,0 +1,162 @@
+"""The data stage's steps: the registry round trip (one line makes a DataConfig field, a flag, a
+recipe key, a funnel row, a `removed/` stage) and the decontaminate step on planted pages."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pyarrow.parquet as pq
+import pytest
+from data_stage_fixtures import ARTICLES_EN, html_page
+
+from lmforge.cli import main
+import argparse
+
+from lmforge.recipes import add_config_flags, resolve_sections
+from lmforge.tasks.data.config import DataConfig
+from lmforge.tasks.data.dataset_versions import read_documents
+from lmforge.tasks.data.refresh import refresh_dataset
+from lmforge.tasks.data.steps.base import Document, Step, StepChain
+from lmforge.tasks.data.steps.registry import TEXT_STEPS
+from lmforge.tasks.data.warc import WarcResponse
+from lmforge.tasks.data.warc_writer import WarcWriter
+
+DATE = datetime(2024, 3, 1, tzinfo=timezone.utc)
+# 16 words: a benchmark item long enough for 13-grams.
+ITEM = "the committee argued that every migrating flock of geese rests twice near the northern lakes"
+TWELVE_WORDS = "the committee argued that every migrating flock of geese rests twice near"
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMFORGE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def benchmark_file(tmp_path):
+    path = tmp_path / "bench" / "planted.jsonl"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"text": ITEM}) + "\n" + json.dumps({"text": "short item"}) + "\n")
+    return path
+
+
+def planted_crawl(tmp_path):
+    """Pages: the item's words inside an article (other case and punctuation), twelve of its
+    words only, its words shuffled, and a clean article. Returns {label: url}."""
+    shuffled = " ".join(reversed(ITEM.split()))
+
+    def around(topic, line):  # distinct articles: no page is a near duplicate of another
+        first, *rest = ARTICLES_EN[topic]
+        return [first, line, *rest]
+
+    pages = {
+        "planted": around("backups", f"As we said: {ITEM.upper().replace(' FLOCK', ', flock')}!"),
+        "twelve": around("printing", f"{TWELVE_WORDS}."),
+        "shuffled": around("time", f"{shuffled}."),
+        "clean": ARTICLES_EN["packages"],
+    }
+    path = tmp_path / "crawl.warc.gz"
+    urls = {}
+    with WarcWriter(path, date=DATE) as warc:
+        for label, paragraphs in pages.items():
+            urls[label] = f"https://docs.example.org/{label}.html"
+            warc.write_fetch(urls[label], html_page(label.title(), paragraphs).encode())
+    return path, urls
+
+
+def resolve(argv, recipe):
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, {"data": DataConfig}, flat=("data",))
+    return resolve_sections(parser.parse_args(argv), {"data": DataConfig}, recipe)
+
+
+def test_every_registered_step_is_a_config_field_a_flag_and_a_recipe_key(tmp_path):
+    for name, step in TEXT_STEPS.items():
+        assert DataConfig.model_fields[name].default == step.default
+        sections = resolve([], {"data": {name: None}})
+        assert getattr(sections["data"], name) is None
+        assert name not in [s.name for s in sections["data"].text_steps()]
+    defaults_on = [name for name, step in TEXT_STEPS.items() if step.default is not None]
+    assert [s.name for s in DataConfig().steps()] == [
+        "read", "url", "html", "extract", "language", *defaults_on]  # fmt: skip
+    flags = resolve(["--data.c4_quality.min_sentences", "1", "--decontaminate",
+                     str(benchmark_file(tmp_path))], {})  # fmt: skip
+    assert flags["data"].c4_quality.min_sentences == 1
+    assert flags["data"].decontaminate.benchmarks == (str(benchmark_file(tmp_path)),)
+    restored = DataConfig.from_dict(json.loads(json.dumps(DataConfig().to_dict())))
+    assert restored == DataConfig()
+
+
+def test_step_order_reorders_the_text_steps_and_must_name_each_once():
+    order = ("pii", *[name for name in TEXT_STEPS if name != "pii"])
+    config = DataConfig(step_order=order)
+    assert [s.name for s in config.text_steps()][0] == "pii"
+    with pytest.raises(ValueError, match="must name each text step once"):
+        DataConfig(step_order=("pii",))
+
+
+class Shout(Step):
+    name = "shout"
+
+    def apply(self, doc):
+        doc.text = doc.text.upper()
+
+
+class DropShort(Step):
+    name = "short"
+
+    def apply(self, doc):
+        return "too_short" if len(doc.text) < 5 else None
+
+
+def test_a_chain_counts_each_step_under_its_name_and_a_transform_changes_the_bytes():
+    response = WarcResponse("https://x.example/", "id", "f", 0, 200, "text/html", "utf-8",
+                            b"<p>hi</p>", None)  # fmt: skip
+    chain = StepChain([Shout(), DropShort()])
+    doc = Document(response)
+    doc.text = "abc"
+    removal = chain.run(doc)
+    assert (removal.stage, removal.reason) == ("short", "too_short")
+    assert doc.text == "ABC"
+    stats = chain.stats.to_dict()["steps"]
+    assert stats["shout"] == {"docs_in": 1, "docs_out": 1, "bytes_in": 3, "bytes_out": 3,
+                              "dropped": {}}  # fmt: skip
+    assert stats["short"]["dropped"] == {"too_short": 1}
+
+
+def test_decontamination_removes_exactly_the_pages_carrying_an_item_ngram(tmp_path):
+    crawl, urls = planted_crawl(tmp_path)
+    config = DataConfig(decontaminate={"benchmarks": [str(benchmark_file(tmp_path))]})
+    manifest = refresh_dataset([str(crawl)], tmp_path / "data", config)
+    removed = pq.read_table(tmp_path / "data" / "removed").to_pylist()
+    contaminated = [row for row in removed if row["stage"] == "decontaminate"]
+    assert [row["url"] for row in contaminated] == [urls["planted"]]
+    assert contaminated[0]["reason"] == "benchmark_overlap"
+    assert contaminated[0]["detail"] == "planted line 1"
+    kept = {row["url"] for row in read_documents(tmp_path / "data").to_pylist()}
+    assert kept == {urls["twelve"], urls["shuffled"], urls["clean"]}
+    assert manifest["counts"]["steps"]["decontaminate"]["dropped"] == {"benchmark_overlap": 1}
+
+
+def test_cut_mode_keeps_the_page_without_the_overlapping_span(tmp_path):
+    crawl, urls = planted_crawl(tmp_path)
+    config = DataConfig(
+        decontaminate={"benchmarks": [str(benchmark_file(tmp_path))], "mode": "cut"}
+    )
+    refresh_dataset([str(crawl)], tmp_path / "data", config)
+    docs = {row["url"]: row["text"] for row in read_documents(tmp_path / "data").to_pylist()}
+    assert "FLOCK" not in docs[urls["planted"]].upper().split()
+    assert ARTICLES_EN["backups"][0][:40] in docs[urls["planted"]]
+    assert docs[urls["twelve"]].count("migrating") == 1
+
+
+def test_a_malformed_benchmark_file_is_refused_naming_it_before_any_work(tmp_path, capsys):
+    crawl, _ = planted_crawl(tmp_path)
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text('{"text": "fine"}\n{not json\n')
+    out = tmp_path / "data"
+    code = main(["data", "refresh", "--input", str(crawl), "--out", str(out),
+                 "--decontaminate", str(bad)])  # fmt: skip
+    assert code == 2
+    assert str(bad) in capsys.readouterr().err
+    assert not out.exists()

@@ -76,17 +76,22 @@ def ensure_experiment(artifact_location: str | None) -> None:
 
 
 def prefect_tags() -> dict[str, str]:
-    """Tags linking an MLflow run to the Prefect flow run executing it (empty outside a flow)."""
+    """Tags linking an MLflow run to the Prefect flow run executing it (empty outside a flow).
+    The flow run's UI link only where Prefect knows its UI's address (a server; not the
+    command line's default, which runs flows without one)."""
     try:
         from prefect.runtime import deployment, flow_run
+        from prefect.utilities.urls import url_for
     except ImportError:
         return {}
     tags = {}
     if flow_run.id:
         tags["prefect.flow_run_id"] = str(flow_run.id)
         tags["prefect.flow_run_name"] = str(flow_run.name)
-        if flow_run.ui_url:
-            tags["prefect.flow_run_url"] = str(flow_run.ui_url)
+        # Not `flow_run.ui_url`: it formats a missing address as "None/...".
+        url = url_for("flow-run", obj_id=flow_run.id)
+        if url:
+            tags["prefect.flow_run_url"] = url
         if flow_run.root_flow_run_id:
             tags["prefect.root_flow_run_id"] = str(flow_run.root_flow_run_id)
     if deployment.id:

@@ -10,6 +10,7 @@ Digests recorded in MLflow are checked against the manifests on disk, so a rebui
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,9 @@ HEADLINE_DATA_COUNTS = ("warc_files", "responses", "kept", "removed", "read_erro
 # The pretrain run's MLflow params are `section.field`; lineage shows them by field name.
 TRAINING_PARAMS = ("model.preset", "train.max_steps", "train.batch_size", "train.seq_len",
                    "train.lr", "train.seed", "train.strategy")  # fmt: skip
+TRAINING_METRICS = ("final_train_loss", "final_val_loss", "tokens", "parameters")
+# MLflow stores every metric as a float; these training counts are whole numbers.
+TRAINING_COUNTS = ("tokens", "parameters")
 
 
 class LineageError(LmforgeError, ValueError):
@@ -83,6 +87,33 @@ def stage_input(manifest: dict[str, Any], stage: str) -> dict[str, Any] | None:
     return next((i for i in manifest.get("inputs", []) if i.get("stage") == stage), None)
 
 
+def trained_strategy(params: Mapping[str, str]) -> str:
+    """The parallelism strategy a pretrain run trained with, from its MLflow params: the one
+    configured, else (`train.strategy` logged as "None") the trainer's documented default for its
+    processes (`run.nproc` x `run.nnodes`): single for one, ddp for several."""
+    configured = params.get("train.strategy", "None")
+    if configured != "None":
+        return configured
+    processes = int(params.get("run.nproc", "1")) * int(params.get("run.nnodes", "1"))
+    return "single" if processes == 1 else "ddp"
+
+
+def training_params(params: Mapping[str, str], manifest: dict[str, Any] | None) -> dict[str, str]:
+    """TRAINING_PARAMS by field name, the unset ones (logged as "None") as the run resolved
+    them: the strategy (`trained_strategy`), seq_len (the model's context, from the training
+    `manifest`). One that cannot be resolved is left out, never shown as None."""
+    shown = {}
+    for key in TRAINING_PARAMS:
+        value = params.get(key)
+        if key == "train.strategy" and value is not None:
+            value = trained_strategy(params)
+        elif key == "train.seq_len" and value == "None" and manifest:
+            value = str(manifest.get("model_config", {}).get("max_seq_len"))
+        if value not in (None, "None"):
+            shown[key.split(".")[-1]] = value
+    return shown
+
+
 def evaluation_of(client: MlflowClient, version: ModelVersion, training_run_id: str) -> dict | None:
     """The evaluation run linked from the version's tag, else the newest one of its training run."""
     run_id = version.tags.get(EVAL_RUN_ID_TAG)
@@ -119,12 +150,12 @@ def build_lineage(spec: str) -> dict[str, Any]:
     training_run = client.get_run(training_run_id)
     tags = training_run.data.tags
     checkpoint = version.tags.get(CHECKPOINT_TAG) or tags.get(OUTPUT_DIR_TAG)
+    metrics = training_run.data.metrics
     training = {
         "run_id": training_run_id,
-        "params": {k.split(".")[-1]: training_run.data.params[k] for k in TRAINING_PARAMS
-                   if k in training_run.data.params},
-        "metrics": {k: v for k, v in training_run.data.metrics.items()
-                    if k in ("final_train_loss", "final_val_loss", "tokens", "parameters")},
+        "params": training_params(training_run.data.params, readable_manifest(checkpoint)),
+        "metrics": {k: int(metrics[k]) if k in TRAINING_COUNTS else metrics[k]
+                    for k in TRAINING_METRICS if k in metrics},  # fmt: skip
         "checkpoint": digest_check(
             checkpoint, version.tags.get(CHECKPOINT_DIGEST_TAG)
         ),
@@ -164,6 +195,15 @@ def build_lineage(spec: str) -> dict[str, Any]:
     return lineage
 
 
+def readable_manifest(path: str | None) -> dict[str, Any] | None:
+    """The manifest in `path`, or None when there is none to read (moved, deleted, unfinished):
+    for details the lineage can do without."""
+    try:
+        return read_manifest(path) if path else None
+    except (ManifestError, OSError):
+        return None
+
+
 def read_recorded_manifest(path: str) -> dict[str, Any]:
     try:
         return read_manifest(path)
@@ -173,6 +213,14 @@ def read_recorded_manifest(path: str) -> dict[str, Any]:
 
 def short(digest: str | None) -> str:
     return (digest or "?")[:12]
+
+
+def number(value: float) -> str:
+    """A metric for reading: whole numbers (counts, however MLflow stored them) in full with
+    thousands separators, never as 1.11526e+06; others in the shortest form."""
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:g}"
 
 
 def checked(entry: dict[str, Any]) -> str:
@@ -195,7 +243,7 @@ def format_lineage(lineage: dict[str, Any]) -> str:
     lines.append("              " + ", ".join(f"{k}={v}" for k, v in training["params"].items()))
     if training["metrics"]:
         metrics = training["metrics"].items()
-        lines.append("              " + ", ".join(f"{k}={v:g}" for k, v in metrics))
+        lines.append("              " + ", ".join(f"{k}={number(v)}" for k, v in metrics))
     lines.append(f"  checkpoint  {checked(training['checkpoint'])}")
     shards = lineage["shards"]
     lines.append(f"shards      {checked(shards)}")
@@ -212,7 +260,7 @@ def format_lineage(lineage: dict[str, Any]) -> str:
     lines.append(f"data        {checked(data)}")
     lines.append(f"              run {data['run_id']}")
     lines += [
-        f"              {k} = {v:g}"
+        f"              {k} = {number(v)}"
         for k, v in data["filter_statistics"].items()
         if k in HEADLINE_DATA_COUNTS or k.startswith(("removed_by_stage.", "languages."))
     ]

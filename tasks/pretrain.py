@@ -1,22 +1,23 @@
 """Pretraining launch: runs the training loop of `lmforge.model.train` for the orchestration layer.
 
 One process runs in this process. Several (`nproc` > 1, or several machines) run as a `torchrun`
-subprocess whose output is streamed line by line; rank 0's metrics come back through the same
-pipe and reach `on_log` as if training ran here.
+subprocess whose console output (progress bar included) is copied line by line; rank 0's metrics
+come back through a file it appends to (see `lmforge.model.launch`), read while it trains, and
+reach `on_log` as if training ran here.
 """
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile
+import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from lmforge.model.launch import METRICS_MARKER, RESULT_MARKER, result_from_dict
+from lmforge.model.launch import read_metrics_records, read_result
 from lmforge.model.runtime import LogCallback
 from lmforge.model.train import TrainJob, TrainResult, train
 
@@ -48,8 +49,15 @@ def needs_torchrun(job: TrainJob, launch: TorchrunOptions) -> bool:
     return launch.world_size > 1 or job.train.strategy not in (None, "single")
 
 
-def torchrun_command(config_file: Path, launch: TorchrunOptions) -> list[str]:
-    """The torchrun command line that trains `config_file` on this machine's processes."""
+# How often the metrics file is read while training runs: MLflow follows within this delay.
+POLL_SECONDS = 0.5
+
+
+def torchrun_command(
+    config_file: Path, launch: TorchrunOptions, metrics_file: Path, result_file: Path
+) -> list[str]:
+    """The torchrun command line that trains `config_file` on this machine's processes; rank 0
+    appends its metrics to `metrics_file` and writes its result to `result_file`."""
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={launch.nproc}"]
     if launch.nnodes == 1 and not launch.rdzv_endpoint:
         command.append("--standalone")  # a local rendezvous on a free port
@@ -60,7 +68,10 @@ def torchrun_command(config_file: Path, launch: TorchrunOptions) -> list[str]:
             "--rdzv-backend=c10d",
             f"--rdzv-endpoint={launch.rdzv_endpoint}",
         ]
-    return command + ["-m", "lmforge.model.launch", str(config_file)]
+    return command + [
+        "-m", "lmforge.model.launch", str(config_file),
+        "--metrics", str(metrics_file), "--result", str(result_file),
+    ]  # fmt: skip
 
 
 def run_pretraining(
@@ -85,14 +96,17 @@ def run_pretraining(
 def run_torchrun(
     config: TrainJob, launch: TorchrunOptions, on_log: LogCallback | None, output: TextIO
 ) -> TrainResult | None:
+    """Train under torchrun: the console is copied to `output` by a thread while this one
+    forwards rank 0's metrics to `on_log` every POLL_SECONDS, and what is left once the
+    processes exit. An exception from `on_log` (or Ctrl-C) stops the processes and is raised."""
     log = on_log or (lambda step, metrics: None)
-    result: TrainResult | None = None
     recent: deque[str] = deque(maxlen=40)
     with tempfile.TemporaryDirectory(prefix="lmforge-train-") as tmp:
         config_file = Path(tmp) / "train_config.json"
+        metrics_file, result_file = Path(tmp) / "metrics.jsonl", Path(tmp) / "result.json"
         config_file.write_text(config.model_dump_json())
         process = subprocess.Popen(
-            torchrun_command(config_file, launch),
+            torchrun_command(config_file, launch, metrics_file, result_file),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -100,16 +114,28 @@ def run_torchrun(
         )
         assert process.stdout is not None
         with process:
-            for line in process.stdout:
-                if line.startswith(METRICS_MARKER):
-                    record = json.loads(line[len(METRICS_MARKER):])
-                    log(record["step"], record["metrics"])
-                elif line.startswith(RESULT_MARKER):
-                    result = result_from_dict(json.loads(line[len(RESULT_MARKER):]))
-                else:
-                    recent.append(line)
-                    output.write(line)
-                    output.flush()
+            copier = threading.Thread(
+                target=copy_console, args=(process.stdout, output, recent), daemon=True
+            )
+            copier.start()
+            offset, exited = 0, False
+            try:
+                while not exited:
+                    try:
+                        process.wait(timeout=POLL_SECONDS)
+                        exited = True
+                    except subprocess.TimeoutExpired:
+                        pass
+                    records, offset = read_metrics_records(metrics_file, offset)
+                    for record in records:
+                        log(record["step"], record["metrics"])
+            except BaseException:
+                process.terminate()  # torchrun passes it on to every rank
+                raise
+            finally:
+                process.wait()
+                copier.join()  # the console is copied to its end before anything is reported
+        result = read_result(result_file)
     if process.returncode != 0:
         raise RuntimeError(
             f"torchrun training exited with code {process.returncode}; last output:\n"
@@ -118,3 +144,18 @@ def run_torchrun(
     if result is None and launch.node_rank == 0:
         raise RuntimeError("torchrun training finished without reporting a result")
     return result
+
+
+def copy_console(source: TextIO, output: TextIO | None, recent: deque[str]) -> None:
+    """Copy the processes' output to `output` line by line, keeping the last lines in `recent`
+    for an error message. Reads to the end even when `output` fails (a closed terminal): a
+    pipe left full would block training."""
+    for line in source:
+        recent.append(line)
+        if output is None:
+            continue
+        try:
+            output.write(line)
+            output.flush()
+        except (OSError, ValueError):
+            output = None

@@ -1,23 +1,30 @@
 """Distributed training on two CPU processes (gloo) matches one process with the same global
-batch; an interrupted run (SIGKILL) resumes from its last checkpoint; MFU and the parallelism
-helpers behave. The torchrun tests start real processes: marked slow (~10 s each)."""
+batch; rank 0's metrics reach MLflow while it trains, whatever the progress bar draws; an
+interrupted run (SIGKILL) resumes from its last checkpoint; MFU and the parallelism helpers
+behave. The torchrun tests start real processes: marked slow (~10 s each)."""
 
+import io
 import math
 import os
 import signal
 import subprocess
 import sys
+import textwrap
+import time
 
+import mlflow
 import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
+from lmforge.flows.tracking import MetricsLogger
 from lmforge.model.checkpoint import latest_checkpoint, load_model
 from lmforge.model.config import ModelConfig, ModelSpec
 from lmforge.model.gpt import GPT
-from lmforge.model.launch import METRICS_MARKER
+from lmforge.model.launch import metrics_file_writer, read_metrics_records
 from lmforge.model.mfu import gpu_peak_flops, measure_matmul_peak, model_flops_utilization
 from lmforge.model.parallel import (
     DistributedEnv,
@@ -27,7 +34,12 @@ from lmforge.model.parallel import (
 )
 from lmforge.model.strategies import DDPStrategy
 from lmforge.model.train import TrainConfig, TrainJob, train
-from lmforge.tasks.pretrain import TorchrunOptions, run_pretraining, torchrun_command
+from lmforge.tasks.pretrain import (
+    TorchrunOptions,
+    run_pretraining,
+    run_torchrun,
+    torchrun_command,
+)
 from shard_fixtures import write_shards_dir
 
 VOCAB = 64
@@ -101,6 +113,95 @@ def test_two_processes_reach_the_losses_of_one_with_the_same_global_batch(
     assert load_model(tmp_path / strategy).config.n_layer == 2
 
 
+@pytest.fixture
+def mlflow_store(tmp_path):
+    """A SQLite MLflow store in tmp_path, the current tracking URI for the test."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    yield MlflowClient()
+    mlflow.set_tracking_uri(previous)
+
+
+@pytest.mark.slow
+def test_every_logged_step_of_a_two_process_run_with_a_progress_bar_reaches_mlflow(
+    shards, tmp_path, mlflow_store
+):
+    experiment = mlflow_store.create_experiment("torchrun", (tmp_path / "artifacts").as_uri())
+    run_id = mlflow_store.create_run(experiment).info.run_id
+    # The progress bar redraws on the console the processes share, without ending its line.
+    cfg = config(shards, tmp_path / "ddp", strategy="ddp", progress=True)
+    console = io.StringIO()
+    result = run_pretraining(
+        cfg, on_log=MetricsLogger(run_id), launch=TorchrunOptions(nproc=2), output=console
+    )
+
+    def steps(key):
+        return [m.step for m in mlflow_store.get_metric_history(run_id, key)]
+
+    assert result.completed
+    assert steps("loss") == list(range(1, 9)) and steps("grad_norm") == list(range(1, 9))
+    assert steps("val_loss") == [4, 8]
+    assert "train: 100%" in console.getvalue()  # the bar still reaches the console
+
+
+def test_metrics_records_are_read_once_each_and_a_line_being_written_waits(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    assert read_metrics_records(path) == ([], 0)  # rank 0 has logged nothing yet
+    append = metrics_file_writer(path)
+    append(1, {"loss": 4.0})
+    with path.open("a") as file:
+        file.write('{"step": 2, "metr')  # rank 0 in the middle of a write
+    records, offset = read_metrics_records(path)
+    assert records == [{"step": 1, "metrics": {"loss": 4.0}}]
+    with path.open("a") as file:
+        file.write('ics": {"val_loss": 3.5}}\n')
+    append(3, {"loss": 3.0})
+    records, offset = read_metrics_records(path, offset)
+    assert records == [
+        {"step": 2, "metrics": {"val_loss": 3.5}}, {"step": 3, "metrics": {"loss": 3.0}}
+    ]
+    assert read_metrics_records(path, offset) == ([], offset)
+
+
+# Stands in for torchrun: logs step 1, then finishes only once the parent has forwarded it.
+WAITS_FOR_ITS_METRICS_TO_BE_SEEN = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from lmforge.model.launch import metrics_file_writer, write_result
+    from lmforge.model.train import TrainResult
+
+    metrics, result, seen = map(Path, sys.argv[1:])
+    metrics_file_writer(metrics)(1, {"loss": 4.0})
+    deadline = time.monotonic() + 60
+    while not seen.exists():
+        if time.monotonic() > deadline:
+            sys.exit("step 1 was not forwarded while training ran")
+        time.sleep(0.05)
+    write_result(result, TrainResult(Path("out"), True, 1, 32, 4.0, None, 10, None, 1.0))
+""")
+
+
+@pytest.mark.slow
+def test_metrics_reach_on_log_while_the_processes_still_run(tmp_path, monkeypatch):
+    seen = tmp_path / "seen"
+    monkeypatch.setattr(
+        "lmforge.tasks.pretrain.torchrun_command",
+        lambda config_file, launch, metrics_file, result_file: [
+            sys.executable, "-c", WAITS_FOR_ITS_METRICS_TO_BE_SEEN,
+            str(metrics_file), str(result_file), str(seen),
+        ],
+    )  # fmt: skip
+    job = TrainJob(shards_dir=str(tmp_path / "shards"), out_dir=str(tmp_path / "out"))
+    logs = []
+
+    def on_log(step, metrics):
+        logs.append((step, dict(metrics)))
+        seen.touch()
+
+    result = run_torchrun(job, TorchrunOptions(nproc=2), on_log, io.StringIO())
+    assert logs == [(1, {"loss": 4.0})] and result.completed and result.steps == 1
+
+
 @pytest.mark.slow
 def test_ddp_accumulating_micro_batches_reaches_the_losses_of_one_process(shards, tmp_path):
     # 2 ranks x 2 sequences x 2 micro-batches: the 8 windows of the one-process batch.
@@ -137,14 +238,17 @@ def test_a_run_killed_mid_training_resumes_from_its_last_checkpoint(shards, tmp_
     out = tmp_path / "killed"
     config_file = tmp_path / "config.json"
     config_file.write_text(config(shards, out, **settings).model_dump_json())
+    metrics_file = tmp_path / "metrics.jsonl"
     process = subprocess.Popen(
-        [sys.executable, "-m", "lmforge.model.launch", str(config_file)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    for line in process.stdout:
-        if line.startswith(METRICS_MARKER) and latest_checkpoint(out) is not None:
+        [sys.executable, "-m", "lmforge.model.launch", str(config_file),
+         "--metrics", str(metrics_file)],
+        stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    while process.poll() is None:
+        if read_metrics_records(metrics_file)[0] and latest_checkpoint(out) is not None:
             process.send_signal(signal.SIGKILL)  # no chance to clean up or finish a write
             break
+        time.sleep(0.01)
     process.wait()
     assert process.returncode == -signal.SIGKILL
     assert not (out / "manifest.json").exists()
@@ -242,12 +346,15 @@ def test_strategies_that_need_torchrun_are_refused_in_one_process(shards, tmp_pa
 
 
 def test_torchrun_command_is_standalone_on_one_machine_and_rendezvous_on_several(tmp_path):
-    local = torchrun_command(tmp_path / "c.json", TorchrunOptions(nproc=2))
+    files = tmp_path / "c.json", tmp_path / "m.jsonl", tmp_path / "r.json"
+    local = torchrun_command(files[0], TorchrunOptions(nproc=2), *files[1:])
     assert "--nproc-per-node=2" in local and "--standalone" in local
-    assert local[-3:] == ["-m", "lmforge.model.launch", str(tmp_path / "c.json")]
+    assert local[-7:] == ["-m", "lmforge.model.launch", str(files[0]),
+                          "--metrics", str(files[1]), "--result", str(files[2])]  # fmt: skip
     multi = torchrun_command(
-        tmp_path / "c.json",
+        files[0],
         TorchrunOptions(nproc=8, nnodes=2, node_rank=1, rdzv_endpoint="node0:29500"),
+        *files[1:],
     )
     assert {"--nnodes=2", "--node-rank=1", "--rdzv-endpoint=node0:29500"} <= set(multi)
     assert "--standalone" not in multi

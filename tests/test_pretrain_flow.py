@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from uuid import uuid4
 
+from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 from shard_fixtures import write_shards_dir
 
 from lmforge.flows.params import PretrainRun
@@ -15,6 +17,7 @@ from lmforge.model.checkpoint import load_model
 from lmforge.model.config import ModelSpec
 from lmforge.model.train import TrainConfig
 from lmforge.flows.pretrain import TrainingProgress, pretrain
+from lmforge.flows.tracking import prefect_tags
 from lmforge.tracking_tags import find_stage_run
 
 
@@ -114,3 +117,21 @@ def test_every_flow_shows_one_section_per_stage_and_no_internal_fields():
             assert not undescribed, (stage_flow.name, section, undescribed)
     data = parameter_schema(data_refresh.fn).model_dump()["definitions"]
     assert data["GopherQualityFilter"]["properties"]["min_words"]["description"]
+
+
+@flow
+def tags_linking_this_flow_run() -> dict[str, str]:
+    return prefect_tags()
+
+
+def test_stage_runs_link_their_flow_run_only_where_the_prefect_ui_is_known(prefect_api):
+    with temporary_settings(updates={PREFECT_UI_URL: "http://prefect.example:4200"}):
+        served = tags_linking_this_flow_run()
+    run_id = served["prefect.flow_run_id"]
+    assert served["prefect.flow_run_url"] == f"http://prefect.example:4200/runs/flow-run/{run_id}"
+
+    # The command line's default: no Prefect server configured, so no address to link to.
+    with temporary_settings(restore_defaults={PREFECT_API_URL, PREFECT_UI_URL}):
+        unserved = tags_linking_this_flow_run()
+    assert unserved["prefect.flow_run_id"] != run_id
+    assert "prefect.flow_run_url" not in unserved

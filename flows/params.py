@@ -180,3 +180,21 @@ class FinetuneInstructRun(StageParams):
         "lmforge-instruct",
         description="MLflow Model Registry name for the result; empty: do not register.",
     )
+
+
+class QualityTrainRun(StageParams):
+    """What `quality_classifier` learns from (positive and negative sources) and where it
+    writes the model."""
+
+    positive: list[str] = Field(
+        min_length=1,
+        description="Curated reference text (the class to keep): lmforge dataset directories, "
+        "Parquet files or folders of them (column text), JSONL files (field text).",
+    )
+    negative: list[str] = Field(
+        min_length=1,
+        description="Random or junk web text (the class to drop), in the same formats.",
+    )
+    out: str = Field(
+        "work/quality", description="Directory for model.bin, metrics.json and the manifest."
+    )

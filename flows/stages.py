@@ -143,6 +143,21 @@ STAGES: tuple[Stage, ...] = (
         check_path="lmforge.flows.preflight:check_instruct_inputs",
         deployed=False,
     ),
+    Stage(
+        name="quality_classifier",
+        command="quality train",
+        flow_path="lmforge.flows.quality:train_quality_classifier",
+        output="quality",
+        inputs=("data_refresh",),
+        summary="Reference text vs web text -> fastText quality classifier.",
+        description="Train a supervised fastText classifier that tells curated reference "
+        "text (--positive) from random web text (--negative), as DCLM and FineWeb-Edu train "
+        "their quality filters; sources are dataset directories, Parquet (column text) or "
+        "JSONL (field text). Reports held-out ROC AUC, precision, recall and F1 and logs the "
+        "model to MLflow.",
+        check_path="lmforge.flows.quality:check_quality_inputs",
+        deployed=False,
+    ),
 )
 
 # The pipeline's steps, in the order it runs them.

@@ -84,6 +84,7 @@ COMMAND_GROUPS = {
     "data": "data stage commands",
     "shards": "tokenizer and token shards",
     "finetune": "fine-tune a pretrained model: classification, instruction following",
+    "quality": "quality classifiers: train one on reference vs web text",
 }
 
 

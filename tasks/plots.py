@@ -45,7 +45,7 @@ def funnel_rows(
     if isinstance(steps, Mapping) and steps:
         rows = [_recorded_step(name, step) for name, step in steps.items()]
         if "dedup" not in steps:
-            rows.append(_dedup_step(counts, rows[-1]))
+            rows.extend(_dataset_steps(counts, rows[-1]))
         return rows
     by_reason = counts.get("removed_by_reason") or {
         stage: {stage: n} for stage, n in counts.get("removed_by_stage", {}).items()
@@ -72,12 +72,24 @@ def _recorded_step(name: str, step: Mapping[str, Any]) -> dict[str, Any]:
             "reasons": reasons}  # fmt: skip
 
 
-def _dedup_step(counts: Mapping[str, Any], previous: Mapping[str, Any]) -> dict[str, Any]:
-    reasons = dict(counts.get("removed_by_reason", {}).get("dedup", {}))
-    docs_in = previous["docs_out"]
-    return {"step": "dedup", "docs_in": docs_in, "docs_out": int(counts["kept"]),
-            "removed": docs_in - int(counts["kept"]), "bytes_in": previous["bytes_out"],
-            "bytes_out": counts.get("bytes_out"), "reasons": reasons}  # fmt: skip
+def _dataset_steps(counts: Mapping[str, Any], previous: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The steps over the whole version after the per-file ones: dedup, then the quality
+    classifier's top-fraction selection where one ran (bytes known where the stage ends)."""
+    by_reason = counts.get("removed_by_reason", {})
+    selected = {reason: n for reason, n in by_reason.get("quality_classifier", {}).items()
+                if reason == "below_top_fraction"}  # fmt: skip
+    steps = [("dedup", dict(by_reason.get("dedup", {}))), ("top_fraction", selected)]
+    rows, docs_in, bytes_in = [], previous["docs_out"], previous["bytes_out"]
+    for name, reasons in steps:
+        if name != "dedup" and not reasons:
+            continue
+        removed = sum(reasons.values())
+        rows.append({"step": name, "docs_in": docs_in, "docs_out": docs_in - removed,
+                     "removed": removed, "bytes_in": bytes_in, "bytes_out": None,
+                     "reasons": reasons})  # fmt: skip
+        docs_in, bytes_in = docs_in - removed, None
+    rows[-1]["bytes_out"] = counts.get("bytes_out")
+    return rows
 
 
 def _ordered_steps(

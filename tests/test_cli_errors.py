@@ -64,6 +64,8 @@ def good(tmp_path_factory) -> dict[str, Path]:
     paths["instructions"] = root / "instructions.jsonl"
     record = {"instruction": "Say hi.", "output": "Hi."}
     paths["instructions"].write_text(json.dumps(record) + "\n")
+    paths["quality"] = root / "quality.jsonl"
+    paths["quality"].write_text(json.dumps({"text": "A page of reference text."}) + "\n")
     return paths
 
 
@@ -117,6 +119,8 @@ INPUTS = [
      ["--checkpoint", "{checkpoint}", "--out", "{tmp}/hf"]),
     ("generate", "--checkpoint", "checkpoint", ["--prompt", "x"]),
     ("generate", "--tokenizer", "tokenizer", ["--checkpoint", "{checkpoint}", "--prompt", "x"]),
+    ("quality train", "--positive", "quality", ["--negative", "{quality}", "--out", "{tmp}/out"]),
+    ("quality train", "--negative", "quality", ["--positive", "{quality}", "--out", "{tmp}/out"]),
 ]
 FOLDERS = {"checkpoint", "shards", "data", "blimp"}
 # What a damaged folder of each kind holds: its files, with garbage in them.
@@ -127,7 +131,7 @@ GARBAGE_FILES = {
     "blimp": ["agreement.jsonl"],
 }
 SUFFIXES = {"tokenizer": ".json", "benchmark": ".jsonl", "labelled": ".csv",
-            "instructions": ".jsonl"}  # fmt: skip
+            "instructions": ".jsonl", "quality": ".jsonl"}  # fmt: skip
 # Commands whose inputs are none of these kinds, and where theirs are tested.
 OTHER_COMMANDS = {
     "data": "WARC files and lists: tests/test_inputs.py, tests/test_cli.py",

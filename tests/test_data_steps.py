@@ -160,3 +160,87 @@ def test_a_malformed_benchmark_file_is_refused_naming_it_before_any_work(tmp_pat
     assert code == 2
     assert str(bad) in capsys.readouterr().err
     assert not out.exists()
+
+
+# --- quality_classifier ------------------------------------------------------------------------
+
+PROSE = [p for paragraphs in ARTICLES_EN.values() for p in paragraphs]
+SPAM = ["cheap pills casino bonus click here now best replica watches free download win",
+        "buy now limited offer casino loan bonus cheap cheap click subscribe free prize"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def quality_model(tmp_path_factory):
+    from lmforge.tasks.data.quality.train import QualityTrainConfig, train_quality_classifier
+
+    root = tmp_path_factory.mktemp("quality")
+    positive, negative = root / "positive.jsonl", root / "negative.jsonl"
+    positive.write_text("".join(json.dumps({"text": f"{p} ({i})"}) + "\n"
+                                for i in range(8) for p in PROSE))  # fmt: skip
+    negative.write_text("".join(json.dumps({"text": f"{SPAM[i % 2]} {i} " * (1 + i % 5)}) + "\n"
+                                for i in range(len(PROSE) * 8)))  # fmt: skip
+    config = QualityTrainConfig(fasttext={"epoch": 10})
+    train_quality_classifier([positive], [negative], root / "model", config)
+    return root / "model"
+
+
+# The classifier alone decides, as it would where heuristic filters miss a kind of junk.
+NO_HEURISTICS = dict.fromkeys(("gopher_repetition", "gopher_quality", "c4_quality",
+                               "fineweb_quality"))  # fmt: skip
+
+
+def spam_and_prose_crawl(tmp_path):
+    """Three prose articles and a page of spam sentences."""
+    spam_page = [f"{SPAM[i % 2].capitalize()}, offer number {i} today." for i in range(12)]
+    pages = {topic: ARTICLES_EN[topic] for topic in ("backups", "printing", "time")}
+    pages["offers"] = [" ".join(spam_page[i:i + 4]) for i in range(0, 12, 4)]
+    path = tmp_path / "crawl.warc.gz"
+    with WarcWriter(path, date=DATE) as warc:
+        for label, paragraphs in pages.items():
+            warc.write_fetch(f"https://docs.example.org/{label}.html",
+                             html_page(label.title(), paragraphs).encode())  # fmt: skip
+    return path
+
+
+def test_the_classifier_step_scores_every_kept_document_and_drops_low_scores(
+    quality_model, tmp_path
+):
+    crawl = spam_and_prose_crawl(tmp_path)
+    plain = refresh_dataset([str(crawl)], tmp_path / "plain", DataConfig(**NO_HEURISTICS))
+    assert plain["counts"]["kept"] == 4
+    config = DataConfig(**NO_HEURISTICS, quality_classifier={"model": str(quality_model)})
+    manifest = refresh_dataset([str(crawl)], tmp_path / "data", config)
+    kept = read_documents(tmp_path / "data").to_pylist()
+    assert sorted(row["url"].rsplit("/", 1)[1] for row in kept) == [
+        "backups.html", "printing.html", "time.html"]  # fmt: skip
+    assert all(row["quality_score"] >= 0.5 for row in kept)
+    assert manifest["counts"]["steps"]["quality_classifier"]["dropped"] == {"below_threshold": 1}
+    unscored = read_documents(tmp_path / "plain").to_pylist()
+    assert all(row["quality_score"] is None for row in unscored)
+
+
+def test_keep_top_fraction_keeps_the_best_scored_share_of_each_language(quality_model, tmp_path):
+    crawl = spam_and_prose_crawl(tmp_path)
+    step = {"model": str(quality_model), "threshold": 0.0, "keep_top_fraction": "en=0.5"}
+    manifest = refresh_dataset([str(crawl)], tmp_path / "data",
+                               DataConfig(**NO_HEURISTICS, quality_classifier=step))  # fmt: skip
+    kept = read_documents(tmp_path / "data").to_pylist()
+    removed = pq.read_table(tmp_path / "data" / "removed").to_pylist()
+    left_out = [row for row in removed if row["reason"] == "below_top_fraction"]
+    assert len(kept) == 2 and len(left_out) == 2
+    assert {row["stage"] for row in left_out} == {"quality_classifier"}
+    assert min(row["quality_score"] for row in kept) > 0.5
+    assert "offers.html" in {row["url"].rsplit("/", 1)[1] for row in left_out}
+    assert manifest["counts"]["kept"] + manifest["counts"]["removed"] == 4
+
+
+def test_an_unreadable_classifier_file_is_refused_naming_it_before_any_work(tmp_path, capsys):
+    crawl = spam_and_prose_crawl(tmp_path)
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"not a fasttext model")
+    out = tmp_path / "data"
+    code = main(["data", "refresh", "--input", str(crawl), "--out", str(out),
+                 "--quality-model", str(model)])  # fmt: skip
+    assert code == 2
+    assert str(model) in capsys.readouterr().err
+    assert not out.exists()

@@ -14,6 +14,7 @@ directory holding anything else, or an input file, is refused (`claim_output_dir
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -56,6 +57,11 @@ STAGE_NAME = "data_refresh"
 PARTITIONED_DOC_SCHEMA = DOC_SCHEMA.remove(DOC_SCHEMA.get_field_index(LANGUAGE_KEY))
 
 
+# The dataset-level part of the quality classifier step (its top-fraction selection) counts
+# under the step's own name.
+SELECTION_STAGE = "quality_classifier"
+
+
 class AccountingError(LmforgeError, RuntimeError):
     """Kept plus removed documents do not add up to the responses read: something vanished."""
 
@@ -95,6 +101,29 @@ def continues_dataset(data_dir: str | os.PathLike[str] | None, config: DataConfi
         return DataConfig.from_dict(manifest["params"]) == config
     except (TypeError, ValueError):
         return False
+
+
+def top_fraction_drops(
+    results: Sequence[FileResult], duplicates: DuplicateReport, config: DataConfig
+) -> dict[str, str]:
+    """The documents the quality classifier's `keep_top_fraction` leaves out of this version:
+    per language, the non-duplicates below the best-scored share (ties broken by id, so the
+    choice does not depend on file order), as {id: "below_top_fraction"}."""
+    step = config.quality_classifier
+    if step is None or not step.keep_top_fraction:
+        return {}
+    duplicate_by_id = duplicates.by_id()
+    by_language: dict[str, list[tuple[float, str]]] = {}
+    for result in results:
+        table = pq.read_table(result.candidates_path, columns=["id", "lang", "quality_score"])
+        for doc_id, lang, score in zip(*(table.column(c).to_pylist() for c in table.column_names)):
+            if doc_id not in duplicate_by_id:
+                by_language.setdefault(lang, []).append((-(score or 0.0), doc_id))
+    dropped = {}
+    for lang, scored in by_language.items():
+        keep = math.ceil(step.top_fraction_for(lang) * len(scored) - 1e-9)
+        dropped.update((doc_id, "below_top_fraction") for _, doc_id in sorted(scored)[keep:])
+    return dropped
 
 
 class _PartWriter:
@@ -177,14 +206,18 @@ class _DocumentParts:
 
 
 def write_version(writer, out_dir: Path, results: list[FileResult], duplicates: DuplicateReport,
-                   config: DataConfig, continuing: bool) -> None:  # fmt: skip
-    """The body of one version: parts, index, ledger, counts (see `refresh.DatasetRefresh.write`). New files
-    go under `writer.path` (laid out like `out_dir`, where the committed dataset is read)."""
+                   config: DataConfig, continuing: bool,
+                   selected_out: dict[str, str] | None = None) -> None:  # fmt: skip
+    """The body of one version: parts, index, ledger, counts (see `refresh.DatasetRefresh.write`).
+    New files go under `writer.path` (laid out like `out_dir`, where the committed dataset is
+    read). `selected_out`: ids of non-duplicates the quality classifier's top-fraction selection
+    leaves out, with the reason (`top_fraction_drops`)."""
     root, version = writer.path, writer.version
     if not continuing:
         writer.extra.update({"version": 1, "parent_version": None})
     tag = version_name(version)
     duplicate_by_id = duplicates.by_id()
+    selected_out = selected_out or {}
     kept_rows = duplicates.kept.row_of()
     removed_by_stage: dict[str, Counter[str]] = {}
     languages: Counter[str] = Counter()
@@ -199,7 +232,8 @@ def write_version(writer, out_dir: Path, results: list[FileResult], duplicates: 
             table = pa.Table.from_batches([batch], DOC_SCHEMA)
             ids = table.column("id").to_pylist()
             is_duplicate = pa.array([doc_id in duplicate_by_id for doc_id in ids])
-            keep = table.filter(pc.invert(is_duplicate))
+            is_selected_out = pa.array([doc_id in selected_out for doc_id in ids])
+            keep = table.filter(pc.invert(pc.or_(is_duplicate, is_selected_out)))
             keep_langs = keep.column(LANGUAGE_KEY).to_pylist()
             declared_langs = keep.column("declared_lang").to_pylist()
             shingled_as = [config.minhash.shingle_language_of(lang, declared)
@@ -220,6 +254,13 @@ def write_version(writer, out_dir: Path, results: list[FileResult], duplicates: 
                 rows.append({**row, "stage": "dedup", "reason": duplicate.reason,
                              "duplicate_of": duplicate.duplicate_of})  # fmt: skip
             seen_duplicates += len(rows)
+            left_out = table.filter(is_selected_out).select(
+                ["id", "url", "warc_file", "lang", "warc_offset"]
+            )
+            for row in left_out.to_pylist():
+                reason = selected_out[row["id"]]
+                removed_by_stage.setdefault(SELECTION_STAGE, Counter())[reason] += 1
+                rows.append({**row, "stage": SELECTION_STAGE, "reason": reason})
             removed += len(rows)
             removed_parts.write(pa.Table.from_pylist(rows, REMOVED_SCHEMA))
         for batch in pq.ParquetFile(result.removed_path).iter_batches():

@@ -36,6 +36,7 @@ from lmforge.tasks.data.dataset_writer import (
     continues_dataset,
     describe_inputs,
     in_order,
+    top_fraction_drops,
     write_version,
 )
 from lmforge.tasks.data.dedup import DuplicateReport
@@ -120,8 +121,10 @@ class DatasetRefresh:
         described = [item for item in describe_inputs(results, inputs)
                      if item.get("sha256") not in self.done]  # fmt: skip
         stage = stage_version if self.continuing else stage_output
+        selected_out = top_fraction_drops(results, duplicates, config)
         with stage(out_dir, STAGE_NAME, config.to_dict(), described) as writer:
-            write_version(writer, out_dir, results, duplicates, config, self.continuing)
+            write_version(writer, out_dir, results, duplicates, config, self.continuing,
+                          selected_out)  # fmt: skip
         return read_manifest(out_dir)
 
     def run(

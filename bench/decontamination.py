@@ -7,7 +7,8 @@ The whole data stage in one process (`refresh_dataset`: per-file steps, dedup, w
 first `--files` webdocs files, with the default config and with the default config plus the
 decontaminate step over every file under `--benchmarks` (its index built and cached before
 timing, as a refresh's first worker does), alternating, `--repeats` times each; best wall time
-of each. Target: the step costs <= 10% of the stage's wall time. Run on a quiet machine.
+of each, and the seconds spent inside the step itself (the steadier figure on a shared machine).
+Target: the step costs <= 10% of the stage's wall time. Run on a quiet machine.
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ def main(argv: list[str] | None = None) -> int:
             decontaminate=step)}  # fmt: skip
         best: dict[str, float] = {}
         manifests: dict[str, dict] = {}
+        in_step = StepTimer()
         for _ in range(args.repeats):
             for name, config in configs.items():
+                in_step.runs += name != "default"
                 seconds, manifests[name] = timed_refresh(files, config, Path(scratch))
                 best[name] = min(best.get(name, seconds), seconds)
     responses = manifests["default"]["counts"]["responses"]
@@ -63,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         "decontaminate", 0
     )
     overhead = best["default + decontaminate"] / best["default"] - 1
+    step_share = in_step.seconds / in_step.runs / best["default"]
     print(f"index: {stats['items']} items, {stats['grams']} grams ({stats['skipped_short']} "
           f"texts under {stats['min_item_tokens']} tokens skipped), built in {build:.2f} s")
     print(f"{len(files)} files, {responses} responses; decontaminate removed {removed}")
@@ -70,9 +74,29 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|")
     for name, seconds in best.items():
         print(f"| {name} | {seconds:.2f} | {responses / seconds:.1f} |")
-    print(f"| overhead of the step | {100 * overhead:+.1f}% | target <= "
-          f"{100 * TARGET_OVERHEAD:.0f}% |")  # fmt: skip
-    return 0 if overhead <= TARGET_OVERHEAD else 1
+    print(f"| wall-time difference (noisy: the machine's run-to-run spread) | "
+          f"{100 * overhead:+.1f}% | |")  # fmt: skip
+    print(f"| time inside the step / the default stage's wall time | {100 * step_share:.1f}% "
+          f"| <= {100 * TARGET_OVERHEAD:.0f}% |")  # fmt: skip
+    return 0 if step_share <= TARGET_OVERHEAD else 1
+
+
+class StepTimer:
+    """Seconds spent in `Decontaminate.apply` (all runs), measured by wrapping it."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.runs = 0
+        original = Decontaminate.apply
+
+        def timed(step: Decontaminate, doc):
+            started = time.perf_counter()
+            try:
+                return original(step, doc)
+            finally:
+                self.seconds += time.perf_counter() - started
+
+        Decontaminate.apply = timed
 
 
 if __name__ == "__main__":

@@ -73,7 +73,10 @@ def file_cache_key(warc_path: str | Path, config: DataConfig) -> str:
     return f"process-warc-file-{key.hexdigest()}"
 
 
-def processed_file(warc_path: Path | str, config: DataConfig, staging_dir: Path) -> FileResult:
+def processed_file(
+    warc_path: Path | str, config: DataConfig, staging_dir: Path,
+    extraction_cache: Path | None = None,
+) -> FileResult:  # fmt: skip
     """`process_warc_file`, or the result an earlier, unfinished refresh recorded for the same
     key (`file_cache_key`) in `staging_dir/.results/KEY.json`. The record is data, validated
     by `FileResult.from_json` (types, format, staged files and their sha256), never unpickled:
@@ -88,7 +91,7 @@ def processed_file(warc_path: Path | str, config: DataConfig, staging_dir: Path)
         else:
             log.info("%s: reusing the result of an earlier run (%s)", cached.warc_file, record)
             return cached
-    result = process_warc_file(warc_path, config, staging_dir)
+    result = process_warc_file(warc_path, config, staging_dir, extraction_cache)
     record.parent.mkdir(parents=True, exist_ok=True)
     partial = record.with_name(f".{record.name}.tmp-{os.getpid()}")
     partial.write_text(result.to_json())
@@ -118,14 +121,16 @@ def _worth_retrying(task, task_run, state) -> bool:
     retry_condition_fn=_worth_retrying,
 )
 def process_warc_file_task(
-    warc_path: Path | str, config: DataConfig, staging_dir: Path
+    warc_path: Path | str, config: DataConfig, staging_dir: Path,
+    extraction_cache: Path | None = None,
 ) -> FileResult:
-    return processed_file(warc_path, config, staging_dir)
+    return processed_file(warc_path, config, staging_dir, extraction_cache)
 
 
 @flow(name="process-warc-files")
 def process_warc_files(
-    files: list[Path | str], config: DataConfig, staging_dir: Path
+    files: list[Path | str], config: DataConfig, staging_dir: Path,
+    extraction_cache: Path | None = None,
 ) -> list[FileResult]:
     """Per-file work, mapped over the task runner chosen by the caller. Each result is recorded
     in `staging_dir/.results`, beside the staged files it describes: a rerun after a crash
@@ -134,7 +139,8 @@ def process_warc_files(
     Every file is attempted. Inputs that cannot be read raise InputsUnavailable naming them,
     after the others finished: their results stay in `staging_dir` for the rerun."""
     futures = process_warc_file_task.map(
-        files, config=unmapped(config), staging_dir=unmapped(staging_dir)
+        files, config=unmapped(config), staging_dir=unmapped(staging_dir),
+        extraction_cache=unmapped(extraction_cache),
     )
     progress_id = create_progress_artifact(
         progress=0.0, key="data-refresh-files", description=f"WARC files processed of {len(files)}"
@@ -168,6 +174,14 @@ def write_dataset_task(
     refresh: DatasetRefresh, results: list[FileResult], duplicates: DuplicateReport
 ) -> dict:
     return refresh.write(results, duplicates)
+
+
+def extraction_cache(run: DataRefreshRun) -> Path | None:
+    """The run's extraction cache, one folder per code version: other code may extract
+    differently."""
+    if run.extraction_cache is None:
+        return None
+    return Path(run.extraction_cache).resolve() / code_version()
 
 
 def input_files(run: DataRefreshRun, out: Path) -> list[Path | str]:
@@ -289,7 +303,9 @@ def _refresh(config: DataConfig, run: DataRefreshRun, out: Path) -> dict:
     staging.mkdir(parents=True, exist_ok=True)
     tags = {CODE_VERSION_TAG: code_version()}
     with stage.mlflow_run(tags=tags, params={"files": len(files)}) as mlflow_run:
-        results = process_warc_files.with_options(task_runner=runner)(files, config, staging)
+        results = process_warc_files.with_options(task_runner=runner)(
+            files, config, staging, extraction_cache(run)
+        )
         duplicates = find_duplicates_task(refresh, results)
         manifest = write_dataset_task(refresh, results, duplicates)
         stage.record_output()

@@ -47,6 +47,12 @@ class DataRefreshRun(StageParams):
         description="Address of a running Dask scheduler (e.g. tcp://10.0.0.5:8786) for "
         "runner=dask; empty starts a LocalCluster with `workers` processes.",
     )
+    extraction_cache: str | None = Field(
+        None,
+        description="Directory keeping each file's early work (read checks, URL filter, "
+        "extraction, language ID) for refreshes that differ only in later settings (an "
+        "ablation's variants); empty: not kept.",
+    )
 
     def input_files(self) -> list[Path | str]:
         """`input` and the first `max_files` files of `crawl`, resolved (local paths as Paths,

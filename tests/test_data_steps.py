@@ -244,3 +244,86 @@ def test_an_unreadable_classifier_file_is_refused_naming_it_before_any_work(tmp_
     assert code == 2
     assert str(model) in capsys.readouterr().err
     assert not out.exists()
+
+
+# --- extraction cache --------------------------------------------------------------------------
+
+
+def staged_rows(result):
+    tables = [pq.read_table(path) for path in (result.candidates_path, result.removed_path)]
+    return [table.to_pylist() for table in tables]
+
+
+def test_the_extraction_cache_gives_what_the_warc_file_gives_and_skips_the_early_steps(
+    tmp_path, monkeypatch
+):
+    from lmforge.tasks.data.steps.page import Extraction
+    from lmforge.tasks.data.warc_processing import process_warc_file
+
+    crawl, _ = planted_crawl(tmp_path)
+    cache = tmp_path / "cache"
+    strict = DataConfig(min_lang_score=0.9, c4_quality=None)
+    plain = process_warc_file(crawl, DataConfig(), tmp_path / "plain")
+    filled = process_warc_file(crawl, DataConfig(), tmp_path / "filled", extraction_cache=cache)
+    assert filled.stats["extraction_cache_hits"] == 0
+    assert staged_rows(filled) == staged_rows(plain)
+
+    def no_extraction(self, doc):
+        raise AssertionError("extraction ran again")
+
+    monkeypatch.setattr(Extraction, "apply", no_extraction)
+    # Another language threshold and other text steps: the early work is read back.
+    reused = process_warc_file(crawl, strict, tmp_path / "reused", extraction_cache=cache)
+    monkeypatch.undo()
+    fresh = process_warc_file(crawl, strict, tmp_path / "fresh")
+    assert reused.stats["extraction_cache_hits"] == 1
+    assert staged_rows(reused) == staged_rows(fresh)
+    without_hits = {key: value for key, value in reused.stats.items()
+                    if key != "extraction_cache_hits"}  # fmt: skip
+    assert without_hits == {key: value for key, value in fresh.stats.items()
+                            if key != "extraction_cache_hits"}  # fmt: skip
+    assert (reused.sha256, reused.warc_file) == (fresh.sha256, fresh.warc_file)
+
+
+def test_other_early_settings_do_not_share_an_entry(tmp_path):
+    from lmforge.tasks.data.warc_processing import process_warc_file
+
+    crawl, _ = planted_crawl(tmp_path)
+    cache = tmp_path / "cache"
+    process_warc_file(crawl, DataConfig(), tmp_path / "a", extraction_cache=cache)
+    other = DataConfig(extraction={"main_content": False})
+    result = process_warc_file(crawl, other, tmp_path / "b", extraction_cache=cache)
+    assert result.stats["extraction_cache_hits"] == 0
+    assert len(list(cache.glob("*.parquet"))) == 2
+
+
+@pytest.mark.slow
+def test_refreshes_differing_in_a_late_filter_reuse_the_early_work(tmp_path, monkeypatch):
+    from lmforge.flows.data_refresh import data_refresh
+    from lmforge.flows.params import DataRefreshRun
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr("lmforge.flows.tracking._configured_uri", None)
+    crawl, _ = planted_crawl(tmp_path)
+
+    def refresh(name, data):
+        run = DataRefreshRun(input=[str(crawl)], out=str(tmp_path / name), runner="threads",
+                             extraction_cache=str(tmp_path / "cache"))  # fmt: skip
+        return data_refresh(data=data, run=run)["version_counts"]
+
+    first = refresh("default", DataConfig())
+    strict = refresh("strict", DataConfig(min_lang_score=0.9, gopher_quality=None))
+    assert (first["extraction_cache_hits"], strict["extraction_cache_hits"]) == (0, 1)
+    assert strict["steps"]["extract"] == first["steps"]["extract"]
+
+
+def test_dedup_off_keeps_every_copy(tmp_path):
+    crawl = tmp_path / "copies.warc.gz"
+    page = html_page("Backups", ARTICLES_EN["backups"]).encode()
+    with WarcWriter(crawl, date=DATE) as warc:
+        for mirror in ("a", "b"):
+            warc.write_fetch(f"https://{mirror}.example.org/backups.html", page)
+    kept = refresh_dataset([str(crawl)], tmp_path / "dedup", DataConfig())["counts"]["kept"]
+    manifest = refresh_dataset([str(crawl)], tmp_path / "all", DataConfig(dedup=False))
+    assert (kept, manifest["counts"]["kept"]) == (1, 2)
+    assert manifest["counts"]["dedup"]["exact_duplicates"] == 0

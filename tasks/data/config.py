@@ -62,6 +62,11 @@ class _DataSettings(BaseModel):
     minhash: MinHashConfig = Field(
         MinHashConfig(), description="Near-duplicate detection (MinHash LSH)."
     )
+    dedup: bool = Field(
+        True,
+        description="Remove exact and near duplicates; off keeps them all (an ablation's raw "
+        "variant), their signatures still indexed.",
+    )
     lang_model_path: str | None = Field(
         None,
         description="fastText language-ID model file: lid.176.bin or a GlotLID model; empty "
@@ -119,15 +124,23 @@ class _DataSettings(BaseModel):
         settings = (getattr(self, name) for name in self.step_order or TEXT_STEPS)
         return tuple(step for step in settings if step is not None)
 
-    def steps(self) -> list[Step]:
-        """Every step a response goes through, in order (loads the language-ID model)."""
-        identifier = LanguageIdentifier(
-            self.lang_model_path, variant_groups=self.lang_variant_groups
-        )
+    def language_identifier(self) -> LanguageIdentifier:
+        return LanguageIdentifier(self.lang_model_path, variant_groups=self.lang_variant_groups)
+
+    def early_steps(self) -> list[Step]:
+        """The steps whose outcome no later setting changes: read checks, URL filter, HTML
+        check, extraction (what `extraction_cache` keeps, with the language identified)."""
         url = [self.url_filter] if self.url_filter is not None else []
-        language = LanguageFilter(identifier, self.min_score_for, self.languages)
-        return [ReadCheck(), *url, HtmlCheck(), Extraction(self.extraction), language,
-                *self.text_steps()]  # fmt: skip
+        return [ReadCheck(), *url, HtmlCheck(), Extraction(self.extraction)]
+
+    def late_steps(self) -> list[Step]:
+        """The language filter and the text steps (loads the language-ID model)."""
+        language = LanguageFilter(self.language_identifier(), self.min_score_for, self.languages)
+        return [language, *self.text_steps()]
+
+    def steps(self) -> list[Step]:
+        """Every step a response goes through, in order."""
+        return [*self.early_steps(), *self.late_steps()]
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, as recorded in the data manifest's params."""

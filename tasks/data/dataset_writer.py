@@ -307,6 +307,8 @@ def write_version(writer, out_dir: Path, results: list[FileResult], duplicates: 
         # documents and bytes in/out of every per-file step, drops by language (data_stats)
         "steps": file_stats["steps"],
         "removed_by_language": file_stats["removed_by_language"],
+        # files whose early steps were read from the extraction cache, not recomputed
+        "extraction_cache_hits": file_stats["extraction_cache_hits"],
         "dedup": duplicates.stats,
     }
     parent = writer.parent or {}

@@ -456,9 +456,11 @@ def find_duplicates(
     documents: Iterable[DedupDocument],
     config: MinHashConfig = MinHashConfig(),
     prior: PriorDocuments | None = None,
+    remove: bool = True,
 ) -> DuplicateReport:
     """Find exact and near duplicates among `documents` and against the `prior` kept
-    documents (see the module docstring for the rule).
+    documents (see the module docstring for the rule). `remove=False` finds none: every
+    document is kept, with the signatures an index needs (an ablation's no-dedup variant).
 
     `documents` is iterated twice and must give the same documents in the same order both
     times (a list, or a reader that re-opens its files). Ids must be unique: a repeated id
@@ -477,9 +479,12 @@ def find_duplicates(
     flags = np.frombuffer(run.flags, np.uint8)
     has_bands = (flags & HAS_BANDS) != 0
     ranks = np.frombuffer(run.ranks, np.intc)
-    exact = _exact_pairs(keys, (flags & FIRST_IN_FILE) != 0, prior, offset)
-    candidate_pairs = _candidate_pairs(prior, run.bands, has_bands, offset)
-    verified = _verified_pairs(documents, config, prior, candidate_pairs, offset)
+    if remove:
+        exact = _exact_pairs(keys, (flags & FIRST_IN_FILE) != 0, prior, offset)
+        candidate_pairs = _candidate_pairs(prior, run.bands, has_bands, offset)
+        verified = _verified_pairs(documents, config, prior, candidate_pairs, offset)
+    else:  # nothing is compared: every document survives
+        exact = candidate_pairs = verified = np.empty((0, 2), np.int64)
     survivor = _survivors(np.concatenate((exact, verified)), ranks, offset)
     del exact
 

@@ -83,7 +83,8 @@ class DatasetRefresh:
         kept, through its dedup index (rebuilt from the kept documents if missing)."""
         prior = load_index(self.out_dir, self.config.minhash) if self.continuing else None
         documents = CandidateDocuments(self.new_results(file_results), self.config.minhash)
-        report = find_duplicate_documents(documents, self.config.minhash, prior)
+        report = find_duplicate_documents(documents, self.config.minhash, prior,
+                                          remove=self.config.dedup)  # fmt: skip
         report.base_version = self.base_version
         return report
 

@@ -48,6 +48,14 @@ class StepStats:
         if lang is not None:
             self._by_language.setdefault(lang, Counter())[f"{step}:{reason}"] += 1
 
+    def add(self, steps: dict[str, dict[str, Any]]) -> None:
+        """Add recorded step counts (`to_dict()["steps"]` of another file's run)."""
+        for name, counts in steps.items():
+            mine = self._step(name)
+            for key in ("docs_in", "docs_out", "bytes_in", "bytes_out"):
+                mine[key] += counts[key]
+            mine["dropped"].update(counts["dropped"])
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "steps": {name: _plain(counts) for name, counts in self._steps.items()},
@@ -66,7 +74,7 @@ def _plain(counts: dict[str, Any]) -> dict[str, Any]:
     return {**counts, "dropped": dict(sorted(counts["dropped"].items()))}
 
 
-_SUMMED = ("responses", "candidates", "payload_bytes", "text_bytes")
+_SUMMED = ("responses", "candidates", "payload_bytes", "text_bytes", "extraction_cache_hits")
 
 
 def merge_file_stats(results: Iterable[_HasStats]) -> dict[str, Any]:

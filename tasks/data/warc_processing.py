@@ -8,10 +8,12 @@ refresh resumes from it; nothing is ever unpickled from disk). The file may be l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from lmforge.manifest import sha256_file
 from lmforge.tasks.data.config import DataConfig
-from lmforge.tasks.data.declared_language import declared_language
 from lmforge.tasks.data.inputs import WARC_SUFFIXES, input_name, local_input, path_inside
+from lmforge.tasks.data.extraction_cache import EarlyEntry, EarlyWriter
+from lmforge.tasks.data.staged_parquet import StagedParquet
+from lmforge.tasks.data.stats import StepStats
 from lmforge.tasks.data.steps.base import Document, Removal, StepChain
 from lmforge.tasks.data.warc import WarcResponse, WarcResponseReader
 
@@ -133,7 +137,7 @@ _RECORD_SHAPE: dict[Any, Any] = {
     "staged": {"candidates": _STAGED, "removed": _STAGED},
     "stats": {
         "responses": int, "candidates": int, "payload_bytes": int, "text_bytes": int,
-        "languages": _COUNTS,
+        "languages": _COUNTS, "extraction_cache_hits": int,
         "read_errors": [{"offset": int, "message": str}],
         "steps": {str: {"docs_in": int, "docs_out": int, "bytes_in": int, "bytes_out": int,
                         "dropped": _COUNTS}},
@@ -188,12 +192,12 @@ def candidate_row(doc: Document) -> dict[str, Any]:
         "text": doc.text,
         "lang": doc.lang,
         "lang_score": doc.lang_score,
-        "declared_lang": declared_language(response.url, doc.page.html, response.content_language),
+        "declared_lang": doc.declared_lang,
         "warc_file": response.warc_file,
         "source": urlsplit(response.url).hostname or "",
         "warc_offset": response.offset,
         "warc_date": response.date,
-        "charset": doc.page.encoding,
+        "charset": doc.charset,
         **doc.columns,
     }
 
@@ -214,103 +218,135 @@ def removal_row(response: WarcResponse, removal: Removal) -> dict[str, Any]:
 
 
 def process_warc_file(
-    warc_path: str | os.PathLike[str], config: DataConfig, staging_dir: str | os.PathLike[str]
+    warc_path: str | os.PathLike[str],
+    config: DataConfig,
+    staging_dir: str | os.PathLike[str],
+    extraction_cache: str | os.PathLike[str] | None = None,
 ) -> FileResult:
-    """Read, URL-filter, extract, language-identify and filter one WARC file (see the module
-    docstring). `warc_path` is a local path or an `http(s)://`/`s3://` URL; a remote file is
-    streamed to a spool file in `staging_dir` (retried with backoff) and deleted afterwards.
+    """Run one WARC file's responses through the configured steps (see the module docstring).
+    `warc_path` is a local path or an `http(s)://`/`s3://` URL; a remote file is streamed to a
+    spool file in `staging_dir` (retried with backoff) and deleted afterwards.
+
+    With `extraction_cache`, what the early steps and language identification made of the file
+    is read from there when an earlier run with the same early settings left it
+    (`extraction_cache.EarlyEntry`), else computed and left there; only the later steps run
+    again (`stats["extraction_cache_hits"]` is 1 for a file read from the cache).
 
     Rows stream to the staged Parquet files in batches, so memory does not grow with the file.
-    Deterministic: the same file and config give the same staged files on any worker.
-    Damaged records are counted in `stats["read_errors"]`, never raised. Raises
-    FileNotFoundError for a missing local file, `inputs.InputError` for a URL that cannot be
-    read. Staged files are named after the input (`inputs.input_name`, one safe path
+    Deterministic: the same file and config give the same staged files on any worker, with or
+    without the cache. Damaged records are counted in `stats["read_errors"]`, never raised.
+    Raises FileNotFoundError for a missing local file, `inputs.InputError` for a URL that
+    cannot be read. Staged files are named after the input (`inputs.input_name`, one safe path
     component) and never written outside `staging_dir`.
     """
     staging = Path(staging_dir)
     staging.mkdir(parents=True, exist_ok=True)
-    chain = StepChain(config.steps())
+    early_steps, late_steps = config.early_steps(), config.late_steps()
+    stats = StepStats([step.name for step in (*early_steps, *late_steps)])
+    early, late = StepChain(early_steps, stats), StepChain(late_steps, stats)
     name = staged_name(warc_path)
+    entry = EarlyEntry.of(extraction_cache, warc_path, config) if extraction_cache else None
     candidates_path = path_inside(staging, f"{name}.candidates.parquet")
     removed_path = path_inside(staging, f"{name}.removed.parquet")
     languages: Counter[str] = Counter()
-    responses = payload_bytes = text_bytes = 0
+    text_bytes = 0
     with (
-        local_input(warc_path, staging) as source,
-        _StagedParquet(candidates_path, DOC_SCHEMA) as candidates,
-        _StagedParquet(removed_path, REMOVED_SCHEMA) as removed,
+        StagedParquet(candidates_path, DOC_SCHEMA) as candidates,
+        StagedParquet(removed_path, REMOVED_SCHEMA) as removed,
+        _early_documents(warc_path, config, staging, early, entry) as (source, documents),
     ):
-        reader = WarcResponseReader(
-            source.path, max_payload_bytes=config.max_payload_bytes, name=input_name(warc_path)
-        )
-        for response in reader:
-            responses += 1
-            payload_bytes += len(response.body)
-            doc = Document(response)
-            removal = chain.run(doc)
+        for doc, removal in documents:
+            removal = removal or late.run(doc)
             if removal is not None:
-                removed.append(removal_row(response, removal))
+                removed.append(removal_row(doc.response, removal))
             else:
                 candidates.append(candidate_row(doc))
                 languages[doc.lang] += 1
                 text_bytes += doc.size
-    stats = {
-        "responses": responses,
+    counts = source.counts
+    file_stats = {
+        "responses": counts["responses"],
         "candidates": candidates.rows,
-        "read_errors": [{"offset": e.offset, "message": e.message} for e in reader.errors],
-        "payload_bytes": payload_bytes,
+        "read_errors": counts["read_errors"],
+        "payload_bytes": counts["payload_bytes"],
         "text_bytes": text_bytes,
         "languages": dict(sorted(languages.items())),
-        **chain.stats.to_dict(),
+        "extraction_cache_hits": int(source.from_cache),
+        **stats.to_dict(),
     }
-    log.info("%s: %d responses, %d candidates, %d read errors",
-             reader.name, responses, candidates.rows, len(reader.errors))  # fmt: skip
+    log.info("%s: %d responses, %d candidates, %d read errors%s", source.warc_file,
+             counts["responses"], candidates.rows, len(counts["read_errors"]),
+             " (early steps from the extraction cache)" if source.from_cache else "")  # fmt: skip
     return FileResult(
         warc_path=source.location,
-        warc_file=reader.name,
+        warc_file=source.warc_file,
         sha256=source.sha256,
         candidates_path=str(candidates_path),
         removed_path=str(removed_path),
-        stats=stats,
+        stats=file_stats,
         size_bytes=source.size,
     )
 
 
-class _StagedParquet:
-    """A Parquet file written in row batches under a temporary name and renamed when complete:
-    a retried or crashed task never leaves a half-written file under the final name."""
+@dataclass
+class _EarlySource:
+    """Where a file's early results come from, and what reading it counted (`counts`:
+    responses, payload_bytes, read_errors, and `early_steps`: the early steps' statistics,
+    filled once the documents have been read)."""
 
-    def __init__(self, path: Path, schema: pa.Schema, batch_rows: int = 2048):
-        self.path = path
-        self.schema = schema
-        self.batch_rows = batch_rows
-        self.rows = 0
-        self._pending: list[dict[str, Any]] = []
-        self._tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        self._writer: pq.ParquetWriter | None = None
+    location: str
+    warc_file: str
+    sha256: str
+    size: int
+    from_cache: bool
+    counts: dict[str, Any] = field(default_factory=dict)
 
-    def __enter__(self) -> _StagedParquet:
-        self._writer = pq.ParquetWriter(self._tmp, self.schema)
-        return self
 
-    def append(self, row: dict[str, Any]) -> None:
-        self._pending.append(row)
-        self.rows += 1
-        if len(self._pending) >= self.batch_rows:
-            self._flush()
+@contextlib.contextmanager
+def _early_documents(
+    warc_path: str | os.PathLike[str], config: DataConfig, staging: Path, early: StepChain,
+    entry: EarlyEntry | None,
+) -> Iterator[tuple[_EarlySource, Iterator[tuple[Document, Removal | None]]]]:  # fmt: skip
+    """Each response after the early steps - a document with its text (and, when caching, its
+    language) or its early removal - from the cache entry when it exists (its early counts
+    added to `early.stats`), else from the WARC file through `early` (filling the entry when
+    one is given)."""
+    if entry is not None and entry.exists():
+        recorded = entry.read_counts()
+        source = _EarlySource(recorded["location"], recorded["warc_file"], recorded["sha256"],
+                              recorded["size"], True, recorded["counts"])  # fmt: skip
+        early.stats.add(source.counts["early_steps"])
+        yield source, entry.documents(source.warc_file)
+        return
+    with local_input(warc_path, staging) as local:
+        reader = WarcResponseReader(
+            local.path, max_payload_bytes=config.max_payload_bytes, name=input_name(warc_path)
+        )
+        source = _EarlySource(local.location, reader.name, local.sha256, local.size, False)
+        source.counts = {"responses": 0, "payload_bytes": 0}
+        writer = EarlyWriter(entry) if entry is not None else None
+        identifier = config.language_identifier() if writer is not None else None
 
-    def _flush(self) -> None:
-        if self._pending:
-            self._writer.write_table(pa.Table.from_pylist(self._pending, self.schema))
-            self._pending = []
+        def documents() -> Iterator[tuple[Document, Removal | None]]:
+            for response in reader:
+                source.counts["responses"] += 1
+                source.counts["payload_bytes"] += len(response.body)
+                doc = Document(response)
+                removal = early.run(doc)
+                if removal is None and identifier is not None:
+                    doc.identify(identifier)  # cached with the text: thresholds come later
+                if writer is not None:
+                    writer.add(doc, removal)
+                yield doc, removal
 
-    def __exit__(self, exc_type, exc, traceback) -> None:
-        try:
-            if exc_type is None:
-                self._flush()
-        finally:
-            self._writer.close()
-        if exc_type is None:
-            self._tmp.replace(self.path)
-        else:
-            self._tmp.unlink(missing_ok=True)
+        with writer or contextlib.nullcontext():
+            yield source, documents()
+            source.counts["read_errors"] = [
+                {"offset": error.offset, "message": error.message} for error in reader.errors
+            ]
+            steps = early.stats.to_dict()["steps"]
+            source.counts["early_steps"] = {step.name: steps[step.name] for step in early.steps}
+            if writer is not None:
+                writer.counts = {"location": source.location, "warc_file": source.warc_file,
+                                 "sha256": source.sha256, "size": source.size,
+                                 "counts": source.counts}  # fmt: skip

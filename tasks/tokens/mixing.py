@@ -15,13 +15,14 @@ unweighted held-out set.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from lmforge.tasks.tokens.tokenizer import document_copies
 
 DEFAULT_BUCKET = "*"  # in a weights mapping: the weight of every bucket not named
 # Per bucket, in this order: before weighting (each document once), then after (its copies).
@@ -56,14 +57,7 @@ def check_weights(weights: Mapping[str, float] | None) -> dict[str, float] | Non
 def weighted_copies(doc_id: str, weight: float, seed: int) -> int:
     """How many times a document of weight `weight` enters the mix: floor(weight), plus one
     with probability frac(weight), drawn from a seeded hash of its id."""
-    whole = math.floor(weight)
-    if weight == whole:
-        return int(whole)
-    digest = hashlib.blake2b(
-        doc_id.encode("utf-8"), digest_size=8, person=b"lmforge/mix", salt=seed.to_bytes(16, "big")
-    )
-    uniform = int.from_bytes(digest.digest(), "big") / 2**64
-    return int(whole) + (uniform < weight - whole)
+    return document_copies(doc_id, weight, seed, purpose=b"lmforge/mix")
 
 
 @dataclass(frozen=True)

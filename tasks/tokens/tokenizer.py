@@ -165,15 +165,14 @@ def fill_shares(
     return filled
 
 
-def document_copies(doc_id: str, rate: float, seed: int) -> int:
-    """How many times a document enters the tokenizer sample at `rate` expected copies:
-    floor(rate), plus one more with probability frac(rate), drawn from a seeded hash of its id
-    so that the choice is reproducible and does not change when other documents are added."""
+def document_copies(doc_id: str, rate: float, seed: int, purpose: bytes = b"lmforge/sample") -> int:
+    """How many times a document enters a sample at `rate` expected copies: floor(rate), plus
+    one more with probability frac(rate), drawn from a seeded hash of its id so that the choice
+    is reproducible and does not change when other documents are added. `purpose` keeps the
+    draws of different samples (the tokenizer's, a mix's) independent."""
     whole = math.floor(rate)
     salt = seed.to_bytes(16, "big")
-    digest = hashlib.blake2b(
-        doc_id.encode("utf-8"), digest_size=8, person=b"lmforge/sample", salt=salt
-    )
+    digest = hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8, person=purpose, salt=salt)
     uniform = int.from_bytes(digest.digest(), "big") / 2**64
     return whole + (uniform < rate - whole)
 

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar
 
+from lmforge.tasks.data.declared_language import declared_language
 from lmforge.tasks.data.filters.text_units import TextUnits
 from lmforge.tasks.data.html_text import DecodedPage, decode_page
+from lmforge.tasks.data.language_id import LanguageIdentifier
 from lmforge.tasks.data.stats import StepStats
 from lmforge.tasks.data.warc import WarcResponse
 
@@ -47,6 +49,29 @@ class Document:
     @cached_property
     def page(self) -> DecodedPage:
         return decode_page(self.response.body, self.response.charset)
+
+    @cached_property
+    def declared_lang(self) -> str | None:
+        """The language the page is published under (header, `<html lang>`, URL locale)."""
+        response = self.response
+        return declared_language(response.url, self.page.html, response.content_language)
+
+    @cached_property
+    def charset(self) -> str:
+        """The codec the payload was decoded with."""
+        return self.page.encoding
+
+    def identify(self, identifier: LanguageIdentifier) -> None:
+        """Set `lang` and `lang_score` from the text."""
+        prediction = identifier.identify(self._text or "")
+        self.lang, self.lang_score = prediction.lang, prediction.score
+
+    def restore(self, text: str, lang: str, lang_score: float, declared_lang: str | None,
+                charset: str) -> None:  # fmt: skip
+        """What the early steps made of this document, read back from where they were kept
+        (`extraction_cache`): its payload is not needed again."""
+        self.text, self.lang, self.lang_score = text, lang, lang_score
+        self.__dict__.update(declared_lang=declared_lang, charset=charset)  # the cached values
 
     @property
     def text(self) -> str | None:
@@ -99,11 +124,11 @@ class Removal:
 
 class StepChain:
     """Runs documents through `steps` in order, counting documents and bytes in and out and the
-    drop reasons of each step in `stats`."""
+    drop reasons of each step in `stats` (which chains run one after the other can share)."""
 
-    def __init__(self, steps: Sequence[Step]):
+    def __init__(self, steps: Sequence[Step], stats: StepStats | None = None):
         self.steps = tuple(steps)
-        self.stats = StepStats([step.name for step in self.steps])
+        self.stats = stats if stats is not None else StepStats([step.name for step in steps])
 
     def run(self, doc: Document) -> Removal | None:
         """None when every step kept the document, else the first step's drop."""

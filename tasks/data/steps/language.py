@@ -12,8 +12,8 @@ from lmforge.tasks.data.steps.base import Document, Step
 
 @dataclass(frozen=True)
 class LanguageFilter(Step):
-    """Sets `lang` and `lang_score`; drops `low_confidence` (below `min_score(lang)`) and
-    `unwanted_language` (not in `languages`, None keeps every language)."""
+    """Sets `lang` and `lang_score` (unless known); drops `low_confidence` (below
+    `min_score(lang)`) and `unwanted_language` (not in `languages`, None keeps every language)."""
 
     identifier: LanguageIdentifier
     min_score: Callable[[str], float]
@@ -21,10 +21,10 @@ class LanguageFilter(Step):
     name = "language"
 
     def apply(self, doc: Document) -> str | None:
-        prediction = self.identifier.identify(doc.text)
-        doc.lang, doc.lang_score = prediction.lang, prediction.score
-        if prediction.score < self.min_score(prediction.lang):
+        if doc.lang is None:  # not identified already (the extraction cache keeps it)
+            doc.identify(self.identifier)
+        if doc.lang_score < self.min_score(doc.lang):
             return "low_confidence"
-        if self.languages is not None and prediction.lang not in self.languages:
+        if self.languages is not None and doc.lang not in self.languages:
             return "unwanted_language"
         return None

@@ -76,6 +76,11 @@ class PretrainRun(StageParams):
     shards: str = Field("work/shards", description="Token shard directory written by build_shards.")
     out: str = Field("work/train", description="Directory for checkpoints and the final model.")
     nproc: int = Field(1, ge=1, description="Training processes per machine (torchrun).")
+    isolate: bool = Field(
+        False,
+        description="Train in a child process even as one process (torchrun): runs side by side "
+        "share no interpreter.",
+    )
     nnodes: int = Field(1, ge=1, description="Machines taking part (torchrun --nnodes).")
     node_rank: int = Field(0, ge=0, description="This machine's rank among nnodes.")
     rdzv_endpoint: str | None = Field(
@@ -203,4 +208,33 @@ class QualityTrainRun(StageParams):
     )
     out: str = Field(
         "work/quality", description="Directory for model.bin, metrics.json and the manifest."
+    )
+
+
+class AblationRun(StageParams):
+    """What a data ablation reads, where its variants write, and how many run at once."""
+
+    input: list[str] = Field(
+        default_factory=list,
+        description="WARC files or globs. Empty: build the offline sample from the Python docs.",
+        json_schema_extra={"position": 0},
+    )
+    out: str = Field(
+        "work/ablation",
+        description="Folder of the ablation: variants/<name>/{data,shards,train-seedK,eval-seedK}, "
+        "comparison/ (table, results, plots) and the MLflow store.",
+    )
+    blimp: str | None = Field(None, description="Directory of BLiMP JSONL files to score.")
+    parallel: int = Field(2, ge=1, description="Variants worked on at once.")
+    train_threads: int = Field(
+        0, ge=0,
+        description="Torch threads of each training process; 0: OMP_NUM_THREADS if set, else "
+        "the cores divided among the parallel variants.",
+    )  # fmt: skip
+    workers: int = Field(0, ge=0, description="WARC files processed in parallel; 0 = one per core.")
+    runner: Literal["local", "dask", "threads"] = Field(
+        "local", description="Where per-file data work runs: local processes, dask or threads."
+    )
+    dask_address: str | None = Field(
+        None, description="Address of a running Dask scheduler for runner=dask."
     )

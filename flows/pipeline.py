@@ -91,18 +91,20 @@ def run_or_reuse(
     inputs: list[dict[str, Any]],
     cache: StageCache,
     parent_run_id: str,
+    record: str | None = None,
 ) -> str:
     """Run `stage_flow(**sections)` as a child of MLflow run `parent_run_id`, unless `cache`
-    holds its finished output; returns "ran" or "cached"."""
+    holds its finished output; returns "ran" or "cached". `record` names the stage's entry in
+    `cache` (default: the stage), for a work dir that runs a stage more than once."""
     key = stage_key(stage, section_values(sections), inputs)
-    if cache.lookup(stage, key, out) is not None:
+    if cache.lookup(record or stage, key, out) is not None:
         reuse_stage_output(stage, sections, out, parent_run_id)
         return "cached"
     if stage == "pretrain":
         set_aside_finished_training(Path(out))
     with child_runs_of(parent_run_id):
         stage_flow(**sections)
-    cache.store(stage, key, out)
+    cache.store(record or stage, key, out)
     return "ran"
 
 

@@ -35,7 +35,7 @@ def tag_shards_input(manifest: dict) -> None:
 def torchrun_options(run: PretrainRun) -> TorchrunOptions:
     return TorchrunOptions(
         nproc=run.nproc, nnodes=run.nnodes, node_rank=run.node_rank,
-        rdzv_endpoint=run.rdzv_endpoint,
+        rdzv_endpoint=run.rdzv_endpoint, isolate=run.isolate,
     )  # fmt: skip
 
 

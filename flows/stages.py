@@ -158,6 +158,19 @@ STAGES: tuple[Stage, ...] = (
         check_path="lmforge.flows.quality:check_quality_inputs",
         deployed=False,
     ),
+    Stage(
+        name="ablation",
+        command="ablate",
+        flow_path="lmforge.flows.ablation:ablate",
+        output="ablation",
+        inputs=("warc",),
+        summary="Data variants -> the same model trained on each, compared on held-out text.",
+        description="Run a data ablation: for a base recipe and named variants of its data "
+        "stage, refresh and shard each variant (one tokenizer for all), train the same model "
+        "for the same tokens once per seed, score every model on one held-out set (and BLiMP, "
+        "benchmarks), and compare each variant with the base against the seed-to-seed spread.",
+        check_path="lmforge.flows.ablation:check_ablation_inputs",
+    ),
 )
 
 # The pipeline's steps, in the order it runs them.

@@ -406,17 +406,19 @@ def _known_part(model: type[BaseModel], values: Any) -> Any:
         if inner is not None and isinstance(value, dict):
             default = info.get_default(call_default_factory=True)
             if isinstance(default, BaseModel):
-                value = _merged(default.model_dump(exclude_unset=True), value)
+                value = merged_mapping(default.model_dump(exclude_unset=True), value)
             value = _known_part(inner, value)
         kept[key] = value
     return kept
 
 
-def _merged(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+def merged_mapping(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """`override` laid over `base` key by key, nested mappings merged the same way (how a recipe
+    lays a partly given nested section over its default)."""
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            value = _merged(merged[key], value)
+            value = merged_mapping(merged[key], value)
         merged[key] = value
     return merged
 

@@ -1,5 +1,5 @@
 """Pictures that say more than tables: the data funnel, languages kept, training curves, a
-classifier's confusion matrix."""
+classifier's confusion matrix, an ablation's variants side by side."""
 
 from __future__ import annotations
 
@@ -174,6 +174,50 @@ def confusion_matrix(
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
+    return _save(fig, path)
+
+
+def ablation_curves(
+    curves: Mapping[str, Sequence[Sequence[Mapping[str, float]]]], path: Path, metric: str
+) -> Path:
+    """`curves`: variant -> one curve per seed, points with `tokens` and `metric`. A line per
+    variant through the seeds' mean at each point, in a band from their min to their max."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for variant, seeds in curves.items():
+        by_tokens: dict[float, list[float]] = {}
+        for curve in seeds:
+            for point in curve:
+                by_tokens.setdefault(point["tokens"], []).append(point[metric])
+        tokens = sorted(by_tokens)
+        if not tokens:
+            continue
+        values = [by_tokens[t] for t in tokens]
+        (line,) = ax.plot(tokens, [sum(v) / len(v) for v in values], "o-", markersize=3,
+                          label=variant)  # fmt: skip
+        ax.fill_between(tokens, [min(v) for v in values], [max(v) for v in values],
+                        color=line.get_color(), alpha=0.2)  # fmt: skip
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel(f"held-out {metric}")
+    ax.set_title("Held-out score by variant (mean over seeds, min-max band)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def ablation_scores(
+    scores: Mapping[str, Mapping[str, tuple[float, float | None]]], path: Path
+) -> Path:
+    """`scores`: metric -> variant -> (value, standard error or None): a panel per metric, a
+    bar per variant with its ±1 SE error bar."""
+    fig, axes = plt.subplots(1, len(scores), figsize=(3.2 * len(scores) + 1, 3.8), squeeze=False)
+    for ax, (metric, values) in zip(axes[0], scores.items(), strict=True):
+        names = list(values)
+        errors = [values[name][1] or 0.0 for name in names]
+        ax.bar(names, [values[name][0] for name in names], yerr=errors, capsize=4,
+               color="#4c72b0")  # fmt: skip
+        ax.set_title(metric)
+        ax.tick_params(axis="x", rotation=45)
+        ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
 

@@ -31,6 +31,8 @@ class TorchrunOptions:
     nnodes: int = 1
     node_rank: int = 0
     rdzv_endpoint: str | None = None
+    # Train in a child process even as one process: runs side by side share no interpreter.
+    isolate: bool = False
 
     def __post_init__(self) -> None:
         if self.nproc < 1 or self.nnodes < 1:
@@ -46,7 +48,7 @@ class TorchrunOptions:
 
 
 def needs_torchrun(job: TrainJob, launch: TorchrunOptions) -> bool:
-    return launch.world_size > 1 or job.train.strategy not in (None, "single")
+    return launch.isolate or launch.world_size > 1 or job.train.strategy not in (None, "single")
 
 
 # How often the metrics file is read while training runs: MLflow follows within this delay.

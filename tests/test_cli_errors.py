@@ -121,6 +121,8 @@ INPUTS = [
     ("generate", "--tokenizer", "tokenizer", ["--checkpoint", "{checkpoint}", "--prompt", "x"]),
     ("quality train", "--positive", "quality", ["--negative", "{quality}", "--out", "{tmp}/out"]),
     ("quality train", "--negative", "quality", ["--positive", "{quality}", "--out", "{tmp}/out"]),
+    ("ablate", "--blimp", "blimp", ["--out", "{tmp}/out"]),
+    ("ablate", "--heldout", "data", ["--out", "{tmp}/out"]),
 ]
 FOLDERS = {"checkpoint", "shards", "data", "blimp"}
 # What a damaged folder of each kind holds: its files, with garbage in them.

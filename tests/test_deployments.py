@@ -14,7 +14,12 @@ from conftest import wait_for_final_state
 pytestmark = pytest.mark.slow
 
 POOL = "lmforge-test"
-FLOWS = ("pipeline", "data_refresh", "build_shards", "pretrain", "evaluate")
+# Each deployed flow's module entrypoint.
+ENTRYPOINTS = {
+    **{name: f"lmforge.flows.{name}.{name}"
+       for name in ("pipeline", "data_refresh", "build_shards", "pretrain", "evaluate")},
+    "ablation": "lmforge.flows.ablation.ablate",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +42,13 @@ def read_deployment(name: str):
         return client.read_deployment_by_name(name)
 
 
-def test_five_deployments_on_the_process_pool_with_module_entrypoints(registered, workspace):
-    assert len(registered) == 5
-    for flow_name in FLOWS:
+def test_six_deployments_on_the_process_pool_with_module_entrypoints(registered, workspace):
+    assert len(registered) == len(ENTRYPOINTS)
+    for flow_name, entrypoint in ENTRYPOINTS.items():
         deployment = read_deployment(f"{flow_name}/lmforge")
         assert deployment.work_pool_name == POOL
         assert deployment.job_variables == {"working_dir": str(workspace)}
-        assert deployment.entrypoint == f"lmforge.flows.{flow_name}.{flow_name}"
+        assert deployment.entrypoint == entrypoint
 
 
 def test_parameter_forms_carry_the_pydantic_descriptions(registered):

@@ -79,7 +79,7 @@ def test_a_rerun_after_a_crash_skips_the_files_already_processed(
     processed: list[str] = []
     real = flow_module.process_warc_file
 
-    def crash_on_second_file(path, config, staging):
+    def crash_on_second_file(path, config, staging, extraction_cache=None):
         if path.name == "crawl-00001.warc.gz":
             raise OSError("simulated crash")
         processed.append(path.name)
@@ -100,7 +100,7 @@ def test_a_rerun_after_a_crash_skips_the_files_already_processed(
     assert record.name == file_cache_key(crawl_dir / "crawl-00000.warc.gz", DataConfig()) + ".json"
     assert json.loads(record.read_text())["warc_file"] == "crawl-00000.warc.gz"
 
-    def count_calls(path, config, staging):
+    def count_calls(path, config, staging, extraction_cache=None):
         processed.append(path.name)
         return real(path, config, staging)
 
@@ -122,7 +122,7 @@ def test_a_failing_file_is_retried_before_the_run_fails(
     attempts: list[str] = []
     real = flow_module.process_warc_file
 
-    def flaky(path, config, staging):
+    def flaky(path, config, staging, extraction_cache=None):
         attempts.append(path.name)
         if attempts.count(path.name) == 1:
             raise ConnectionError("transient read error")

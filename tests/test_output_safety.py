@@ -86,6 +86,8 @@ def inputs(tmp_path_factory):
     ))  # fmt: skip
     labelled = root / "labelled.csv"
     labelled.write_text("text,label\n" + "".join(f"{t},{i % 2}\n" for i, t in enumerate(TEXTS)))
+    texts = root / "texts.jsonl"
+    texts.write_text("".join(json.dumps({"text": text}) + "\n" for text in TEXTS))
     return SimpleNamespace(
         warc=write_warc(root / "crawl" / "crawl-00000.warc.gz"),
         data=write_data_dir(root / "data"),
@@ -93,6 +95,7 @@ def inputs(tmp_path_factory):
         checkpoint=write_checkpoint(root / "train"),
         instruct=instruct,
         labelled=labelled,
+        texts=texts,
     )
 
 
@@ -100,11 +103,14 @@ def inputs(tmp_path_factory):
 def unwrapped_flows(monkeypatch):
     """The CLI's flows as plain functions: the refusals come before anything Prefect would run
     (`test_refresh_refusal_through_a_real_prefect_flow_run` goes through Prefect itself)."""
-    from lmforge.flows import build_shards, data_refresh, evaluate, finetune, pretrain
+    from lmforge.flows import (
+        ablation, build_shards, data_refresh, evaluate, finetune, pretrain, quality,
+    )  # fmt: skip
 
     flows = {data_refresh: ["data_refresh"], build_shards: ["build_shards"],
              pretrain: ["pretrain"], evaluate: ["evaluate"],
-             finetune: ["finetune_classifier", "finetune_instruct"]}  # fmt: skip
+             finetune: ["finetune_classifier", "finetune_instruct"],
+             quality: ["train_quality_classifier"], ablation: ["ablate"]}  # fmt: skip
     for module, names in flows.items():
         for name in names:
             monkeypatch.setattr(module, name, getattr(module, name).fn)
@@ -289,6 +295,9 @@ COMMANDS_WITH_OUT = {
     "finetune instruct": lambda i: ["finetune", "instruct", "--base-model", str(i.checkpoint),
                                     "--data", str(i.instruct)],  # fmt: skip
     "export hf": lambda i: ["export", "hf", "--checkpoint", str(i.checkpoint)],
+    "quality train": lambda i: ["quality", "train", "--positive", str(i.texts), "--negative",
+                                str(i.texts)],  # fmt: skip
+    "ablate": lambda i: ["ablate", "--input", str(i.warc)],
 }
 
 

@@ -85,7 +85,7 @@ def test_two_refreshes_into_one_folder_one_succeeds_and_the_other_refuses(
     first_is_working, second_was_refused = threading.Event(), threading.Event()
     real = flow_module.process_warc_file
 
-    def hold_until_the_second_refresh_was_refused(path, config, staging):
+    def hold_until_the_second_refresh_was_refused(path, config, staging, extraction_cache=None):
         first_is_working.set()
         assert second_was_refused.wait(timeout=60)
         return real(path, config, staging)
@@ -188,7 +188,7 @@ def test_a_tampered_cache_never_runs_code_and_the_refresh_completes(
     processed: list[str] = []
     real = flow_module.process_warc_file
 
-    def count_calls(path, config, staging_dir):
+    def count_calls(path, config, staging_dir, extraction_cache=None):
         processed.append(path.name)
         return real(path, config, staging_dir)
 

@@ -121,6 +121,11 @@ class VariantsFailed(RuntimeError):
     """Variants that failed; the others finished, and a rerun reuses what they made."""
 
 
+# Each running ablation's gate, by its MLflow run id. Not a task parameter: a task's parameters
+# travel with its context to the process pool of a nested data refresh, and locks do not pickle.
+_GATES: dict[str, BaseVariantGate] = {}
+
+
 class BaseVariantGate:
     """What the other variants wait for: the base's dataset (its refresh filled the extraction
     cache they reuse) and its shards (the tokenizer and held-out set). A failed base releases
@@ -316,11 +321,11 @@ def variant_task(
     plan: VariantPlan,
     ablation: AblationConfig,
     parent_run_id: str,
-    gate: BaseVariantGate,
     heldout_source: Path | None,
 ) -> dict[str, Any]:
-    """One variant in its MLflow run, a child of `parent_run_id`; the base releases `gate` as
-    its dataset and shards are ready, the others wait for it."""
+    """One variant in its MLflow run, a child of `parent_run_id`; the base releases the run's
+    gate (`_GATES`) as its dataset and shards are ready, the others wait for it."""
+    gate = _GATES[parent_run_id]
     base = ablation.base_sections()
     params = variant_params(plan, base, ablation.seeds)
     try:
@@ -577,18 +582,22 @@ def ablate(ablation: AblationConfig = AblationConfig(), run: AblationRun = Ablat
     ):
         stage.record_config()
         parent = mlflow_run.info.run_id
+        _GATES[parent] = gate
         mlflow.log_params({"training_threads": threads, "variants": len(plans)})
         print(f"ablation: {len(plans)} variants x {len(ablation.seeds)} seeds, {run.parallel} "
               f"at once, {threads} torch threads per training -> {out}")  # fmt: skip
         # The base first: a runner's pool starts work in the order it was given.
         futures = [
             runner.submit(variant_task, parameters={
-                "plan": plan, "ablation": ablation, "parent_run_id": parent, "gate": gate,
+                "plan": plan, "ablation": ablation, "parent_run_id": parent,
                 "heldout_source": heldout_source,
             })  # fmt: skip
             for plan in plans
         ]
-        summaries = finished_variants(plans, futures)
+        try:
+            summaries = finished_variants(plans, futures)
+        finally:
+            del _GATES[parent]
         val_fraction = ablation.base_sections().shards.val_fraction
         copies = heldout_copies_task(plans, val_fraction, heldout_source)
         comparison = compare(summaries, ablation, blimp_pairs, copies)

@@ -7,6 +7,7 @@ from prefect import flow, task
 
 from lmforge.flows.params import ShardsRun
 from lmforge.flows.stage_flow import StageFlow
+from lmforge.flows.tracking import stage_flow_run_name
 from lmforge.model.shard_format import TOKENIZER_FILE
 from lmforge.tasks.tokens.shards import STAGE, ShardConfig
 from lmforge.tasks.tokens.shards import build_shards as build_token_shards
@@ -17,7 +18,7 @@ def build_shards_task(data_dir: str, out_dir: str, config: ShardConfig) -> dict:
     return build_token_shards(data_dir, out_dir, config)
 
 
-@flow(name="build_shards", log_prints=True)
+@flow(name="build_shards", flow_run_name=stage_flow_run_name, log_prints=True)
 def build_shards(shards: ShardConfig = ShardConfig(), run: ShardsRun = ShardsRun()) -> dict:
     """Train a byte-level BPE tokenizer on the kept documents and write train/val token shards.
 

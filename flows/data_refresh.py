@@ -10,6 +10,7 @@ finish: a second refresh into the same folder is refused at once.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import logging
@@ -20,18 +21,30 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from prefect import flow, task, unmapped
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
 
 from lmforge.flows.params import DataRefreshRun
-from lmforge.flows.reports import mlflow_run_markdown, publish_markdown, publish_table
+from lmforge.flows.reports import (
+    mlflow_run_markdown,
+    publish_markdown,
+    publish_table,
+    rename_flow_run,
+)
 from lmforge.flows.runners import make_task_runner
 from lmforge.flows.stage_cache import code_version
 from lmforge.flows.stage_flow import StageFlow
-from lmforge.manifest import claim_output_dir, input_sha256, output_lock, read_manifest
+from lmforge.flows.tracking import run_name, stage_flow_run_name
+from lmforge.manifest import (
+    claim_output_dir,
+    input_sha256,
+    manifest_version,
+    output_lock,
+    read_manifest,
+)
 from lmforge.tasks import plots
 from lmforge.tasks.data.config import DataConfig
 from lmforge.tasks.data.dataset_writer import STAGE_NAME
@@ -47,6 +60,11 @@ log = logging.getLogger(__name__)
 # Called as (files done, files in total, name of the file just finished), in the flow's process.
 ProgressListener = Callable[[int, int, str], None]
 _progress_listeners: list[ProgressListener] = []
+# The data_refresh flow run's logger: its `process-warc-files` subflow writes the per-file lines
+# there, in the Logs tab people open (the subflow's own run is a click further).
+_refresh_log: contextvars.ContextVar[logging.LoggerAdapter | None] = contextvars.ContextVar(
+    "lmforge_refresh_log", default=None
+)
 RESULTS_DIR = ".results"
 # Errors that another attempt of the same file cannot fix (an InputError has had its network
 # retries already, with backoff, while reading).
@@ -146,10 +164,17 @@ def process_warc_files(
         progress=0.0, key="data-refresh-files", description=f"WARC files processed of {len(files)}"
     )
     names = {future.task_run_id: input_name(path) for future, path in zip(futures, files)}
+    log = file_log()
     for done, future in enumerate(as_completed(futures), start=1):
         update_progress_artifact(progress_id, progress=100.0 * done / len(files))
+        name = names[future.task_run_id]
+        outcome = future.result(raise_on_failure=False)
+        if isinstance(outcome, FileResult):
+            log.info(finished_file_line(name, outcome, done, len(files)))
+        else:
+            log.warning("%s failed (%s); %d of %d files done", name, outcome, done, len(files))
         for listener in list(_progress_listeners):
-            listener(done, len(files), names[future.task_run_id])
+            listener(done, len(files), name)
     outcomes = [future.result(raise_on_failure=False) for future in futures]
     unreadable = [outcome for outcome in outcomes if isinstance(outcome, InputError)]
     if unreadable:
@@ -162,6 +187,22 @@ def process_warc_files(
             "unreadable inputs out"
         )
     return futures.result()
+
+
+def file_log() -> logging.LoggerAdapter:
+    """Where the per-file lines go: the enclosing data_refresh flow run's logger, else this
+    flow run's. (A function, not the variable itself, in the subflow's body: a process task
+    runner pickles that body, and a ContextVar cannot be pickled.)"""
+    return _refresh_log.get() or get_run_logger()
+
+
+def finished_file_line(name: str, result: FileResult, done: int, total: int) -> str:
+    """`crawl-00000.warc.gz: 1,204 responses, 377 candidates; 1 of 2 files done`."""
+    stats = result.stats
+    return (
+        f"{name}: {stats.get('responses', 0):,} responses, {stats.get('candidates', 0):,} "
+        f"candidates; {done} of {total} files done"
+    )
 
 
 @task(name="find-duplicates")
@@ -190,6 +231,45 @@ def input_files(run: DataRefreshRun, out: Path) -> list[Path | str]:
     if run.input or run.crawl:
         return run.input_files()
     return build_sample_corpus(out.parent / "sample")
+
+
+# Dedup statistics that no funnel metric holds (documents in and duplicates removed are
+# `docs_in/dedup` and `removed/dedup/...`).
+DEDUP_WORK = ("prior_documents", "candidate_pairs", "verified_pairs", "clusters", "largest_cluster")
+# The whole dataset after a refresh, under the names `lmforge lineage` reads.
+DATASET_TOTALS = ("warc_files", "responses", "kept", "removed", "read_errors")
+
+
+def dataset_metrics(manifest: Mapping[str, Any]) -> dict[str, float]:
+    """A data_refresh output's MLflow metrics, one name per quantity: the funnel of the version
+    the refresh added (`stage_metrics`), that version's documents removed per language
+    (`removed_by_language/XX/STEP/REASON`) and dedup work (`dedup/clusters`, ...), then the whole
+    dataset after it (`DATASET_TOTALS`, `dataset_version`)."""
+    counts = manifest["counts"]
+    added = manifest.get("version_counts", counts)
+    metrics: dict[str, float] = {}
+    if "responses" in added:
+        rows = plots.funnel_rows(added, step_order=recorded_step_order(manifest))
+        metrics.update(stage_metrics(rows, added.get("languages", {})))
+    for lang, reasons in (added.get("removed_by_language") or {}).items():
+        for slug, n in reasons.items():
+            step, _, reason = slug.partition(":")
+            name = f"removed_by_language/{_metric_name(lang)}/{_metric_name(step)}"
+            metrics[f"{name}/{_metric_name(reason or step)}"] = float(n)
+    dedup = added.get("dedup") or {}
+    metrics.update({f"dedup/{key}": float(dedup[key]) for key in DEDUP_WORK if key in dedup})
+    metrics.update({key: float(counts[key]) for key in DATASET_TOTALS if key in counts})
+    metrics["dataset_version"] = float(manifest_version(manifest))
+    return metrics
+
+
+def recorded_step_order(manifest: Mapping[str, Any]) -> list[str]:
+    """The text steps in the order the dataset's recorded DataConfig ran them ([] when the
+    manifest's params are not a DataConfig this code reads)."""
+    try:
+        return [step.name for step in DataConfig.from_dict(manifest["params"]).text_steps()]
+    except (KeyError, TypeError, ValueError):
+        return []
 
 
 def stage_metrics(rows: Sequence[Mapping[str, Any]], languages: Mapping[str, int]) -> dict:
@@ -252,20 +332,20 @@ def log_stats(
     manifest: Mapping[str, Any], config: DataConfig, run: mlflow.ActiveRun, out: Path
 ) -> None:
     """Funnel and languages of the version this refresh added (its per-step statistics and
-    dedup, from the manifest) as MLflow metrics and PNG artifacts, a Prefect table artifact and
-    a markdown report artifact on the flow run."""
+    dedup, from the manifest) as PNG artifacts, a Prefect table artifact and a markdown report
+    artifact on the flow run (their metrics are logged with the manifest: `dataset_metrics`)."""
     counts = manifest.get("version_counts", manifest["counts"])
     files = counts["warc_files"]
     step_order = [step.name for step in config.text_steps()]
     rows = plots.funnel_rows(counts, step_order=step_order)
     languages = counts.get("languages", {})
-    mlflow.log_metrics(stage_metrics(rows, languages))
     with plots.figure_files() as figures:
         plots.removal_funnel(counts, figures / "funnel.png", step_order=step_order)
         plots.language_histogram(languages, figures / "languages.png")
         mlflow.log_artifacts(str(figures), artifact_path="plots")
+    info = run.info
     run_link = mlflow_run_markdown(
-        mlflow.get_tracking_uri(), run.info.experiment_id, run.info.run_id
+        mlflow.get_tracking_uri(), info.experiment_id, info.run_id, info.run_name
     )
     table = [{k: v for k, v in row.items() if k != "reasons"} for row in rows]
     publish_table("data-refresh-funnel", table, "Documents and bytes into and out of each step")
@@ -274,7 +354,7 @@ def log_stats(
     )
 
 
-@flow(name="data_refresh", log_prints=True)
+@flow(name="data_refresh", flow_run_name=stage_flow_run_name, log_prints=True)
 def data_refresh(data: DataConfig = DataConfig(), run: DataRefreshRun = DataRefreshRun()) -> dict:
     """Read WARC responses, extract main text, identify languages, filter, deduplicate, and
     write kept documents and removal reasons as Parquet with a manifest.
@@ -296,6 +376,8 @@ def _refresh(config: DataConfig, run: DataRefreshRun, out: Path) -> dict:
     files, done = refresh.pending(files)
     if refresh.continuing and not files:
         print(f"data_refresh: all {len(done)} inputs are already in {out}; nothing to add")
+        # Named at its start for the version it would add: it adds none.
+        rename_flow_run(run_name(STAGE_NAME, {"run": run}, reused=True) + " (nothing new)")
         return read_manifest(out)
     check_remote_inputs(files)
     runner = make_task_runner(run.runner, run.workers, run.dask_address)
@@ -303,9 +385,13 @@ def _refresh(config: DataConfig, run: DataRefreshRun, out: Path) -> dict:
     staging.mkdir(parents=True, exist_ok=True)
     tags = {CODE_VERSION_TAG: code_version()}
     with stage.mlflow_run(tags=tags, params={"files": len(files)}) as mlflow_run:
-        results = process_warc_files.with_options(task_runner=runner)(
-            files, config, staging, extraction_cache(run)
-        )
+        log_token = _refresh_log.set(get_run_logger())
+        try:
+            results = process_warc_files.with_options(task_runner=runner)(
+                files, config, staging, extraction_cache(run)
+            )
+        finally:
+            _refresh_log.reset(log_token)
         duplicates = find_duplicates_task(refresh, results)
         manifest = write_dataset_task(refresh, results, duplicates)
         stage.record_output()

@@ -2,7 +2,9 @@
 
 Entry points are module paths (`lmforge.flows.pipeline.pipeline`): a process worker on any
 machine where lmforge is installed loads them without a copy of this repository. Parameters are
-the flows' pydantic models, so the UI's Run button shows a form with their descriptions.
+the flows' pydantic models, so the UI's Run button shows a form with their descriptions. Each
+deployment is named after the command that does the same from a shell (`pretrain/lmforge-train`
+runs what `lmforge train` runs), so no two look alike on the Deployments page.
 """
 
 from __future__ import annotations
@@ -35,12 +37,19 @@ class DeploymentSpec:
     description: str
 
 
+def deployment_name(command: str) -> str:
+    """`lmforge-shards-build`: the deployment of the stage the CLI runs as `command`."""
+    return "lmforge-" + "-".join(command.split())
+
+
 def deployment_specs() -> list[DeploymentSpec]:
     """The flows the UI can trigger (the registry's deployed stages), in pipeline order."""
     from lmforge.flows.stages import STAGES
 
     return [
-        DeploymentSpec(stage.flow(), "lmforge", stage.summary) for stage in STAGES if stage.deployed
+        DeploymentSpec(stage.flow(), deployment_name(stage.command), stage.summary)
+        for stage in STAGES
+        if stage.deployed
     ]
 
 

@@ -7,14 +7,15 @@ import json
 from pathlib import Path
 
 import mlflow
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 from prefect import flow, task
 
 from lmforge.flows.params import EvalRun
 from lmforge.flows.reports import publish_markdown, publish_table
-from lmforge.flows.registry import versions_of_run
+from lmforge.flows.registry import record_evaluation, versions_of_run
 from lmforge.flows.stage_flow import StageFlow
-from lmforge.flows.tracking import section_values
+from lmforge.flows.tracking import section_values, stage_flow_run_name
 from lmforge.errors import OutputRefused
 from lmforge.manifest import (
     MANIFEST_NAME,
@@ -27,7 +28,6 @@ from lmforge.tasks.evaluate.checkpoint import EvalConfig, evaluate_checkpoint
 from lmforge.tracking_tags import (
     CHECKPOINT_DIGEST_TAG,
     CHECKPOINT_TAG,
-    EVAL_RUN_ID_TAG,
     MODEL_VERSIONS_TAG,
     TRAINING_RUN_ID_TAG,
     find_stage_run,
@@ -88,12 +88,11 @@ def model_lineage_tags(checkpoint: Path) -> dict[str, str]:
     return tags
 
 
-def link_model_versions(tags: dict[str, str], eval_run_id: str) -> None:
-    """Tag each evaluated registered version with this evaluation run, so lineage finds it."""
+def evaluated_versions(tags: dict[str, str]) -> list[ModelVersion]:
+    """The registered versions that `model_lineage_tags` found for the checkpoint."""
     client = MlflowClient()
-    for entry in filter(None, tags.get(MODEL_VERSIONS_TAG, "").split(",")):
-        name, _, version = entry.rpartition(":")
-        client.set_model_version_tag(name, version, EVAL_RUN_ID_TAG, eval_run_id)
+    entries = filter(None, tags.get(MODEL_VERSIONS_TAG, "").split(","))
+    return [client.get_model_version(*entry.rsplit(":", 1)) for entry in entries]
 
 
 def scores(results: dict) -> dict[str, float]:
@@ -128,7 +127,7 @@ def language_rows(results: dict) -> list[dict]:
     ]
 
 
-@flow(name="evaluate", log_prints=True)
+@flow(name="evaluate", flow_run_name=stage_flow_run_name, log_prints=True)
 def evaluate(eval: EvalConfig = EvalConfig(), run: EvalRun = EvalRun()) -> dict:
     """Score a checkpoint and write `results.json` with a manifest naming checkpoint and shards.
 
@@ -150,8 +149,7 @@ def evaluate(eval: EvalConfig = EvalConfig(), run: EvalRun = EvalRun()) -> dict:
         if run.results_json:
             Path(run.results_json).parent.mkdir(parents=True, exist_ok=True)
             Path(run.results_json).write_text(json.dumps(results, indent=2))
-        stage.record_output(context="evaluation")
-        mlflow.log_metrics(scores(results))
+        stage.record_output(context="evaluation")  # the scores are the manifest's counts
         for paradigm, accuracy in (results.get("blimp") or {}).items():
             mlflow.log_metric(f"blimp.{paradigm}", accuracy)
         if results.get("languages"):
@@ -171,7 +169,8 @@ def evaluate(eval: EvalConfig = EvalConfig(), run: EvalRun = EvalRun()) -> dict:
             publish_table("evaluate-benchmarks", rows, "Benchmark scores (± standard error)")
             table = "# Benchmarks\n\n" + results_markdown(rows)
             publish_markdown("evaluate-benchmarks-table", table)
-        link_model_versions(lineage, mlflow_run.info.run_id)
+        # Last: a version names its evaluation only once the run holds all of it.
+        record_evaluation(evaluated_versions(lineage), mlflow_run.info.run_id, scores(results))
         publish_table(
             "evaluate-scores",
             [{"metric": k, "value": round(v, 4)} for k, v in scores(results).items()],

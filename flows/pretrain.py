@@ -1,20 +1,22 @@
-"""`pretrain`: train the transformer on token shards; metrics stream into the stage's MLflow run."""
+"""`pretrain`: train the transformer on token shards; metrics stream into the stage's MLflow run
+and, a line per report, into the flow run's logs."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from uuid import UUID
 
 import mlflow
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext
 
 from lmforge.flows.params import PretrainRun
 from lmforge.flows.registry import default_registered_name, register_checkpoint
 from lmforge.flows.stage_flow import StageFlow
-from lmforge.flows.tracking import MetricsLogger, log_stage_manifest
+from lmforge.flows.tracking import MetricsLogger, log_stage_manifest, stage_flow_run_name
 from lmforge.model.config import ModelSpec
 from lmforge.model.train import TrainConfig, TrainJob, TrainResult
 from lmforge.tasks import plots
@@ -80,6 +82,48 @@ class TrainingProgress:
                 self.artifact_id = None
 
 
+class TrainingLog:
+    """Writes each metrics report of training to `logger` (the flow run's logs: the Prefect UI's
+    Logs tab) as one line, `training_line`, and each validation loss as another. Safe from the
+    thread that reports metrics."""
+
+    def __init__(self, logger: logging.Logger | logging.LoggerAdapter, max_steps: int) -> None:
+        self.logger = logger
+        self.max_steps = max_steps
+
+    def __call__(self, step: int, metrics: Mapping[str, float]) -> None:
+        if "loss" in metrics:
+            self.logger.info(training_line(step, self.max_steps, metrics))
+        if "val_loss" in metrics:
+            self.logger.info(f"step {step}/{self.max_steps}: val_loss {metrics['val_loss']:.4f}")
+
+
+def training_line(step: int, max_steps: int, metrics: Mapping[str, float]) -> str:
+    """`step 200/2000: loss 3.4120, 52,310 tokens/s, MFU 31.2%, ETA 6m12s`. The time left is
+    the steps left at the reported tokens/s (`tokens` / `step` tokens a step, which holds for
+    a resumed run too); MFU is `n/a` where training knows no peak FLOP/s for the device."""
+    tokens_per_s = metrics.get("tokens_per_s", 0.0)
+    mfu = f"MFU {100 * metrics['mfu']:.1f}%" if "mfu" in metrics else "MFU n/a"
+    eta = "ETA unknown"
+    if tokens_per_s > 0 and step > 0 and "tokens" in metrics:
+        seconds_left = (max_steps - step) * (metrics["tokens"] / step) / tokens_per_s
+        eta = f"ETA {duration(seconds_left)}"
+    return (
+        f"step {step}/{max_steps}: loss {metrics['loss']:.4f}, {tokens_per_s:,.0f} tokens/s, "
+        f"{mfu}, {eta}"
+    )
+
+
+def duration(seconds: float) -> str:
+    """`45s`, `6m12s`, `2h05m`."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 @task(name="train-model")
 def train_task(
     config: TrainJob,
@@ -88,11 +132,17 @@ def train_task(
     progress_id: UUID | None = None,
 ) -> tuple[TrainResult, list[dict[str, float]]]:
     """Train (in this process, or under torchrun when `launch` asks for several), streaming
-    rank 0's metrics into MLflow run `run_id` and its steps into progress artifact
-    `progress_id`; returns the result and the metrics."""
+    rank 0's metrics into MLflow run `run_id`, the flow run's logs (`TrainingLog`) and its
+    steps into progress artifact `progress_id`; returns the result and the metrics."""
     progress = TrainingProgress(progress_id, config.train.max_steps)
     logger = MetricsLogger(run_id, on_step=progress)
-    result = run_pretraining(config, on_log=logger, launch=launch)
+    lines = TrainingLog(get_run_logger(), config.train.max_steps)
+
+    def report(step: int, metrics: Mapping[str, float]) -> None:
+        logger(step, metrics)
+        lines(step, metrics)
+
+    result = run_pretraining(config, on_log=report, launch=launch)
     if result is None:
         raise RuntimeError(
             f"node {launch.node_rank} trained as one of {launch.nnodes} machines; run the flow "
@@ -101,7 +151,7 @@ def train_task(
     return result, logger.history
 
 
-@flow(name="pretrain", log_prints=True)
+@flow(name="pretrain", flow_run_name=stage_flow_run_name, log_prints=True)
 def pretrain(
     model: ModelSpec = ModelSpec(),
     train: TrainConfig = TrainConfig(),
@@ -131,7 +181,7 @@ def pretrain(
             "seconds": round(result.seconds, 1),
         }
         if (out / "manifest.json").exists():  # absent when stopped early by stop_after
-            manifest = log_stage_manifest(out, context="training")
+            manifest = log_stage_manifest(out, context="training", step=result.steps)
             mlflow.log_artifact(str(out / "model_config.json"), artifact_path="model")
             tag_shards_input(manifest)
             if run.register_model:

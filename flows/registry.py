@@ -5,10 +5,16 @@ exported with `torch.export`: token ids [batch, max_seq_len] -> next-token logit
 tokenizer and the checkpoint's manifest as extra files, so `mlflow.pytorch.load_model` gives a
 module that scores text without lmforge. Each new version is tagged with the checkpoint path,
 its manifest digest and the training run, and the alias (default `candidate`) moves to it.
+
+An evaluation's scores reach a version twice over (`record_evaluation`): as version tags
+(`val_bpb` = `2.4868...`, shown on the registry's version page) and as metrics of the version's
+LoggedModel (MLflow 3's model entity: compared across versions on the experiment's Models tab).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import mlflow
@@ -21,7 +27,12 @@ from mlflow.tracking import MlflowClient
 from lmforge.manifest import MANIFEST_NAME, manifest_digest
 from lmforge.model.checkpoint import load_model
 from lmforge.model.shard_format import TOKENIZER_FILE
-from lmforge.tracking_tags import CHECKPOINT_DIGEST_TAG, CHECKPOINT_TAG, TRAINING_RUN_ID_TAG
+from lmforge.tracking_tags import (
+    CHECKPOINT_DIGEST_TAG,
+    CHECKPOINT_TAG,
+    EVAL_RUN_ID_TAG,
+    TRAINING_RUN_ID_TAG,
+)
 
 CANDIDATE_ALIAS = "candidate"
 
@@ -96,3 +107,30 @@ def register_checkpoint(
 def versions_of_run(run_id: str) -> list[ModelVersion]:
     """The registered model versions logged by run `run_id` (a training run)."""
     return MlflowClient().search_model_versions(f"run_id = '{run_id}'")
+
+
+def logged_model_id(version: ModelVersion) -> str | None:
+    """The LoggedModel a version was registered from: its `model_id`, or the `models:/m-...`
+    source MLflow 3 records (its SQL registry leaves `model_id` empty); None for a version
+    registered from a run's files."""
+    if version.model_id:
+        return version.model_id
+    found = re.fullmatch(r"models:/(m-[0-9a-f]+)", version.source or "")
+    return found.group(1) if found else None
+
+
+def record_evaluation(
+    versions: list[ModelVersion], eval_run_id: str, scores: Mapping[str, float]
+) -> None:
+    """Attach an evaluation to the versions it scored, inside evaluation run `eval_run_id`
+    (active, holding the scores already): each version is tagged with the run (EVAL_RUN_ID_TAG)
+    and the scores under their metric names (`val_bpb`, full precision), and the scores are
+    linked to the versions' LoggedModel, when they share one, so the model's page lists them."""
+    client = MlflowClient()
+    for version in versions:
+        client.set_model_version_tag(version.name, version.version, EVAL_RUN_ID_TAG, eval_run_id)
+        for metric, value in scores.items():
+            client.set_model_version_tag(version.name, version.version, metric, repr(float(value)))
+    model_ids = {logged_model_id(version) for version in versions} - {None}
+    if len(model_ids) == 1:
+        mlflow.log_metrics(dict(scores), model_id=model_ids.pop())

@@ -23,7 +23,7 @@ from typing import Any
 import mlflow
 from pydantic import BaseModel
 
-from lmforge.flows.reports import mlflow_run_markdown, publish_markdown
+from lmforge.flows.reports import mlflow_run_markdown, publish_markdown, publish_mlflow_run
 from lmforge.flows.stages import stage_named
 from lmforge.flows.tracking import configure_tracking, log_stage_manifest, section_values, stage_run
 from lmforge.manifest import claim_output_dir
@@ -66,11 +66,17 @@ class StageFlow:
     ) -> Iterator[mlflow.ActiveRun]:
         """The stage's MLflow run (`tracking.stage_run`: a child of `parent_run_id`, else of
         the enclosing pipeline's run), with the sections and `params` as its params and `tags`
-        (lineage: what the stage read) set before the work starts."""
+        (lineage: what the stage read) set before the work starts; the flow run links to it
+        from then on (`reports.publish_mlflow_run`)."""
         params = {**section_values(self.sections), **(params or {})}
         with stage_run(self.name, params, parent_run_id) as run:
             if tags:
                 mlflow.set_tags(dict(tags))
+            info = run.info
+            publish_mlflow_run(
+                self.name, mlflow.get_tracking_uri(), info.experiment_id, info.run_id,
+                info.run_name,
+            )  # fmt: skip
             yield run
 
     def record_output(self, context: str = "input") -> dict[str, Any]:
@@ -89,7 +95,9 @@ class StageFlow:
         """The flow run's `<name>-summary` Prefect artifact: a title, the link to `run`, then
         `markdown`."""
         info = run.info
-        link = mlflow_run_markdown(mlflow.get_tracking_uri(), info.experiment_id, info.run_id)
+        link = mlflow_run_markdown(
+            mlflow.get_tracking_uri(), info.experiment_id, info.run_id, info.run_name
+        )
         publish_markdown(
             f"{self.name.replace('_', '-')}-summary",
             f"# {self.name}\n\nMLflow run: {link}\n\n{markdown}",

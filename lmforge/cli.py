@@ -557,7 +557,7 @@ def run_deploy(args: argparse.Namespace) -> int:
           f"(data_refresh schedule {args.cron!r} {args.timezone}, {state}).")
     print(f"Start a worker:  prefect worker start --pool {args.work_pool}")
     print("Trigger a run:   the Run button in the Prefect UI, or "
-          "prefect deployment run pipeline/lmforge")
+          "prefect deployment run pipeline/lmforge-run")
     return 0
 
 

@@ -183,9 +183,17 @@ def build_lineage(spec: str) -> dict[str, Any]:
     data = digest_check(data_input["path"], data_input.get("manifest_sha256"))
     data_manifest = read_recorded_manifest(data_input["path"])
     data_run = find_stage_run(data_input["path"])
+    counts = data_manifest.get("counts", {})
+    # The headline counts as the data run logged them; removals by step and documents by
+    # language from the manifest (the run logs them per step and per language, by other names).
+    statistics = {k: v for k, v in (data_run.data.metrics.items() if data_run else ())
+                  if k in HEADLINE_DATA_COUNTS}  # fmt: skip
+    statistics.update({f"removed_by_stage.{k}": v
+                       for k, v in counts.get("removed_by_stage", {}).items()})  # fmt: skip
+    statistics.update({f"languages.{k}": v for k, v in counts.get("languages", {}).items()})
     data.update(
         run_id=data_run.info.run_id if data_run else None,
-        filter_statistics=dict(sorted(data_run.data.metrics.items())) if data_run else {},
+        filter_statistics=dict(sorted(statistics.items())),
     )
     lineage["data"] = data
     lineage["inputs"] = [

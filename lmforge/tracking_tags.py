@@ -2,7 +2,9 @@
 CLI read them, so a renamed tag cannot leave a reader looking for the old name.
 
 Runs carry them as run tags; a registered model version carries CHECKPOINT, its digest,
-TRAINING_RUN_ID and EVAL_RUN_ID as model-version tags.
+TRAINING_RUN_ID and EVAL_RUN_ID as model-version tags, and the scores of that newest evaluation
+under their metric names (`val_loss`, `val_ppl`, `val_bpb`, `blimp_acc`): see
+`lmforge.flows.registry.record_evaluation`.
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ def run_from_the_form(page, lmforge_services):
     log_in(page, lmforge_services)
     page.goto(f"{lmforge_services.prefect_url}/deployments")
     row = page.locator("tr", has=page.get_by_role("link", name="pipeline", exact=True))
-    row.get_by_role("link", name="lmforge").click()
+    row.get_by_role("link", name="lmforge-run").click()
     page.wait_for_url("**/deployments/deployment/**")
     screenshot(page, "1-prefect-deployment")
     page.get_by_role("button", name="Run", exact=True).click()
@@ -159,14 +159,16 @@ def test_the_mlflow_ui_shows_the_parent_run_with_its_stage_runs(
         "and tags.`lmforge.stage` = 'pipeline'",
     )[0]
     page.goto(f"{lmforge_services.mlflow_url}/#/experiments/{experiment.experiment_id}/runs")
-    expect(page.get_by_role("link", name="pipeline").first).to_be_visible(timeout=60_000)
+    expect(page.get_by_role("link", name=re.compile("^pipeline")).first).to_be_visible(
+        timeout=60_000
+    )
     # The expander beside the parent's name shows the child runs nested under it.
     parent_cell = page.get_by_role("gridcell").filter(
-        has=page.get_by_role("link", name="pipeline", exact=True)
+        has=page.get_by_role("link", name=parent.info.run_name, exact=True)
     )
     parent_cell.get_by_role("button").first.click()
     for stage in ("data_refresh", "build_shards", "pretrain", "evaluate"):
-        expect(page.get_by_role("link", name=stage, exact=True).first).to_be_visible()
+        expect(page.get_by_role("link", name=re.compile(f"^{stage}( |$)")).first).to_be_visible()
     screenshot(page, "4-mlflow-runs")
     page.goto(
         f"{lmforge_services.mlflow_url}/#/experiments/{experiment.experiment_id}"
@@ -174,5 +176,5 @@ def test_the_mlflow_ui_shows_the_parent_run_with_its_stage_runs(
     )
     expect(page.get_by_text("Child runs", exact=True)).to_be_visible(timeout=60_000)
     for stage in ("data_refresh", "build_shards", "pretrain", "evaluate"):
-        expect(page.get_by_role("link", name=stage, exact=True).first).to_be_visible()
+        expect(page.get_by_role("link", name=re.compile(f"^{stage}( |$)")).first).to_be_visible()
     screenshot(page, "5-mlflow-pipeline-run")

@@ -1,5 +1,6 @@
 """The `data_refresh` flow: results independent of the task runner, per-file caching across a
-crash, progress, and the statistics people see in MLflow and on the Prefect flow run."""
+crash, progress, and the statistics, names and log lines people see in MLflow and on the Prefect
+flow run."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.logging.handlers import APILogHandler
 from test_data_refresh import write_crawl
 
 import lmforge
@@ -65,7 +72,7 @@ def test_results_do_not_depend_on_the_runner_or_the_worker_count(
             crawl_dir, tmp_path / "dask", runner="dask", workers=2,
             dask_address=cluster.scheduler_address,
         )  # fmt: skip
-    local_out, local, _, _ = local_run
+    local_out, local, _, _, _ = local_run
     assert local["counts"]["kept"] > 0
     expected = dataset_fingerprint(local_out)
     assert dataset_fingerprint(tmp_path / "threads") == expected
@@ -152,7 +159,8 @@ def test_the_cache_key_follows_file_content_config_and_code(tmp_path, monkeypatc
 
 @pytest.fixture(scope="module")
 def local_run(prefect_api, crawl_dir, tmp_path_factory):
-    """The default runner (a process per worker), watched by a progress listener."""
+    """The default runner (a process per worker), watched by a progress listener; the dataset
+    folder, its manifest, what the listener saw, the MLflow store and the flow run's id."""
     root = tmp_path_factory.mktemp("local-run")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     seen: list[tuple[int, int, str]] = []
@@ -160,23 +168,54 @@ def local_run(prefect_api, crawl_dir, tmp_path_factory):
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.setattr("lmforge.flows.tracking._configured_uri", None)
         with file_progress(lambda done, total, name: seen.append((done, total, name))):
-            manifest = refresh(crawl_dir, root / "data", runner="local", workers=2)
-    return root / "data", manifest, seen, uri
+            run = DataRefreshRun(input=[str(crawl_dir / "*.warc.gz")], out=str(root / "data"),
+                                 runner="local", workers=2)  # fmt: skip
+            state = data_refresh(run=run, return_state=True)
+    APILogHandler().flush()  # the flow run's logs reach the API before the tests read them
+    return root / "data", state.result(), seen, uri, state.state_details.flow_run_id
 
 
-def test_progress_reaches_listeners_file_by_file(local_run):
-    _, _, seen, _ = local_run
-    assert [(done, total) for done, total, _ in seen] == [(1, 2), (2, 2)]
-    assert sorted(name for _, _, name in seen) == ["crawl-00000.warc.gz", "crawl-00001.warc.gz"]
-
-
-def test_mlflow_gets_per_step_metrics_languages_and_charts(local_run):
-    _, manifest, _, uri = local_run
+def data_refresh_mlflow_run(uri: str):
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("lmforge")
     (run,) = client.search_runs(
         [experiment.experiment_id], filter_string="tags.`lmforge.stage` = 'data_refresh'"
     )
+    return run
+
+
+def test_progress_reaches_listeners_file_by_file(local_run):
+    _, _, seen, _, _ = local_run
+    assert [(done, total) for done, total, _ in seen] == [(1, 2), (2, 2)]
+    assert sorted(name for _, _, name in seen) == ["crawl-00000.warc.gz", "crawl-00001.warc.gz"]
+
+
+def test_each_finished_file_gets_a_line_in_the_refresh_flow_runs_logs(local_run):
+    _, manifest, _, _, flow_run_id = local_run
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        )
+    lines = sorted(log.message for log in logs if "files done" in log.message)
+    assert len(lines) == 2
+    assert [line.split(":")[0] for line in lines] == ["crawl-00000.warc.gz", "crawl-00001.warc.gz"]
+    assert {line.rsplit("; ", 1)[1] for line in lines} == {"1 of 2 files done", "2 of 2 files done"}
+    responses = sum(int(line.split(": ")[1].split()[0].replace(",", "")) for line in lines)
+    assert responses == manifest["counts"]["responses"]
+
+
+def test_the_flow_run_and_its_mlflow_run_are_named_by_source_and_dataset_version(local_run):
+    _, _, _, uri, flow_run_id = local_run
+    with get_client(sync_client=True) as client:
+        name = client.read_flow_run(flow_run_id).name
+    assert name == "data_refresh *.warc.gz -> data-v1"
+    assert data_refresh_mlflow_run(uri).info.run_name == name
+
+
+def test_mlflow_gets_per_step_metrics_languages_and_charts(local_run):
+    _, manifest, _, uri, _ = local_run
+    client = MlflowClient(uri)
+    run = data_refresh_mlflow_run(uri)
     metrics = run.data.metrics
     counts = manifest["counts"]
     assert metrics["docs_in/read"] == counts["responses"]
@@ -186,13 +225,17 @@ def test_mlflow_gets_per_step_metrics_languages_and_charts(local_run):
     assert metrics["removed/read/http_404"] == 1
     assert metrics["bytes_in/read"] == counts["bytes_in"]
     assert {f"lang/{lang}" for lang in counts["languages"]} <= set(metrics)
+    assert metrics["kept"] == counts["kept"] and metrics["dataset_version"] == 1
+    # One name per quantity: no flattened copy of the manifest's counts beside the funnel.
+    flattened = ("steps.", "removed_by_stage.", "removed_by_reason.", "languages.", "dedup.")
+    assert not [name for name in metrics if name.startswith(flattened)]
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert plots == {"plots/funnel.png", "plots/languages.png"}
     assert run.data.tags["lmforge.code_version"].startswith(lmforge.__version__)
 
 
 def test_the_flow_run_shows_a_funnel_table_a_report_and_finished_progress(local_run):
-    _, manifest, _, _ = local_run
+    _, manifest, _, _, _ = local_run
     with get_client(sync_client=True) as client:
         def latest(key):
             found = client.read_artifacts(artifact_filter=ArtifactFilter(
@@ -224,5 +267,20 @@ def test_a_second_refresh_into_the_same_directory_adds_a_version_with_only_new_f
     from_scratch = refresh(crawl_dir, tmp_path / "scratch", runner="threads")
     assert dataset_fingerprint(out)[0] == dataset_fingerprint(tmp_path / "scratch")[0]
     assert second["counts"]["kept"] == from_scratch["counts"]["kept"]
-    again = data_refresh(run=both)
+    again_state = data_refresh(run=both, return_state=True)
+    again = again_state.result()
     assert again == read_manifest(out) and again["version"] == 2  # nothing new: no version 3
+    with get_client(sync_client=True) as client:
+        again_run = client.read_flow_run(again_state.state_details.flow_run_id)
+    assert again_run.name == f"data_refresh 2 inputs -> {out.name}-v2 (nothing new)"
+
+    # The second refresh's run: the funnel of the file it added, the dataset it left.
+    client = MlflowClient(tracking)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("lmforge").experiment_id],
+        filter_string=f"attributes.run_name = 'data_refresh 2 inputs -> {out.name}-v2'",
+    )
+    metrics = run.data.metrics
+    assert metrics["docs_in/read"] == second["version_counts"]["responses"]
+    assert metrics["responses"] == second["counts"]["responses"]
+    assert metrics["dataset_version"] == 2

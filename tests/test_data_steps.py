@@ -150,13 +150,19 @@ def test_cut_mode_keeps_the_page_without_the_overlapping_span(tmp_path):
     assert docs[urls["twelve"]].count("migrating") == 1
 
 
-def test_a_malformed_benchmark_file_is_refused_naming_it_before_any_work(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("flag", "name", "content"),
+    [("--decontaminate", "broken.jsonl", b'{"text": "fine"}\n{not json\n'),
+     ("--quality-model", "model.bin", b"not a fasttext model")],
+)  # fmt: skip
+def test_a_bad_step_file_is_refused_naming_it_before_any_work(
+    flag, name, content, tmp_path, capsys
+):
     crawl, _ = planted_crawl(tmp_path)
-    bad = tmp_path / "broken.jsonl"
-    bad.write_text('{"text": "fine"}\n{not json\n')
+    bad = tmp_path / name
+    bad.write_bytes(content)
     out = tmp_path / "data"
-    code = main(["data", "refresh", "--input", str(crawl), "--out", str(out),
-                 "--decontaminate", str(bad)])  # fmt: skip
+    code = main(["data", "refresh", "--input", str(crawl), "--out", str(out), flag, str(bad)])
     assert code == 2
     assert str(bad) in capsys.readouterr().err
     assert not out.exists()
@@ -233,17 +239,6 @@ def test_keep_top_fraction_keeps_the_best_scored_share_of_each_language(quality_
     assert "offers.html" in {row["url"].rsplit("/", 1)[1] for row in left_out}
     assert manifest["counts"]["kept"] + manifest["counts"]["removed"] == 4
 
-
-def test_an_unreadable_classifier_file_is_refused_naming_it_before_any_work(tmp_path, capsys):
-    crawl = spam_and_prose_crawl(tmp_path)
-    model = tmp_path / "model.bin"
-    model.write_bytes(b"not a fasttext model")
-    out = tmp_path / "data"
-    code = main(["data", "refresh", "--input", str(crawl), "--out", str(out),
-                 "--quality-model", str(model)])  # fmt: skip
-    assert code == 2
-    assert str(model) in capsys.readouterr().err
-    assert not out.exists()
 
 
 # --- extraction cache --------------------------------------------------------------------------

@@ -14,12 +14,19 @@ from conftest import wait_for_final_state
 pytestmark = pytest.mark.slow
 
 POOL = "lmforge-test"
-# Each deployed flow's module entrypoint.
-ENTRYPOINTS = {
-    **{name: f"lmforge.flows.{name}.{name}"
-       for name in ("pipeline", "data_refresh", "build_shards", "pretrain", "evaluate")},
-    "ablation": "lmforge.flows.ablation.ablate",
-}  # fmt: skip
+# Each flow's deployment, named after the command that runs the same stage from a shell, and
+# its module entrypoint.
+DEPLOYMENTS = {
+    "pipeline": "pipeline/lmforge-run",
+    "data_refresh": "data_refresh/lmforge-data-refresh",
+    "build_shards": "build_shards/lmforge-shards-build",
+    "pretrain": "pretrain/lmforge-train",
+    "evaluate": "evaluate/lmforge-eval",
+    "ablation": "ablation/lmforge-ablate",
+}
+ENTRYPOINTS = {name: f"lmforge.flows.{name}.{name}" for name in DEPLOYMENTS} | {
+    "ablation": "lmforge.flows.ablation.ablate"
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,32 +50,32 @@ def read_deployment(name: str):
 
 
 def test_six_deployments_on_the_process_pool_with_module_entrypoints(registered, workspace):
-    assert len(registered) == len(ENTRYPOINTS)
-    for flow_name, entrypoint in ENTRYPOINTS.items():
-        deployment = read_deployment(f"{flow_name}/lmforge")
+    assert len(registered) == len(DEPLOYMENTS)
+    for flow_name, full_name in DEPLOYMENTS.items():
+        deployment = read_deployment(full_name)
         assert deployment.work_pool_name == POOL
         assert deployment.job_variables == {"working_dir": str(workspace)}
-        assert deployment.entrypoint == entrypoint
+        assert deployment.entrypoint == ENTRYPOINTS[flow_name]
 
 
 def test_parameter_forms_carry_the_pydantic_descriptions(registered):
-    schema = read_deployment("pipeline/lmforge").parameter_openapi_schema
+    schema = read_deployment(DEPLOYMENTS["pipeline"]).parameter_openapi_schema
     fields = schema["definitions"]["PipelineRun"]["properties"]
     assert fields["work_dir"]["description"].startswith("Every stage writes a subdirectory here")
     assert schema["definitions"]["TrainConfig"]["properties"]["max_steps"]["minimum"] == 1
     evaluation = schema["definitions"]["EvalConfig"]["properties"]  # the pipeline's `eval` section
     assert "Validation tokens" in evaluation["max_val_tokens"]["description"]
     assert schema["properties"]["eval"]["$ref"].endswith("/EvalConfig")
-    train = read_deployment("pretrain/lmforge").parameter_openapi_schema
+    train = read_deployment(DEPLOYMENTS["pretrain"]).parameter_openapi_schema
     assert "Optimizer steps" in train["definitions"]["TrainConfig"]["properties"]["max_steps"]["description"]
 
 
 def test_data_refresh_has_a_weekly_cron_schedule_that_starts_paused(registered):
-    schedules = read_deployment("data_refresh/lmforge").schedules
+    schedules = read_deployment(DEPLOYMENTS["data_refresh"]).schedules
     assert len(schedules) == 1
     assert schedules[0].schedule.cron == "0 3 * * 0"
     assert schedules[0].active is False
-    assert read_deployment("pipeline/lmforge").schedules == []
+    assert read_deployment(DEPLOYMENTS["pipeline"]).schedules == []
 
 
 def test_reregistering_updates_the_schedule_in_place(registered, workspace):
@@ -78,7 +85,7 @@ def test_reregistering_updates_the_schedule_in_place(registered, workspace):
         POOL, schedule_cron="30 4 * * 1", schedule_active=True, working_dir=workspace
     )
     assert again == registered
-    schedules = read_deployment("data_refresh/lmforge").schedules
+    schedules = read_deployment(DEPLOYMENTS["data_refresh"]).schedules
     assert [(s.schedule.cron, s.active) for s in schedules] == [("30 4 * * 1", True)]
     register_deployments(POOL, working_dir=workspace)  # back to the defaults for the other tests
 
@@ -89,7 +96,7 @@ def test_cli_deploy_registers_on_the_named_pool(registered, workspace, capsys):
     argv = ["deploy", "--work-pool", POOL, "--cron", "0 5 * * 6", "--working-dir", str(workspace)]
     assert main(argv) == 0
     assert f"Registered 5 deployments on work pool {POOL!r}" in capsys.readouterr().out
-    schedules = read_deployment("data_refresh/lmforge").schedules
+    schedules = read_deployment(DEPLOYMENTS["data_refresh"]).schedules
     assert [(s.schedule.cron, s.active) for s in schedules] == [("0 5 * * 6", False)]
 
 
@@ -114,7 +121,7 @@ def test_a_pipeline_run_triggered_through_the_api_completes_on_a_process_worker(
         "train": {"max_steps": 2, "batch_size": 2, "seq_len": 32},
     }
     # What the UI's Run button does: a flow run of the deployment, scheduled now, nobody waiting.
-    flow_run = run_deployment(name="pipeline/lmforge", parameters=parameters, timeout=0)
+    flow_run = run_deployment(name=DEPLOYMENTS["pipeline"], parameters=parameters, timeout=0)
     tracking_db = tmp_path / "mlflow.db"
     env = {
         **os.environ,
@@ -131,5 +138,7 @@ def test_a_pipeline_run_triggered_through_the_api_completes_on_a_process_worker(
     assert state.is_completed(), f"{state!r}\nworker output:\n{worker.stdout[-3000:]}{worker.stderr[-3000:]}"
     with sqlite3.connect(tracking_db) as db:
         names = {row[0] for row in db.execute("SELECT name FROM runs")}
-    assert {"pipeline", "data_refresh", "build_shards", "pretrain", "evaluate"} <= names
+    # Each stage's run is named by its stage and what tells it apart (preset, steps, data).
+    assert {name.split()[0] for name in names} >= set(DEPLOYMENTS)
+    assert "pretrain tiny 2 steps data-v1" in names
     assert (workspace / "work" / "eval" / "results.json").is_file()

@@ -26,11 +26,13 @@ scores and verdict); below each variant its stage runs, nested as the pipeline n
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import math
 import os
 import threading
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,6 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from lmforge.flows.build_shards import build_shards
 from lmforge.flows.data_refresh import data_refresh
@@ -53,7 +54,7 @@ from lmforge.flows.runners import default_workers
 from lmforge.flows.stage_cache import StageCache, code_version, stage_key
 from lmforge.flows.stage_flow import StageFlow
 from lmforge.flows.tracking import configure_tracking, numeric_metrics, section_values, stage_run
-from lmforge.manifest import describe_input, read_manifest, stage_output
+from lmforge.manifest import claim_output_dir, describe_input, read_manifest, stage_output
 from lmforge.model.shard_format import TOKENIZER_FILE
 from lmforge.model.train import TrainConfig
 from lmforge.tasks import plots
@@ -315,8 +316,6 @@ def variant_params(plan: VariantPlan, base: BaseSections, seeds: list[int]) -> d
     }
 
 
-@task(name="ablation-variant", task_run_name="variant {plan.name}", cache_policy=NO_CACHE,
-      persist_result=False)  # fmt: skip
 def variant_task(
     plan: VariantPlan,
     ablation: AblationConfig,
@@ -324,7 +323,9 @@ def variant_task(
     heldout_source: Path | None,
 ) -> dict[str, Any]:
     """One variant in its MLflow run, a child of `parent_run_id`; the base releases the run's
-    gate (`_GATES`) as its dataset and shards are ready, the others wait for it."""
+    gate (`_GATES`) as its dataset and shards are ready, the others wait for it. Runs in a
+    plain thread with the flow's context, not as a Prefect task: a task's context travels with
+    the per-file work of a nested refresh to the process pool, and cannot be pickled there."""
     gate = _GATES[parent_run_id]
     base = ablation.base_sections()
     params = variant_params(plan, base, ablation.seeds)
@@ -559,13 +560,27 @@ def log_comparison(
             client.set_tag(run_id, VERDICT_TAG, primary["verdict"])
 
 
+# Marks a folder as an ablation's, from its first start: a rerun continues in it, while a
+# user's folder (not empty, no marker) is refused before anything is written.
+ABLATION_MARKER = ".lmforge-ablation"
+
+
+def claim_ablation_dir(out: Path) -> Path:
+    """`out`, claimed for this ablation before any work (OutputRefused for a user's folder)."""
+    if not (out / ABLATION_MARKER).is_file():
+        claim_output_dir(out, STAGE)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ABLATION_MARKER).touch()
+    return out
+
+
 @flow(name="ablation", log_prints=True)
 def ablate(ablation: AblationConfig = AblationConfig(), run: AblationRun = AblationRun()) -> dict:
     """Train the same model on each data variant and compare them on one held-out set.
 
     `ablation` is the base recipe, the variants of its data stage, the seeds and the held-out
     set; `run` what goes in, where it goes, and how many variants run at once."""
-    out = Path(run.out).resolve()
+    out = claim_ablation_dir(Path(run.out).resolve())
     tracking_uri = configure_tracking(out)  # the ablation's store: its variants log there
     blimp_pairs = blimp_pair_counts(run.blimp, ablation.base_sections().eval.blimp_max_pairs)
     warcs = warc_inputs(run, out)
@@ -578,7 +593,7 @@ def ablate(ablation: AblationConfig = AblationConfig(), run: AblationRun = Ablat
     with (
         stage.mlflow_run(tags={CODE_VERSION_TAG: code_version()}) as mlflow_run,
         training_threads(run) as threads,
-        ThreadPoolTaskRunner(max_workers=run.parallel) as runner,
+        ThreadPoolExecutor(max_workers=run.parallel) as pool,
     ):
         stage.record_config()
         parent = mlflow_run.info.run_id
@@ -588,10 +603,8 @@ def ablate(ablation: AblationConfig = AblationConfig(), run: AblationRun = Ablat
               f"at once, {threads} torch threads per training -> {out}")  # fmt: skip
         # The base first: a runner's pool starts work in the order it was given.
         futures = [
-            runner.submit(variant_task, parameters={
-                "plan": plan, "ablation": ablation, "parent_run_id": parent,
-                "heldout_source": heldout_source,
-            })  # fmt: skip
+            pool.submit(contextvars.copy_context().run, variant_task, plan, ablation, parent,
+                        heldout_source)  # fmt: skip
             for plan in plans
         ]
         try:

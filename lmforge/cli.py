@@ -12,7 +12,10 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
+import signal
 import sys
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,14 +35,28 @@ from lmforge.recipes import (
     read_config_file,
     resolve_sections,
 )
+from lmforge.stopping import (
+    Stopped,
+    end_runs_as_killed,
+    exit_now,
+    ignoring_stop_signals,
+    quiet_console_when_stopping,
+    signal_name,
+    stop_handlers,
+    stop_signal,
+    tagged_mlflow_runs,
+)
 from lmforge.telemetry import TELEMETRY_OFF
 from lmforge.tracking_tags import STAGE_TAG
 
 if TYPE_CHECKING:  # lmforge.servers loads when a services command runs
     from lmforge.servers import ServiceConfig
 
-# Offline by default (no telemetry calls); time for a temporary Prefect server on a slow machine.
-QUIET_ENVIRONMENT = {**TELEMETRY_OFF, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90"}
+# Offline by default (no telemetry calls). Without PREFECT_API_URL a command serves the Prefect
+# API itself (`lmforge.servers.command_prefect_api`), waiting this long for it: patient, since a
+# busy machine only makes it slower, and a start that fails is reported at once.
+STARTUP_TIMEOUT_VARIABLE = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+QUIET_ENVIRONMENT = {**TELEMETRY_OFF, STARTUP_TIMEOUT_VARIABLE: "600"}
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -372,8 +389,14 @@ def check_warc_inputs(stage: Stage, configs: Mapping[str, BaseModel]) -> None:
 
 
 def start_flow(stage: Stage, configs: Mapping[str, BaseModel]) -> Any:
-    """Run the stage's flow with the sections its parameters name."""
-    return call_with_sections(stage.flow(), configs)
+    """Run the stage's flow with the sections its parameters name, against the command's
+    Prefect API (the configured server, else one this process serves: `command_prefect_api`)."""
+    from lmforge.servers import command_prefect_api
+
+    flow = stage.flow()
+    quiet_console_when_stopping()  # Prefect's console handlers exist once a flow is defined
+    with command_prefect_api(float(os.environ.get(STARTUP_TIMEOUT_VARIABLE, "600"))):
+        return call_with_sections(flow, configs)
 
 
 def run_stage(args: argparse.Namespace) -> int:
@@ -615,7 +638,9 @@ def run_status(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code. An error the user can act on (see
     `user_message`) is printed as one line `lmforge COMMAND: error: ...` with exit code 2;
-    anything else is a bug and keeps its traceback, as every error does with --debug."""
+    anything else is a bug and keeps its traceback, as every error does with --debug. SIGINT
+    or SIGTERM stops the command (`lmforge.stopping`): its MLflow runs end as KILLED, one line
+    `lmforge COMMAND: stopped by SIG...` says what was kept, exit code 130 or 143."""
     for key, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
     parser = build_parser(lazy=True)
@@ -624,15 +649,79 @@ def main(argv: list[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 2
-    try:
-        return handler(args)
-    except Exception as error:
-        message = user_message(error, getattr(args, "option_flags", {}))
-        if message is None or args.debug or os.environ.get("LMFORGE_DEBUG", "") not in ("", "0"):
-            raise
-        print(f"lmforge {command_words(args)}: error: {message}", file=sys.stderr)
-        print("(run it again with --debug for the full traceback)", file=sys.stderr)
-        return 2
+    invocation = uuid.uuid4().hex
+    with stop_handlers(), tagged_mlflow_runs(invocation):
+        try:
+            return handler(args)
+        except BaseException as error:
+            stop = as_stop(error)
+            if stop is None:
+                if not isinstance(error, Exception):
+                    raise
+                message = user_message(error, getattr(args, "option_flags", {}))
+                debug = args.debug or os.environ.get("LMFORGE_DEBUG", "") not in ("", "0")
+                if message is None or debug:
+                    raise
+                print(f"lmforge {command_words(args)}: error: {message}", file=sys.stderr)
+                print("(run it again with --debug for the full traceback)", file=sys.stderr)
+                return 2
+            with ignoring_stop_signals():
+                end_runs_as_killed(invocation)
+                words = sys.argv[1:] if argv is None else list(argv)
+                print(f"lmforge {command_words(args)}: {stop_message(args, words, stop)}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                if argv is None:  # the program itself, not a caller in Python: leave at once
+                    exit_now(stop.exit_code)
+            return stop.exit_code
+
+
+def as_stop(error: BaseException) -> Stopped | None:
+    """The stop an error stands for, None for anything else: a `Stopped` (preferably the one
+    naming a checkpoint, anywhere in the error's chain), a KeyboardInterrupt (Ctrl-C before the
+    handlers were in place), the TerminationSignal Prefect raises for SIGTERM during a flow, or
+    any error once a stop signal arrived (libraries turn an interrupt into errors of their
+    own: pydantic's serializer reports it as a PydanticSerializationError)."""
+    chain, seen = [], error
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    stops = [item for item in chain if isinstance(item, Stopped)]
+    if stops:
+        return next((stop for stop in stops if stop.checkpoint is not None), stops[0])
+    if stop_signal() is not None:
+        return Stopped(stop_signal())
+    if isinstance(error, KeyboardInterrupt):
+        return Stopped(signal.SIGINT)
+    if type(error).__name__ == "TerminationSignal":  # prefect.exceptions, not imported for this
+        return Stopped(getattr(error, "signal", signal.SIGTERM))
+    return None
+
+
+# What to run again after a stop that kept no checkpoint, by stage (default: NOTHING_KEPT).
+NOTHING_KEPT = "nothing was kept; run the same command again"
+RESUME_HINTS = {
+    "pipeline": "run the same command again to continue: finished stages and files are reused",
+    "data_refresh": "run the same command again to continue: files already processed are reused",
+}
+
+
+RESUME_FLAGS = ("--resume", "--no-resume", "--train.resume", "--no-train.resume")
+
+
+def stop_message(args: argparse.Namespace, words: Sequence[str], stop: Stopped) -> str:
+    """`stopped by SIGTERM at step 120; checkpoint kept in DIR; resume with `lmforge ...``:
+    the signal, what was kept, and the command that continues from it."""
+    text = f"stopped by {signal_name(stop.signum)}"
+    stage: Stage | None = getattr(args, "stage", None)
+    if stop.checkpoint is None:
+        return f"{text}; {RESUME_HINTS.get(stage.name, NOTHING_KEPT) if stage else NOTHING_KEPT}"
+    again = list(words)
+    if stage is not None and stage.name == "pretrain":
+        again = [word for word in again if word not in RESUME_FLAGS] + ["--resume"]
+    return (
+        f"{text} at step {stop.step}; checkpoint kept in {stop.checkpoint}; resume with "
+        f"`{shlex.join(['lmforge', *again])}`"
+    )
 
 
 def command_words(args: argparse.Namespace) -> str:
@@ -646,8 +735,8 @@ def user_message(error: BaseException, option_flags: dict[str, str]) -> str | No
 
     Ours name the thing and what to do (LmforgeError, and the ValueError / FileNotFoundError of
     older checks); so do the OS's errors about a file. Errors from the services underneath are
-    translated here: invalid options (pydantic), a temporary Prefect server that never started,
-    an MLflow store that cannot be opened.
+    translated here: invalid options (pydantic), an MLflow store that cannot be opened. (The
+    command's own Prefect API raises a ServiceError, an LmforgeError, when it cannot start.)
     """
     if isinstance(error, ValidationError):
         return options_message(error, option_flags)
@@ -657,8 +746,6 @@ def user_message(error: BaseException, option_flags: dict[str, str]) -> str | No
         return f"{error.filename}: {error.strerror.lower()}"
     if isinstance(error, FileNotFoundError):
         return one_line(error)
-    if isinstance(error, RuntimeError) and str(error).startswith(PREFECT_STARTUP_TIMEOUT):
-        return prefect_startup_message(error)
     if is_store_error(error):
         return store_message(error)
     return None
@@ -674,21 +761,6 @@ def options_message(error: ValidationError, option_flags: dict[str, str]) -> str
         got = one_line(repr(problem.get("input")), 60)
         problems.append(f"{where}: {problem['msg']} (got {got})")
     return "; ".join(problems)
-
-
-# Prefect's message when the server it starts for a command run without PREFECT_API_URL is
-# not answering by PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.
-PREFECT_STARTUP_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect API server"
-
-
-def prefect_startup_message(error: RuntimeError) -> str:
-    timeout = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "?")
-    exited = " (it exited)" if "exited with code" in str(error) else ""
-    return (
-        f"the temporary Prefect server this command starts did not answer within {timeout} s"
-        f"{exited}: start a lasting one with `lmforge up` and export the PREFECT_API_URL it "
-        "prints, or allow more time with PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
-    )
 
 
 def is_store_error(error: BaseException) -> bool:

@@ -10,6 +10,9 @@ its own UI's origin, the Prefect API demands a login (`<state>/prefect-auth`, ge
 first `up`, readable by its owner only) and a CSRF token for every change, and MLflow refuses
 Host headers other than its own address (DNS rebinding). Prefect has no Host check; a rebound
 page has the attacker's origin, so the browser sends it no stored login: the API stays closed.
+
+Without any of these, a command serves the Prefect API itself, from a thread, for as long as it
+runs (`command_prefect_api`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
+from lmforge.stopping import process_group_alive, stop_process_group
 from lmforge.telemetry import TELEMETRY_OFF
 
 PREFECT = "prefect-server"
@@ -194,28 +198,13 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def group_alive(pid: int) -> bool:
-    """Whether any process of the group that `pid` leads is still running."""
-    try:
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is our own exited child (no zombie)
-    except ChildProcessError:
-        pass
-    try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def read_pid(config: ServiceConfig, name: str) -> int | None:
     """The pid of a running service `name`, or None (a stale pid file is removed)."""
     path = pid_file(config, name)
     if not path.is_file():
         return None
     pid = json.loads(path.read_text())["pid"]
-    if group_alive(pid):
+    if process_group_alive(pid):
         return pid
     path.unlink(missing_ok=True)
     return None
@@ -243,7 +232,7 @@ def wait_until(
     """Poll `check` until it holds; fail early, with the log's tail, if the service dies."""
     deadline = time.monotonic() + config.health_timeout
     while time.monotonic() < deadline:
-        if not group_alive(pid):
+        if not process_group_alive(pid):
             raise ServiceError(f"{name} exited before {what}:\n{log_tail(config, name)}")
         if check():
             return
@@ -360,17 +349,8 @@ def stop_services(config: ServiceConfig, timeout: float = 20.0) -> list[str]:
 
 
 def stop_group(pid: int, timeout: float) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not group_alive(pid):
-                return
-            time.sleep(0.2)
-    raise ServiceError(f"process group {pid} survived SIGKILL")
+    if not stop_process_group(pid, signal.SIGTERM, timeout):
+        raise ServiceError(f"process group {pid} survived SIGKILL")
 
 
 def service_status(config: ServiceConfig) -> dict[str, dict]:
@@ -387,3 +367,117 @@ def service_status(config: ServiceConfig) -> dict[str, dict]:
             url = config.prefect_url if name == PREFECT else config.mlflow_url
         status[name] = {"pid": pid, "running": pid is not None, "healthy": healthy, "url": url}
     return status
+
+
+# --- the Prefect API of one command ----------------------------------------------------------
+
+# What a command's processes need to reach the API served in the command's own process.
+COMMAND_API_ENV = ("PREFECT_API_URL", "PREFECT_UI_URL", "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE")
+
+
+@contextlib.contextmanager
+def command_prefect_api(startup_timeout: float) -> Iterator[str]:
+    """The Prefect API that a command's flows, and every process they start, talk to; yields
+    its URL. The server PREFECT_API_URL names when it is set; else the API served from a
+    thread of this process until the block ends.
+
+    Not Prefect's own temporary server: that is a uvicorn subprocess per process that needs an
+    API (the command, and each worker of a process pool: three servers on two cores), each
+    given 20 s to answer (busy machines fail), each hit by the terminal's Ctrl-C together with
+    the command (whose last reports then meet a dead server), and left running when the
+    command is killed. A thread has none of this: it dies with the process, and stops only
+    after the command's last report. Child processes inherit its address, and
+    PREFECT_SERVER_ALLOW_EPHEMERAL_MODE=false makes any that lacks it fail rather than start a
+    server of its own. No UI address is set: links to this API would outlive it.
+
+    Raises ServiceError when the API fails to start, or has not answered within
+    `startup_timeout` seconds.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    configured = PREFECT_API_URL.value()
+    if configured:
+        yield configured
+        return
+    import threading
+
+    import prefect.context
+    import uvicorn
+    from prefect.server.api.server import create_app
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_ENABLED, PREFECT_UI_URL
+    from prefect.settings import temporary_settings
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))  # a free port, held from now on: no race for it
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/api"
+    updates = {PREFECT_API_URL: url, PREFECT_UI_URL: "", PREFECT_SERVER_EPHEMERAL_ENABLED: False}
+    # For child processes (the environment), other threads and contexts (the global settings)
+    # and this one (temporary settings), each restored afterwards.
+    saved_env = {key: os.environ.get(key) for key in COMMAND_API_ENV}
+    os.environ.update(
+        PREFECT_API_URL=url, PREFECT_UI_URL="", PREFECT_SERVER_ALLOW_EPHEMERAL_MODE="false"
+    )
+    saved_global = prefect.context.GLOBAL_SETTINGS_CONTEXT
+    current = prefect.context.get_settings_context()
+    prefect.context.GLOBAL_SETTINGS_CONTEXT = prefect.context.SettingsContext(
+        profile=current.profile, settings=current.settings.copy_with_update(updates=updates)
+    )
+    # log_config=None: uvicorn would otherwise replace the logging setup of the whole process.
+    config = uvicorn.Config(
+        create_app(ephemeral=True, final=True), log_config=None, log_level="error",
+        lifespan="on", timeout_graceful_shutdown=2,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [listener]}, name="prefect-api", daemon=True
+    )
+    try:
+        with temporary_settings(updates=updates):
+            thread.start()
+            wait_for_command_api(server, thread, startup_timeout)
+            try:
+                yield url
+            finally:
+                flush_prefect_clients()
+    finally:
+        server.should_exit = True
+        if thread.is_alive():
+            thread.join(timeout=5)
+        listener.close()
+        prefect.context.GLOBAL_SETTINGS_CONTEXT = saved_global
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def wait_for_command_api(server, thread, timeout: float) -> None:
+    """Wait until the API thread has started serving (its database migrated); ServiceError
+    when the thread ends first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive():
+            raise ServiceError(
+                "the Prefect API of this command could not start (see the error above): check "
+                "PREFECT_HOME's database, or set PREFECT_API_URL to a running server (`lmforge up`)"
+            )
+        if time.monotonic() >= deadline:
+            raise ServiceError(
+                f"the temporary Prefect server this command starts did not answer within "
+                f"{timeout:g} s: start a lasting one with `lmforge up` and export the "
+                "PREFECT_API_URL it prints, or allow more time with "
+                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+            )
+        time.sleep(0.05)
+
+
+def flush_prefect_clients(timeout: float = 5.0) -> None:
+    """Send the logs and events Prefect still holds, before the API they go to stops (else each
+    is a ConnectError printed at exit)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=timeout)

@@ -11,6 +11,9 @@ started torchrun reads the files (`lmforge.tasks.pretrain`) and streams the cons
 Several machines: run the same torchrun command on each with --nnodes, --node-rank and
 --rdzv-endpoint HOST:PORT (see `lmforge.tasks.pretrain`); out_dir must be on a shared filesystem.
 Only node 0 holds rank 0, so only its files are written.
+
+SIGINT or SIGTERM (torchrun passes them on) stops every rank after the same step, rank 0 having
+written a checkpoint there; the rank then exits quietly with 128 + the signal's number.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 from lmforge.model.parallel import distributed_env
 from lmforge.model.runtime import LogCallback
 from lmforge.model.train import TrainJob, TrainResult, train
+from lmforge.stopping import Stopped, exit_now, stop_handlers
 
 
 def result_to_dict(result: TrainResult) -> dict:
@@ -94,7 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     is_main = distributed_env().is_main
     # train() calls on_log on rank 0 only; the other ranks never touch the files.
     on_log = metrics_file_writer(args.metrics) if args.metrics and is_main else None
-    result = train(job, on_log=on_log)
+    with stop_handlers():
+        try:
+            result = train(job, on_log=on_log)
+        except Stopped as stop:  # checkpointed: the launcher finds it and reports the stop
+            if argv is None:  # the rank's own process: skip the seconds of torch's teardown
+                exit_now(stop.exit_code)
+            return stop.exit_code
     if args.result and is_main:
         write_result(args.result, result)
     return 0

@@ -1,6 +1,6 @@
 """Where and how a model runs, for every loop that trains one (pretraining, fine-tuning): the
-device, bf16 autocast, the random state a resumed run restores, the AdamW optimizer, and the
-callback each loop reports its metrics to."""
+device, bf16 autocast, the random state a resumed run restores, the AdamW optimizer, the
+callback each loop reports its metrics to, and when a stop signal ends the loop."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+import torch.distributed as dist
+
+from lmforge.stopping import stop_signal
 
 # Called with (step, metrics) each time a training loop logs: MLflow, a progress bar, a test.
 LogCallback = Callable[[int, Mapping[str, float]], None]
@@ -71,3 +74,25 @@ def build_optimizer(
     ]
     # The fused CUDA kernel updates every parameter in a few launches instead of one per tensor.
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device.type == "cuda")
+
+
+class StopVote:
+    """Whether a training loop stops now: the stop signal (SIGINT/SIGTERM, see
+    `lmforge.stopping`) any rank received, else None. Ranks vote with an all-reduce of one
+    integer every step, so all stop after the same step (saving a checkpoint is collective);
+    the vote travels over gloo on the CPU, beside NCCL, so it never waits for the GPU.
+    Construct it on every rank at the same point: it may create a process group."""
+
+    def __init__(self, distributed: bool) -> None:
+        self.distributed = distributed
+        self.group = None
+        if distributed and dist.get_backend() != "gloo":
+            self.group = dist.new_group(backend="gloo")
+
+    def __call__(self) -> int | None:
+        signum = stop_signal() or 0
+        if self.distributed:
+            vote = torch.tensor([signum], dtype=torch.int64)
+            dist.all_reduce(vote, op=dist.ReduceOp.MAX, group=self.group)
+            signum = int(vote.item())
+        return signum or None

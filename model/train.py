@@ -61,6 +61,7 @@ from lmforge.model.parallel import (
 )
 from lmforge.model.runtime import (
     LogCallback,
+    StopVote,
     build_optimizer,
     resolve_device,
     rng_state,
@@ -72,6 +73,7 @@ from lmforge.model.strategies import (
     check_strategy,
     make_strategy,
 )
+from lmforge.stopping import Stopped, stop_at_safe_points
 
 STAGE = "pretrain"  # the stage a finished run's manifest names
 
@@ -210,6 +212,10 @@ def train(job: TrainJob, on_log: LogCallback | None = None) -> TrainResult:
     read, ValueError when a resumed checkpoint's settings differ or the strategy does not fit
     the number of processes. Until the first step nothing in out_dir changes: a run that fails
     to resume leaves a finished run finished.
+
+    SIGINT or SIGTERM during the loop (on any rank) ends it after the step under way: every
+    rank stops after the same step, which logs and checkpoints, and `lmforge.stopping.Stopped`
+    is raised naming that step and checkpoint (a preempted job resumes from it).
     """
     wall_start = time.perf_counter()
     started_at = utc_now()
@@ -300,70 +306,82 @@ def train(job: TrainJob, on_log: LogCallback | None = None) -> TrainResult:
         # Redirected to a log file, redraws are lines: keep them few.
         mininterval=0.1 if sys.stderr.isatty() else 30.0,
     )
-    while step < last_step:
-        lr = schedule(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(config.grad_accum):
-            # Micro-batches are consecutive loader steps, so the order survives a grad_accum split.
-            x, y = batches.batch(step * config.grad_accum + micro)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            last_micro_batch = micro == config.grad_accum - 1
-            loss_sum += strategy.forward_backward(x, y, config.grad_accum, last_micro_batch)
-        grad_norm = strategy.clip_gradients(config.grad_clip if config.grad_clip > 0 else math.inf)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        tokens += tokens_per_step
-        window_steps += 1
-        progress.update(1)
+    stop_vote = StopVote(env.is_distributed)
+    # A stop signal ends the loop after the step under way, which then logs and checkpoints.
+    with stop_at_safe_points():
+        while step < last_step:
+            lr = schedule(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(config.grad_accum):
+                # Micro-batches are consecutive loader steps: the order survives a grad_accum split.
+                x, y = batches.batch(step * config.grad_accum + micro)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                last_micro_batch = micro == config.grad_accum - 1
+                loss_sum += strategy.forward_backward(x, y, config.grad_accum, last_micro_batch)
+            clip = config.grad_clip if config.grad_clip > 0 else math.inf
+            grad_norm = strategy.clip_gradients(clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens += tokens_per_step
+            window_steps += 1
+            progress.update(1)
 
-        is_log_step = step % config.log_every == 0 or step == last_step
-        is_eval_step = step % config.eval_every == 0 or step == config.max_steps
-        # The last step of every call checkpoints: a run shorter than the interval still
-        # leaves one to resume or inspect.
-        is_checkpoint_step = step % config.checkpoint_every == 0 or step == last_step
-        if is_log_step or is_checkpoint_step or step == config.max_steps:
-            loss_sum = strategy.mean_over_data_ranks(loss_sum)  # the global batch's loss
-            train_loss = (loss_sum / config.grad_accum).item()  # .item() waits for the GPU
-        if is_log_step:
-            seconds = time.perf_counter() - window_start - paused
-            tokens_per_s = window_steps * tokens_per_step / max(seconds, 1e-9)
-            metrics = {
-                "loss": train_loss,
-                "lr": lr,
-                "grad_norm": full_value(grad_norm),
-                "tokens_per_s": tokens_per_s,
-                "tokens": float(tokens),
-                "epoch": batches.epoch(step * config.grad_accum),
-            }
-            if env.is_main:
-                peak = peak if peak is not None else peak_flops(device)  # measured once
-                if peak:
-                    metrics["mfu"] = model_flops_utilization(
-                        flops_per_token, tokens_per_s, peak, env.world_size
-                    )
-            log(step, metrics)
-            progress.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
-            window_start, window_steps, paused = time.perf_counter(), 0, 0.0
-        pause_start = time.perf_counter()
-        if is_eval_step:
-            val_loss = strategy.validation_loss(eval_batches)
-            log(step, {"val_loss": val_loss})
-        if is_checkpoint_step:
-            saved = save_training_checkpoint(
-                out_dir, step, strategy, optimizer, config.keep_checkpoints,
-                {
-                    "step": step,
-                    "tokens": tokens,
-                    "train_loss": train_loss,
-                    "settings": settings,
-                    "loader": batches.state_dict(),
-                    "rng": rng_state(device),
-                },
+            stop = stop_vote()
+            is_log_step = step % config.log_every == 0 or step == last_step or stop is not None
+            is_eval_step = step % config.eval_every == 0 or step == config.max_steps
+            # The last step of every call checkpoints: a run shorter than the interval still
+            # leaves one to resume or inspect; so does a stopped run (a preempted job resumes).
+            is_checkpoint_step = (
+                step % config.checkpoint_every == 0 or step == last_step or stop is not None
             )
-        paused += time.perf_counter() - pause_start
+            if is_log_step or is_checkpoint_step or step == config.max_steps:
+                loss_sum = strategy.mean_over_data_ranks(loss_sum)  # the global batch's loss
+                train_loss = (loss_sum / config.grad_accum).item()  # .item() waits for the GPU
+            if is_log_step:
+                seconds = time.perf_counter() - window_start - paused
+                tokens_per_s = window_steps * tokens_per_step / max(seconds, 1e-9)
+                metrics = {
+                    "loss": train_loss,
+                    "lr": lr,
+                    "grad_norm": full_value(grad_norm),
+                    "tokens_per_s": tokens_per_s,
+                    "tokens": float(tokens),
+                    "epoch": batches.epoch(step * config.grad_accum),
+                }
+                if env.is_main:
+                    peak = peak if peak is not None else peak_flops(device)  # measured once
+                    if peak:
+                        metrics["mfu"] = model_flops_utilization(
+                            flops_per_token, tokens_per_s, peak, env.world_size
+                        )
+                log(step, metrics)
+                progress.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+                window_start, window_steps, paused = time.perf_counter(), 0, 0.0
+            pause_start = time.perf_counter()
+            if is_eval_step:
+                val_loss = strategy.validation_loss(eval_batches)
+                log(step, {"val_loss": val_loss})
+            if is_checkpoint_step:
+                saved = save_training_checkpoint(
+                    out_dir, step, strategy, optimizer, config.keep_checkpoints,
+                    {
+                        "step": step,
+                        "tokens": tokens,
+                        "train_loss": train_loss,
+                        "settings": settings,
+                        "loader": batches.state_dict(),
+                        "rng": rng_state(device),
+                    },
+                )
+            paused += time.perf_counter() - pause_start
+            if stop is not None:
+                progress.close()
+                if owns_process_group:
+                    dist.destroy_process_group()
+                raise Stopped(stop, step=step, checkpoint=saved)
     progress.close()
 
     result = TrainResult(

@@ -4,10 +4,16 @@ One process runs in this process. Several (`nproc` > 1, or several machines) run
 subprocess whose console output (progress bar included) is copied line by line; rank 0's metrics
 come back through a file it appends to (see `lmforge.model.launch`), read while it trains, and
 reach `on_log` as if training ran here.
+
+A stop signal (Ctrl-C, SIGTERM; see `lmforge.stopping`) reaches every rank: they stop after the
+same step, rank 0 writes a checkpoint there, and whatever has not exited STOP_GRACE_SECONDS
+later is killed. `Stopped` then names the newest checkpoint, to resume from.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import subprocess
 import sys
 import tempfile
@@ -17,9 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from lmforge.model.checkpoint import latest_checkpoint
 from lmforge.model.launch import read_metrics_records, read_result
 from lmforge.model.runtime import LogCallback
 from lmforge.model.train import TrainJob, TrainResult, train
+from lmforge.stopping import Stopped, stop_at_safe_points, stop_process_tree, stop_signal
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,8 @@ def needs_torchrun(job: TrainJob, launch: TorchrunOptions) -> bool:
 
 # How often the metrics file is read while training runs: MLflow follows within this delay.
 POLL_SECONDS = 0.5
+# How long the processes get to stop at a step and write rank 0's checkpoint before the kill.
+STOP_GRACE_SECONDS = 10.0
 
 
 def torchrun_command(
@@ -100,7 +110,8 @@ def run_torchrun(
 ) -> TrainResult | None:
     """Train under torchrun: the console is copied to `output` by a thread while this one
     forwards rank 0's metrics to `on_log` every POLL_SECONDS, and what is left once the
-    processes exit. An exception from `on_log` (or Ctrl-C) stops the processes and is raised."""
+    processes exit. A stop signal is passed on to every process (see the module docstring) and
+    raised as `Stopped`; an exception from `on_log` stops them too and is raised."""
     log = on_log or (lambda step, metrics: None)
     recent: deque[str] = deque(maxlen=40)
     with tempfile.TemporaryDirectory(prefix="lmforge-train-") as tmp:
@@ -113,6 +124,7 @@ def run_torchrun(
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
+            start_new_session=True,  # the terminal's Ctrl-C reaches us, and we pass it on
         )
         assert process.stdout is not None
         with process:
@@ -120,19 +132,20 @@ def run_torchrun(
                 target=copy_console, args=(process.stdout, output, recent), daemon=True
             )
             copier.start()
-            offset, exited = 0, False
+            offset = 0
             try:
-                while not exited:
-                    try:
-                        process.wait(timeout=POLL_SECONDS)
-                        exited = True
-                    except subprocess.TimeoutExpired:
-                        pass
-                    records, offset = read_metrics_records(metrics_file, offset)
-                    for record in records:
-                        log(record["step"], record["metrics"])
+                with stop_at_safe_points():
+                    while process.poll() is None and stop_signal() is None:
+                        with contextlib.suppress(subprocess.TimeoutExpired):
+                            process.wait(timeout=POLL_SECONDS)
+                        offset = forward_metrics(metrics_file, offset, log)
+                    if (signum := stop_signal()) is not None:
+                        stop_process_tree(process.pid, signum, STOP_GRACE_SECONDS)
+                        forward_metrics(metrics_file, offset, log)  # up to the last step
+                        raise stopped_training(signum, Path(config.out_dir))
+                    forward_metrics(metrics_file, offset, log)
             except BaseException:
-                process.terminate()  # torchrun passes it on to every rank
+                stop_process_tree(process.pid, signal.SIGTERM, STOP_GRACE_SECONDS)
                 raise
             finally:
                 process.wait()
@@ -148,13 +161,29 @@ def run_torchrun(
     return result
 
 
+def forward_metrics(metrics_file: Path, offset: int, log: LogCallback) -> int:
+    """Pass the records rank 0 appended after `offset` to `log`; returns the offset to go on."""
+    records, offset = read_metrics_records(metrics_file, offset)
+    for record in records:
+        log(record["step"], record["metrics"])
+    return offset
+
+
+def stopped_training(signum: int, out_dir: Path) -> Stopped:
+    """The stop to report once the processes are gone: the newest checkpoint in `out_dir`
+    (rank 0's at the step they stopped after, unless the grace ran out first)."""
+    checkpoint = latest_checkpoint(out_dir)
+    step = int(checkpoint.name.removeprefix("step-")) if checkpoint is not None else None
+    return Stopped(signum, step=step, checkpoint=checkpoint)
+
+
 def copy_console(source: TextIO, output: TextIO | None, recent: deque[str]) -> None:
     """Copy the processes' output to `output` line by line, keeping the last lines in `recent`
     for an error message. Reads to the end even when `output` fails (a closed terminal): a
     pipe left full would block training."""
     for line in source:
         recent.append(line)
-        if output is None:
+        if output is None or stop_signal() is not None:  # a stopped run's tracebacks: noise
             continue
         try:
             output.write(line)

@@ -23,7 +23,7 @@ def triggered_run(lmforge_services):
 
     with prefect_client_settings(lmforge_services):  # the server demands its login
         with get_client(sync_client=True) as client:
-            deployment = client.read_deployment_by_name("pipeline/lmforge")
+            deployment = client.read_deployment_by_name("pipeline/lmforge-run")
             # The form as the UI fills it from the deployment's defaults: a tiny pipeline in
             # work/ui. After the browser test's run there, its stages are reused (still traced).
             form = dict(deployment.parameters)

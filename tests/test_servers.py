@@ -113,7 +113,7 @@ def test_a_page_on_another_origin_cannot_create_a_flow_run(lmforge_services):
     from lmforge.servers import prefect_client_settings
 
     with prefect_client_settings(lmforge_services), get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name("pipeline/lmforge")
+        deployment = client.read_deployment_by_name("pipeline/lmforge-run")
         runs_before = len(client.read_flow_runs())
         url = f"{lmforge_services.prefect_api_url}/deployments/{deployment.id}/create_flow_run"
         status, headers = http(url, "POST", EVIL_PAGE, b'{"parameters": {}}')
@@ -146,7 +146,7 @@ def test_a_shell_that_sources_the_env_file_reaches_prefect_logged_in(lmforge_ser
     read_deployment = (
         "from prefect.client.orchestration import get_client\n"
         "with get_client(sync_client=True) as client:\n"
-        "    print(client.read_deployment_by_name('pipeline/lmforge').name)"
+        "    print(client.read_deployment_by_name('pipeline/lmforge-run').name)"
     )
     env_file = lmforge_services.state_dir / "env"
     shell = subprocess.run(
@@ -155,7 +155,7 @@ def test_a_shell_that_sources_the_env_file_reaches_prefect_logged_in(lmforge_ser
         capture_output=True, text=True, timeout=120,
     )
     assert shell.returncode == 0, shell.stderr[-2000:]
-    assert shell.stdout.strip() == "lmforge"
+    assert shell.stdout.strip() == "lmforge-run"
 
 
 @pytest.mark.slow

@@ -63,7 +63,13 @@ def flow_run_named(services, name: str, timeout: float = 120.0):
                 if runs:
                     return runs[0]
                 time.sleep(1)
-    pytest.fail(f"no flow run named {name!r} appeared after submitting the form")
+            names = [run.name for run in client.read_flow_runs(limit=20)]
+    pytest.fail(f"no flow run named {name!r} appeared after submitting the form; runs: {names}")
+
+
+def page_text(page) -> str:
+    """What the page shows, for a failure message."""
+    return " | ".join(page.inner_text("body").split("\n"))[:3000]
 
 
 def log_in(page, services) -> None:
@@ -81,6 +87,9 @@ def run_from_the_form(page, lmforge_services):
     """Deployments -> pipeline -> Run -> Custom run -> edit the form (the run's name, and
     `eval` -> max_new_tokens) -> Submit; then the flow run's page until it shows Completed.
     Returns the flow run."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import expect
+
     log_in(page, lmforge_services)
     page.goto(f"{lmforge_services.prefect_url}/deployments")
     row = page.locator("tr", has=page.get_by_role("link", name="pipeline", exact=True))
@@ -90,20 +99,30 @@ def run_from_the_form(page, lmforge_services):
     page.get_by_role("button", name="Run", exact=True).click()
     page.get_by_text("Custom run", exact=True).click()
     page.get_by_text("Every stage writes a subdirectory here").wait_for()
-    # The Run Name field; the other parameters keep the deployment's defaults (a tiny pipeline
-    # in work/ui, shared with the integration test: whichever runs second reuses the stages
-    # this form does not change).
-    page.locator("input[type=text]").first.fill(RUN_NAME)
     # Each field is a `.schema-form-property` holding its description; the innermost one that
     # holds this description is max_new_tokens itself, inside the `eval` section's card.
     max_new_tokens = page.locator(
         ".schema-form-property", has=page.get_by_text("Tokens generated per prompt.")
     ).last.locator("input[type=number]")
-    max_new_tokens.fill(str(FORM_MAX_NEW_TOKENS))
+    # The Run Name field, filled last: the form may still re-render while it settles, and a
+    # reset name would start a run under a generated one. The other parameters keep the
+    # deployment's defaults (a tiny pipeline in work/ui, shared with the integration test:
+    # whichever runs second reuses the stages this form does not change).
+    run_name = page.locator("input[type=text]").first
+    for field, value in ((max_new_tokens, str(FORM_MAX_NEW_TOKENS)), (run_name, RUN_NAME)):
+        field.fill(value)
+    expect(max_new_tokens).to_have_value(str(FORM_MAX_NEW_TOKENS))
+    expect(run_name).to_have_value(RUN_NAME)
     screenshot(page, "2-prefect-run-form")
     page.get_by_role("button", name="Submit", exact=True).click()
-    page.wait_for_timeout(2000)
-    screenshot(page, "2b-prefect-after-submit")
+    # The deployment's Runs tab lists the new run by name; without it the page says why (kept
+    # in the failure message: a CI machine keeps no screenshots).
+    try:
+        page.get_by_text(RUN_NAME, exact=True).first.wait_for(timeout=60_000)
+    except PlaywrightTimeout:
+        pytest.fail(f"no run named {RUN_NAME} after Submit; the page shows: {page_text(page)}")
+    finally:
+        screenshot(page, "2b-prefect-after-submit")
     flow_run = flow_run_named(lmforge_services, RUN_NAME)
     page.goto(f"{lmforge_services.prefect_url}/runs/flow-run/{flow_run.id}")
     deadline = time.monotonic() + 300

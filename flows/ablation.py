@@ -16,7 +16,7 @@ The base variant goes first: its shards train the tokenizer every other variant 
 val split (documents chosen by a hash of their id, so no variant trains on one) is the default
 held-out set. The other variants wait for its dataset (the early per-file work is then cached)
 and its shards, and `run.parallel` variants run at once, each training in its own process.
-Every stage is reused when its finished output matches (`pipeline.run_or_reuse`), so a killed
+Every stage is reused when its finished output matches (`stage_outputs.run_or_reuse`), so a killed
 ablation, run again, continues where it stopped.
 
 MLflow: the ablation's run; below it a run per variant (its config, data counts, held-out curves,
@@ -46,7 +46,8 @@ from lmforge.flows.build_shards import build_shards
 from lmforge.flows.data_refresh import data_refresh
 from lmforge.flows.evaluate import evaluate
 from lmforge.flows.params import AblationRun, DataRefreshRun, EvalRun, PretrainRun, ShardsRun
-from lmforge.flows.pipeline import data_inputs, run_or_reuse
+from lmforge.flows.pipeline import data_inputs
+from lmforge.flows.stage_outputs import run_or_reuse
 from lmforge.flows.preflight import check_evaluation_files
 from lmforge.flows.pretrain import pretrain
 from lmforge.flows.reports import mlflow_run_markdown, publish_markdown

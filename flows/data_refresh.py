@@ -24,6 +24,7 @@ import mlflow
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
 from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
 
@@ -66,6 +67,8 @@ _refresh_log: contextvars.ContextVar[logging.LoggerAdapter | None] = contextvars
     "lmforge_refresh_log", default=None
 )
 RESULTS_DIR = ".results"
+# The Prefect event of a dataset version that added documents (see `announce_version`).
+DATASET_UPDATED = "lmforge.dataset.updated"
 # Errors that another attempt of the same file cannot fix (an InputError has had its network
 # retries already, with backoff, while reading).
 _FINAL_ERRORS = (InputError, FileNotFoundError, PermissionError, IsADirectoryError)
@@ -374,6 +377,10 @@ def _refresh(config: DataConfig, run: DataRefreshRun, out: Path) -> dict:
     stage = StageFlow.start(STAGE_NAME, {"data": config, "run": run}, out, inputs=files)
     refresh = DatasetRefresh(out, config)
     files, done = refresh.pending(files)
+    if run.files_per_run is not None and len(files) > run.files_per_run:
+        print(f"data_refresh: adding {run.files_per_run} of the {len(files)} new inputs; the "
+              "next run adds the following ones")  # fmt: skip
+        files = files[: run.files_per_run]
     if refresh.continuing and not files:
         print(f"data_refresh: all {len(done)} inputs are already in {out}; nothing to add")
         # Named at its start for the version it would add: it adds none.
@@ -400,4 +407,29 @@ def _refresh(config: DataConfig, run: DataRefreshRun, out: Path) -> dict:
     shutil.rmtree(staging, ignore_errors=True)
     counts = manifest["counts"]
     print(f"data_refresh: kept {counts['kept']} of {counts['responses']} responses -> {out}")
+    announce_version(out, manifest)
     return manifest
+
+
+def dataset_resource_id(out: str | Path) -> str:
+    """The Prefect event resource of the dataset in folder `out` (what a retrain trigger
+    matches)."""
+    return f"lmforge.dataset.{Path(out).resolve()}"
+
+
+def announce_version(out: Path, manifest: Mapping[str, Any]) -> None:
+    """Emit `DATASET_UPDATED` for a version that kept documents: the event a `retrain`
+    deployment's trigger waits for (no event, no retrain: a refresh that added nothing)."""
+    added = manifest.get("version_counts", manifest["counts"]).get("kept", 0)
+    if not added:
+        print("data_refresh: the new version keeps no document; nothing to retrain on")
+        return
+    emit_event(
+        event=DATASET_UPDATED,
+        resource={
+            "prefect.resource.id": dataset_resource_id(out),
+            "prefect.resource.name": out.name,
+        },
+        payload={"dataset": str(out), "version": manifest_version(manifest),
+                 "documents_added": added},
+    )  # fmt: skip

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from prefect import Flow
@@ -19,6 +20,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.deployments.runner import EntrypointType
+from prefect.events import DeploymentEventTrigger
 from prefect.exceptions import ObjectNotFound
 from prefect.schedules import Cron
 from pydantic import ValidationError
@@ -26,6 +28,8 @@ from pydantic import ValidationError
 DEFAULT_WORK_POOL = "lmforge"
 # Sunday 03:00: a weekly crawl refresh at a quiet hour.
 DEFAULT_REFRESH_CRON = "0 3 * * 0"
+# The dataset the refresh deployment grows and the retrain deployment trains on.
+DEFAULT_DATASET = "work/dataset"
 
 
 @dataclass(frozen=True)
@@ -84,32 +88,47 @@ def register_deployments(
     timezone: str = "UTC",
     working_dir: str | Path | None = None,
     parameters: Mapping[str, dict] | None = None,
+    dataset: str = DEFAULT_DATASET,
+    refresh_source: Mapping[str, Any] | None = None,
 ) -> list[UUID]:
-    """Register (create or update) the five lmforge deployments on a process work pool.
+    """Register (create or update) the lmforge deployments on a process work pool.
 
-    `data_refresh` gets the cron schedule `schedule_cron`, paused unless `schedule_active`
-    (turn it on from the UI's deployment page). Flow runs start in `working_dir`, where relative
-    parameters such as `work_dir=work/pipeline` resolve; without it a process worker runs each
-    flow in a temporary directory that it deletes afterwards. `parameters` (by flow name, e.g.
-    `{"pipeline": {"train": {...}, "run": {...}}}`) become a deployment's defaults, which the UI's Quick run
-    uses and its Custom run form starts from. Needs a reachable Prefect API
-    (`PREFECT_API_URL`). Returns the deployment ids in `deployment_specs()` order.
+    The refresh loop: `data_refresh` writes `dataset` (read from `refresh_source`: the
+    DataRefreshRun fields input, crawl, files_per_run, ...) on the cron schedule
+    `schedule_cron`, paused unless `schedule_active` (turn it on from the UI's deployment page);
+    `retrain` reads `dataset` and is triggered by the event a refresh emits when it added
+    documents (an automation on the server, see `retrain_trigger`). Flow runs start in
+    `working_dir`, where relative parameters such as `work_dir=work/pipeline` resolve; without
+    it a process worker runs each flow in a temporary directory that it deletes afterwards.
+    `parameters` (by flow name, e.g. `{"pipeline": {"train": {...}, "run": {...}}}`) become a
+    deployment's defaults, which the UI's Quick run uses and its Custom run form starts from.
+    Needs a reachable Prefect API (`PREFECT_API_URL`). Returns the deployment ids in
+    `deployment_specs()` order.
     """
     check_schedule(schedule_cron, timezone)
     ensure_process_work_pool(work_pool)
-    job_variables = {"working_dir": str(Path(working_dir).resolve())} if working_dir else None
+    root = Path(working_dir).resolve() if working_dir else Path.cwd()
+    job_variables = {"working_dir": str(root)} if working_dir else None
+    loop = {
+        "data_refresh": {"run": {**(refresh_source or {}), "out": dataset}},
+        "retrain": {"run": {"dataset": dataset}},
+    }
     ids = []
     for spec in deployment_specs():
-        schedules = None
+        schedules, triggers = None, None
         if spec.flow.name == "data_refresh":
             schedules = [
                 Cron(schedule_cron, timezone=timezone, active=schedule_active, slug="data-refresh")
             ]
+        if spec.flow.name == "retrain":
+            triggers = [retrain_trigger(root / dataset)]
+        defaults = merged(loop.get(spec.flow.name, {}), (parameters or {}).get(spec.flow.name))
         deployment = spec.flow.to_deployment(
             name=spec.name,
             description=spec.description,
             schedules=schedules,
-            parameters=(parameters or {}).get(spec.flow.name),
+            triggers=triggers,
+            parameters=defaults or None,
             tags=["lmforge"],
             work_pool_name=work_pool,
             job_variables=job_variables,
@@ -118,6 +137,32 @@ def register_deployments(
         # `apply` directly rather than `prefect.deploy`, which only prints a failed deployment.
         ids.append(deployment.apply(work_pool_name=work_pool))
     return ids
+
+
+def retrain_trigger(dataset: Path) -> DeploymentEventTrigger:
+    """Run `retrain` each time a refresh adds documents to `dataset` (the event
+    `data_refresh.announce_version` emits), once per event."""
+    from lmforge.flows.data_refresh import DATASET_UPDATED, dataset_resource_id
+
+    return DeploymentEventTrigger(
+        name=f"retrain when {dataset.name} grows",
+        description=f"A data_refresh added documents to {dataset}: retrain, evaluate, gate.",
+        expect={DATASET_UPDATED},
+        match={"prefect.resource.id": dataset_resource_id(dataset)},
+        posture="Reactive",
+        threshold=1,
+    )
+
+
+def merged(base: Mapping[str, Any], override: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`base` with `override`'s values, section by section (nested dicts merged, not replaced)."""
+    result = dict(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = value
+    return result
 
 
 def check_schedule(cron: str, timezone: str) -> None:

@@ -31,6 +31,12 @@ class DataRefreshRun(StageParams):
     max_files: int | None = Field(
         None, ge=1, description="Read only the first N WARC files of `crawl`."
     )
+    files_per_run: int | None = Field(
+        None,
+        ge=1,
+        description="Add only the next N input files the dataset has not processed yet (a "
+        "scheduled refresh advances through a crawl's listing run by run); empty: all of them.",
+    )
     crawl_base_url: str = Field(
         "https://data.commoncrawl.org/",
         description="Where crawl listings and WARC files are served (a mirror, or a test server).",
@@ -152,6 +158,32 @@ class PipelineRun(StageParams):
     )
     model_alias: str | None = Field(
         "candidate", description="Registry alias moved to the new version; empty: none."
+    )
+
+
+class RetrainRun(StageParams):
+    """What a retrain reads (a dataset that refreshes grow), where its stages write, how it
+    starts, and the model line it adds a version to."""
+
+    dataset: str = Field(
+        "work/dataset",
+        description="Dataset folder a data_refresh writes (its newest version is trained on).",
+        json_schema_extra={"position": 0},
+    )
+    work_dir: str = Field(
+        "work/model",
+        description="Shards, training and evaluation folders, one per run (stages/...), with "
+        "links to the newest (shards, train, eval).",
+    )
+    start: Literal["scratch", "champion"] = Field(
+        "scratch",
+        description="scratch: a new tokenizer and random weights; champion: continue from the "
+        "current @champion's weights with its tokenizer (same model shape).",
+    )
+    blimp: str | None = Field(None, description="Directory of BLiMP JSONL files to score.")
+    nproc: int = Field(1, ge=1, description="Training processes (torchrun).")
+    registered_model_name: str | None = Field(
+        None, description="Model line (Model Registry name); default: lmforge-<preset>."
     )
 
 

@@ -8,15 +8,11 @@ see `stage_cache`) are reused, not rerun: after a crash, a rerun resumes at the 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from prefect import flow, task
-from prefect.states import Completed
-from pydantic import BaseModel
+from prefect import flow
 
 from lmforge.flows.build_shards import build_shards
 from lmforge.flows.data_refresh import data_refresh
@@ -29,30 +25,26 @@ from lmforge.flows.reports import (
     publish_link,
     publish_markdown,
 )
-from lmforge.flows.stage_cache import StageCache, code_version, stage_key
+from lmforge.flows.stage_cache import code_version
 from lmforge.flows.stage_flow import StageFlow
+from lmforge.flows.stage_outputs import StageChain
 from lmforge.flows.stages import PIPELINE_STAGES
-from lmforge.flows.tracking import (
-    child_runs_of,
-    configure_tracking,
-    log_stage_manifest,
-    section_values,
-    stage_run,
-)
-from lmforge.manifest import MANIFEST_NAME, describe_input, read_manifest
+from lmforge.flows.tracking import configure_tracking
+from lmforge.manifest import describe_input, read_manifest
 from lmforge.model.config import ModelSpec
 from lmforge.model.train import TrainConfig
 from lmforge.tasks.data.config import DataConfig
 from lmforge.tasks.data.refresh import resolve_inputs
 from lmforge.tasks.evaluate.checkpoint import EvalConfig
 from lmforge.tasks.tokens.shards import ShardConfig
-from lmforge.tracking_tags import CACHE_TAG, CACHED_STAGES_TAG, CODE_VERSION_TAG, STAGE_TAG
+from lmforge.tracking_tags import CACHED_STAGES_TAG, CODE_VERSION_TAG, STAGE_TAG
 
 STAGES = PIPELINE_STAGES  # data_refresh, build_shards, pretrain, evaluate: the registry's order
 
 
 def stage_runs(run: PipelineRun) -> tuple[DataRefreshRun, ShardsRun, PretrainRun, EvalRun]:
-    """Each stage's folders under `run.work_dir`, wired output to input."""
+    """Each stage's folders, wired output to input through the links `<work_dir>/data`,
+    `shards`, `train` and `eval` (a `StageChain` gives each stage its own folder behind them)."""
     work = Path(run.work_dir).resolve()
     data, shards, train, evaluation = (str(work / name) for name in ("data", "shards", "train", "eval"))
     return (
@@ -70,42 +62,6 @@ def data_inputs(run: DataRefreshRun) -> list[dict[str, Any]]:
     if not run.input:
         return [{"sample_corpus": True}]
     return [describe_input(path) for path in resolve_inputs(run.input)]
-
-
-@task(name="reuse-stage-output", task_run_name="reuse {stage} output")
-def reuse_stage_output(stage: str, sections: dict[str, BaseModel], out: str, parent_run_id: str):
-    """Record a reused stage: a child MLflow run tagged `lmforge.cache=hit` with the output's
-    manifest and inputs (lineage stays complete), and a Cached state in Prefect."""
-    with stage_run(stage, section_values(sections), parent_run_id):
-        mlflow.set_tag(CACHE_TAG, "hit")
-        log_stage_manifest(out)
-    print(f"{stage}: reusing {out} (same inputs, parameters and code)")
-    return Completed(name="Cached", message=f"reused {out}")
-
-
-def run_or_reuse(
-    stage: str,
-    stage_flow: Callable[..., Any],
-    sections: dict[str, BaseModel],
-    out: str,
-    inputs: list[dict[str, Any]],
-    cache: StageCache,
-    parent_run_id: str,
-    record: str | None = None,
-) -> str:
-    """Run `stage_flow(**sections)` as a child of MLflow run `parent_run_id`, unless `cache`
-    holds its finished output; returns "ran" or "cached". `record` names the stage's entry in
-    `cache` (default: the stage), for a work dir that runs a stage more than once."""
-    key = stage_key(stage, section_values(sections), inputs)
-    if cache.lookup(record or stage, key, out) is not None:
-        reuse_stage_output(stage, sections, out, parent_run_id)
-        return "cached"
-    if stage == "pretrain":
-        set_aside_finished_training(Path(out))
-    with child_runs_of(parent_run_id):
-        stage_flow(**sections)
-    cache.store(record or stage, key, out)
-    return "ran"
 
 
 @flow(name="pipeline", log_prints=True)
@@ -127,7 +83,6 @@ def pipeline(
     data_run, shards_run, train_run, eval_run = stage_runs(run)
     # Rerunning into the same work dir continues (or reuses) that training run.
     train = train.model_copy(update={"resume": True})
-    cache = StageCache(work)
     sections = {
         "data": data, "shards": shards, "model": model, "train": train, "eval": eval, "run": run,
     }  # fmt: skip
@@ -135,26 +90,30 @@ def pipeline(
     with stage.mlflow_run(tags={CODE_VERSION_TAG: code_version()}) as mlflow_run:
         stage.record_config()
         parent = mlflow_run.info.run_id
-        outcomes = {
-            "data_refresh": run_or_reuse(
-                "data_refresh", data_refresh, {"data": data, "run": data_run}, data_run.out,
-                data_inputs(data_run), cache, parent,
-            ),
-        }
-        outcomes["build_shards"] = run_or_reuse(
-            "build_shards", build_shards, {"shards": shards, "run": shards_run}, shards_run.out,
-            [describe_input(shards_run.data)], cache, parent,
+        chain = StageChain(work, parent)
+        data_dir = chain.run(
+            "data_refresh", data_refresh, {"data": data, "run": data_run}, data_inputs(data_run),
+            "data", folder_identity=data.to_dict(),
         )
-        outcomes["pretrain"] = run_or_reuse(
+        shards_run = shards_run.model_copy(update={"data": str(data_dir)})
+        shards_dir = chain.run(
+            "build_shards", build_shards, {"shards": shards, "run": shards_run},
+            [describe_input(data_dir)], "shards",
+        )
+        train_run = train_run.model_copy(update={"shards": str(shards_dir)})
+        train_dir = chain.run(
             "pretrain", pretrain, {"model": model, "train": train, "run": train_run},
-            train_run.out, [describe_input(train_run.shards)], cache, parent,
+            [describe_input(shards_dir)], "train",
         )
-        outcomes["evaluate"] = run_or_reuse(
-            "evaluate", evaluate, {"eval": eval, "run": eval_run}, eval_run.out,
-            [describe_input(eval_run.checkpoint), describe_input(eval_run.shards)],
-            cache, parent,
+        eval_run = eval_run.model_copy(
+            update={"checkpoint": str(train_dir), "shards": str(shards_dir)}
         )
-        results = json.loads((Path(eval_run.out) / "results.json").read_text())
+        eval_dir = chain.run(
+            "evaluate", evaluate, {"eval": eval, "run": eval_run},
+            [describe_input(train_dir), describe_input(shards_dir)], "eval",
+        )
+        outcomes = chain.outcomes
+        results = json.loads((eval_dir / "results.json").read_text())
         headline = {k: results[k] for k in ("val_loss", "val_bpb", "blimp_acc") if k in results}
         mlflow.log_metrics({k: float(v) for k, v in headline.items()})
         cached = [name for name in STAGES if outcomes[name] == "cached"]
@@ -162,34 +121,20 @@ def pipeline(
         experiment_id = mlflow_run.info.experiment_id
     summary = {
         "work_dir": str(work),
-        "data": data_run.out,
-        "shards": shards_run.out,
-        "checkpoint": train_run.out,
-        "results": str(Path(eval_run.out) / "results.json"),
+        "data": str(data_dir),
+        "shards": str(shards_dir),
+        "checkpoint": str(train_dir),
+        "results": str(eval_dir / "results.json"),
         "mlflow_tracking_uri": tracking_uri,
         "mlflow_run_id": parent,
-        "documents": read_manifest(data_run.out)["counts"]["kept"],
-        "train_tokens": read_manifest(shards_run.out)["splits"]["train"]["tokens"],
-        "final_train_loss": read_manifest(train_run.out)["counts"].get("final_train_loss"),
+        "documents": read_manifest(data_dir)["counts"]["kept"],
+        "train_tokens": read_manifest(shards_dir)["splits"]["train"]["tokens"],
+        "final_train_loss": read_manifest(train_dir)["counts"].get("final_train_loss"),
         "stages": outcomes,
         **headline,
     }
     publish_report(summary, tracking_uri, experiment_id)
     return summary
-
-
-def set_aside_finished_training(out: Path) -> Path | None:
-    """A finished training run in `out` that this pipeline run does not reuse (its settings or
-    inputs changed) is renamed to `out.superseded-<UTC time>`, never overwritten or deleted:
-    training then starts afresh in `out`. Checkpoints without a manifest are a run that stopped
-    early, and the pipeline resumes it instead."""
-    if not (out / MANIFEST_NAME).is_file():
-        return None
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    kept = out.with_name(f"{out.name}.superseded-{stamp}")
-    out.rename(kept)
-    print(f"pretrain: settings or inputs changed; the previous run is kept in {kept}")
-    return kept
 
 
 def publish_report(summary: dict, tracking_uri: str, experiment_id: str) -> None:

@@ -23,6 +23,7 @@ from lmforge.flows.params import (
     FinetuneInstructRun,
     PipelineRun,
     PretrainRun,
+    RetrainRun,
     ShardsRun,
 )
 from lmforge.manifest import read_manifest
@@ -48,6 +49,15 @@ def check_shard_inputs(shards: ShardConfig, run: ShardsRun) -> None:
     read_manifest(run.data, stage=DATA_STAGE)
     if shards.tokenizer_path:
         load_tokenizer(shards.tokenizer_path)
+
+
+def check_retrain_inputs(
+    shards: ShardConfig, eval: EvalConfig, run: RetrainRun, **sections: object
+) -> None:
+    read_manifest(run.dataset, stage=DATA_STAGE)
+    if shards.tokenizer_path:
+        load_tokenizer(shards.tokenizer_path)
+    check_evaluation_files(eval, run.blimp)
 
 
 def check_train_inputs(train: TrainConfig, run: PretrainRun, **sections: object) -> None:

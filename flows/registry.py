@@ -25,7 +25,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
 from lmforge.manifest import MANIFEST_NAME, manifest_digest
-from lmforge.model.checkpoint import load_model
+from lmforge.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_model
 from lmforge.model.shard_format import TOKENIZER_FILE
 from lmforge.tracking_tags import (
     CHECKPOINT_DIGEST_TAG,
@@ -35,6 +35,9 @@ from lmforge.tracking_tags import (
 )
 
 CANDIDATE_ALIAS = "candidate"
+# Where a registered version's checkpoint files live in its training run's artifacts.
+CHECKPOINT_ARTIFACTS = "checkpoint"
+CHECKPOINT_FILES = (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE, MANIFEST_NAME)
 
 
 def default_registered_name(preset: str) -> str:
@@ -82,6 +85,11 @@ def register_checkpoint(
     checkpoint_dir = Path(checkpoint_dir).resolve()
     digest = manifest_digest(checkpoint_dir)
     model = load_model(checkpoint_dir).eval()
+    # lmforge's own files too, so the version outlives its folder: `version_checkpoint` loads
+    # it, training continues from it, `lmforge lineage` checks it.
+    for name in CHECKPOINT_FILES:
+        if (checkpoint_dir / name).is_file():
+            mlflow.log_artifact(str(checkpoint_dir / name), artifact_path=CHECKPOINT_ARTIFACTS)
     extra_files = [
         str(path)
         for path in (checkpoint_dir / TOKENIZER_FILE, checkpoint_dir / MANIFEST_NAME)
@@ -102,6 +110,27 @@ def register_checkpoint(
     if alias:
         client.set_registered_model_alias(registered_name, alias, version)
     return client.get_model_version(registered_name, version)
+
+
+def version_checkpoint(version: ModelVersion, dest: str | Path) -> Path:
+    """The checkpoint folder of a registered version, as its training run logged it to MLflow
+    (weights, model config, tokenizer, manifest), downloaded into `dest`: loadable with
+    `load_model` after its work directory is gone. Checked against the version's manifest
+    digest; ValueError when the files are missing or differ."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=version.run_id, artifact_path=CHECKPOINT_ARTIFACTS, dst_path=str(dest)
+        )
+    )
+    recorded = version.tags.get(CHECKPOINT_DIGEST_TAG)
+    if not (local / MANIFEST_NAME).is_file() or manifest_digest(local) != recorded:
+        raise ValueError(
+            f"{version.name} version {version.version}: the checkpoint files in MLflow run "
+            f"{version.run_id} do not match the version's manifest digest {recorded}"
+        )
+    return local
 
 
 def versions_of_run(run_id: str) -> list[ModelVersion]:

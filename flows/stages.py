@@ -116,6 +116,19 @@ STAGES: tuple[Stage, ...] = (
         flag_renames={"out": "eval-dir", "results_json": "out"},
     ),
     Stage(
+        name="retrain",
+        command="retrain",
+        flow_path="lmforge.flows.retrain:retrain",
+        output="model",
+        inputs=("data_refresh",),
+        summary="Dataset -> shards, pretrained model, evaluation, gated promotion.",
+        description="Retrain on a dataset's newest version (what a refresh's event starts): "
+        "build shards, pretrain from scratch or from the current @champion, evaluate, and make "
+        "the new model version @champion only if it beats the champion on the model line's "
+        "pinned held-out set (else @challenger). Every output has a folder of its own.",
+        check_path="lmforge.flows.preflight:check_retrain_inputs",
+    ),
+    Stage(
         name="finetune_classifier",
         command="finetune classify",
         flow_path="lmforge.flows.finetune:finetune_classifier",

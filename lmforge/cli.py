@@ -174,6 +174,29 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     lineage.add_argument("--tracking-uri", metavar="URI", help=TRACKING_URI_HELP)
     lineage.set_defaults(handler=run_lineage)
 
+    promote = commands.add_parser(
+        "promote",
+        help="make a registered model version @champion by hand",
+        description="Point the @champion alias of MODEL at VERSION, whatever the gate decided, "
+        "and record the move on the version (lmforge.gate.* tags, its description) and in the "
+        "model's champion history, which `lmforge rollback` walks back.",
+    )
+    promote.add_argument("model", metavar="MODEL", help="registered model name")
+    promote.add_argument("version", metavar="VERSION", help="the version to make champion")
+    promote.add_argument("--reason", help="why, recorded with the move")
+    promote.add_argument("--tracking-uri", metavar="URI", help=TRACKING_URI_HELP)
+    promote.set_defaults(handler=run_promote)
+
+    rollback = commands.add_parser(
+        "rollback",
+        help="move @champion back to the version that held it before",
+        description="Point the @champion alias of MODEL at the previous champion in its "
+        "history and record the move; run it again to go further back.",
+    )
+    rollback.add_argument("model", metavar="MODEL", help="registered model name")
+    rollback.add_argument("--tracking-uri", metavar="URI", help=TRACKING_URI_HELP)
+    rollback.set_defaults(handler=run_rollback)
+
     export_parser = commands.add_parser("export", help="export a checkpoint for other tools")
     export = export_parser.add_subparsers(dest="export_command", metavar="COMMAND", required=True)
     export_hf = export.add_parser(
@@ -247,7 +270,49 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
         action="store_true",
         help="turn the data_refresh schedule on now (default: paused until turned on in the UI)",
     )
+    loop = deploy.add_argument_group(
+        "the refresh loop",
+        "What the scheduled data_refresh reads and the dataset it grows; a refresh that adds "
+        "documents triggers the retrain deployment on that dataset (all editable in the UI).",
+    )
+    source = loop.add_mutually_exclusive_group()
+    source.add_argument(
+        "--refresh-input", nargs="+", metavar="GLOB_OR_URL",
+        help="WARC files, globs or URLs each refresh reads (new files in a glob are picked up; "
+        "files already in the dataset are skipped)",
+    )  # fmt: skip
+    source.add_argument(
+        "--refresh-crawl", metavar="CC-MAIN-YYYY-WW",
+        help="a Common Crawl whose listing each refresh advances through",
+    )
+    loop.add_argument(
+        "--files-per-run", type=positive_int, metavar="N",
+        help="files each refresh adds (default: every new one)",
+    )
+    loop.add_argument(
+        "--crawl-base-url", metavar="URL", help="where the crawl is served (a mirror, test server)"
+    )
+    loop.add_argument(
+        "--dataset", default="work/dataset", metavar="DIR",
+        help="the dataset the refresh writes and retrain reads, relative to --working-dir "
+        "(default: work/dataset)",
+    )  # fmt: skip
     deploy.set_defaults(handler=run_deploy)
+    clean = commands.add_parser(
+        "clean",
+        help="delete old stage folders of a pipeline or retrain work dir",
+        description="List (or with --yes delete) the stage folders under WORK_DIR/stages that "
+        "no link points at, keeping the newest --keep of each stage. Nothing else ever deletes "
+        "them: every run writes its own folder. Registered model versions stay loadable from "
+        "MLflow, which holds their files.",
+    )
+    clean.add_argument("work_dir", metavar="WORK_DIR", help="a pipeline's or retrain's work dir")
+    clean.add_argument(
+        "--keep", type=positive_int, default=1, metavar="N",
+        help="newest folders kept per stage, the linked one always (default: 1)",
+    )  # fmt: skip
+    clean.add_argument("--yes", action="store_true", help="delete them (default: only list)")
+    clean.set_defaults(handler=run_clean)
     add_service_commands(commands)
     add_debug_option(parser)
     return parser
@@ -520,6 +585,24 @@ def run_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_promote(args: argparse.Namespace) -> int:
+    from lmforge.flows.promotion import promote
+    from lmforge.lineage import use_tracking_uri
+
+    use_tracking_uri(args.tracking_uri)
+    print(promote(args.model, args.version, args.reason).reason)
+    return 0
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    from lmforge.flows.promotion import rollback
+    from lmforge.lineage import use_tracking_uri
+
+    use_tracking_uri(args.tracking_uri)
+    print(rollback(args.model).reason)
+    return 0
+
+
 def run_export_hf(args: argparse.Namespace) -> int:
     from lmforge.tasks.export_hf import export_hf
 
@@ -574,6 +657,8 @@ def run_deploy(args: argparse.Namespace) -> int:
         schedule_active=args.schedule_active,
         timezone=args.timezone,
         working_dir=args.working_dir,
+        dataset=args.dataset,
+        refresh_source=refresh_source(args),
     )
     state = "active" if args.schedule_active else "paused"
     print(f"Registered {len(ids)} deployments on work pool {args.work_pool!r} "
@@ -582,6 +667,48 @@ def run_deploy(args: argparse.Namespace) -> int:
     print("Trigger a run:   the Run button in the Prefect UI, or "
           "prefect deployment run pipeline/lmforge-run")
     return 0
+
+
+def run_clean(args: argparse.Namespace) -> int:
+    import shutil
+
+    from lmforge.flows.stage_outputs import STAGES_DIR, removable_folders
+
+    work_dir = Path(args.work_dir)
+    if not (work_dir / STAGES_DIR).is_dir():
+        raise ValueError(
+            f"{work_dir} has no {STAGES_DIR}/ folder: not a pipeline's or a retrain's work dir"
+        )
+    folders = removable_folders(work_dir, args.keep)
+    total = 0
+    for folder in folders:
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        total += size
+        print(f"{'deleting' if args.yes else 'would delete'}  {folder}  ({size / 1e6:,.1f} MB)")
+        if args.yes:
+            shutil.rmtree(folder)
+    verb = "deleted" if args.yes else "would free"
+    print(f"{len(folders)} folders, {total / 1e6:,.1f} MB {verb}" +
+          ("" if args.yes or not folders else "; run again with --yes to delete them"))
+    return 0
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def refresh_source(args: argparse.Namespace) -> dict[str, Any]:
+    """The data_refresh deployment's source fields from `lmforge deploy`'s flags."""
+    source = {
+        "input": args.refresh_input,
+        "crawl": args.refresh_crawl,
+        "files_per_run": args.files_per_run,
+        "crawl_base_url": args.crawl_base_url,
+    }
+    return {key: value for key, value in source.items() if value is not None}
 
 
 def register_flows(config: ServiceConfig) -> None:

@@ -9,7 +9,9 @@ Digests recorded in MLflow are checked against the manifests on disk, so a rebui
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from lmforge.errors import LmforgeError
-from lmforge.manifest import ManifestError, manifest_digest, read_manifest
+from lmforge.manifest import (
+    MANIFEST_NAME,
+    ManifestError,
+    manifest_digest,
+    read_manifest,
+    sha256_file,
+)
 from lmforge.tracking_tags import (
     CHECKPOINT_DIGEST_TAG,
     CHECKPOINT_TAG,
@@ -30,6 +38,7 @@ from lmforge.tracking_tags import (
     SHARDS_TAG,
     TRAINING_RUN_ID_TAG,
     find_stage_run,
+    stage_runs_of,
 )
 
 # The text view shows these filter statistics; --json has every one.
@@ -74,13 +83,41 @@ def resolve_version(client: MlflowClient, spec: str) -> ModelVersion:
 
 
 def digest_check(path: str | None, recorded: str | None) -> dict[str, Any]:
-    """The manifest digest recorded in MLflow, and whether the manifest on disk still has it."""
+    """The manifest digest recorded in MLflow, whether the manifest on disk still has it, and
+    whether the folder is gone (deleted by `lmforge clean`, or with its work directory)."""
     entry: dict[str, Any] = {"path": path, "manifest_sha256": recorded}
     try:
         entry["manifest_matches"] = bool(path) and manifest_digest(path) == recorded
+        entry["deleted"] = False
     except OSError:
         entry["manifest_matches"] = False  # moved or deleted since it was recorded
+        entry["deleted"] = not (path and Path(path).exists())
     return entry
+
+
+def recorded_manifest(path: str, digest: str | None) -> dict[str, Any]:
+    """The manifest with sha256 `digest` of the stage output `path`: the one on disk when it
+    still is that one, else the copy its stage run logged to MLflow (the folder deleted, or a
+    dataset a later refresh added versions to). LineageError when neither is found."""
+    try:
+        if digest is None or manifest_digest(path) == digest:
+            return read_manifest(path)
+    except (ManifestError, OSError):
+        pass
+    for run in stage_runs_of(path):
+        with tempfile.TemporaryDirectory(prefix="lmforge-lineage-") as scratch:
+            try:
+                local = mlflow.artifacts.download_artifacts(
+                    run_id=run.info.run_id, artifact_path=f"manifest/{MANIFEST_NAME}",
+                    dst_path=scratch,
+                )  # fmt: skip
+            except (MlflowException, OSError):
+                continue
+            if digest is None or sha256_file(local) == digest:
+                return json.loads(Path(local).read_text())
+    raise LineageError(
+        f"the manifest recorded in MLflow for {path} is neither on disk nor in MLflow"
+    )
 
 
 def stage_input(manifest: dict[str, Any], stage: str) -> dict[str, Any] | None:
@@ -169,7 +206,7 @@ def build_lineage(spec: str) -> dict[str, Any]:
     if not shards_path:
         raise LineageError(f"training run {training_run_id} has no {SHARDS_TAG} tag")
     shards = digest_check(shards_path, tags.get(SHARDS_DIGEST_TAG))
-    shards_manifest = read_recorded_manifest(shards_path)
+    shards_manifest = recorded_manifest(shards_path, tags.get(SHARDS_DIGEST_TAG))
     shards_run = find_stage_run(shards_path)
     shards.update(
         run_id=shards_run.info.run_id if shards_run else None,
@@ -181,7 +218,7 @@ def build_lineage(spec: str) -> dict[str, Any]:
     if data_input is None:
         raise LineageError(f"the shards manifest in {shards_path} names no data_refresh input")
     data = digest_check(data_input["path"], data_input.get("manifest_sha256"))
-    data_manifest = read_recorded_manifest(data_input["path"])
+    data_manifest = recorded_manifest(data_input["path"], data_input.get("manifest_sha256"))
     data_run = find_stage_run(data_input["path"])
     counts = data_manifest.get("counts", {})
     # The headline counts as the data run logged them; removals by step and documents by
@@ -212,13 +249,6 @@ def readable_manifest(path: str | None) -> dict[str, Any] | None:
         return None
 
 
-def read_recorded_manifest(path: str) -> dict[str, Any]:
-    try:
-        return read_manifest(path)
-    except ManifestError as error:
-        raise LineageError(f"the manifest recorded in MLflow is gone: {error}") from error
-
-
 def short(digest: str | None) -> str:
     return (digest or "?")[:12]
 
@@ -232,7 +262,12 @@ def number(value: float) -> str:
 
 
 def checked(entry: dict[str, Any]) -> str:
-    state = "matches the manifest" if entry["manifest_matches"] else "DIFFERS from the manifest"
+    if entry.get("deleted"):
+        state = "folder deleted; manifest read from MLflow"
+    elif entry["manifest_matches"]:
+        state = "matches the manifest"
+    else:
+        state = "DIFFERS from the manifest"
     return f"{entry['path']}  (manifest sha256 {short(entry['manifest_sha256'])}…, {state})"
 
 

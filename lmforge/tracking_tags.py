@@ -29,19 +29,44 @@ EVAL_RUN_ID_TAG = "lmforge.eval_run_id"  # on a model version: its newest evalua
 BASE_MODEL_TAG = "lmforge.base_model"  # the pretrained folder a fine-tuning run started from
 BASE_MODEL_DIGEST_TAG = "lmforge.base_model_digest"
 BASE_RUN_ID_TAG = "lmforge.base_run_id"  # the run that trained that base model
+# Gated promotion (`lmforge.flows.promotion`). On a registered model: its line's pinned held-out
+# set (an MLflow artifact URI, its sha256 and document count, where it was drawn from) and the
+# versions that were @champion, oldest first. On a version: its scores on that set
+# (`lmforge.heldout.val_bpb`, ...) with the set's sha256, and the last gate decision.
+HELDOUT_URI_TAG = "lmforge.heldout.uri"
+HELDOUT_SHA256_TAG = "lmforge.heldout.sha256"
+HELDOUT_DOCUMENTS_TAG = "lmforge.heldout.documents"
+HELDOUT_SOURCE_TAG = "lmforge.heldout.source"
+HELDOUT_SCORE_PREFIX = "lmforge.heldout."  # + metric name
+CHAMPION_HISTORY_TAG = "lmforge.champion_history"  # comma-separated version numbers
+GATE_OUTCOME_TAG = "lmforge.gate.outcome"
+GATE_METRIC_TAG = "lmforge.gate.metric"
+GATE_VALUE_TAG = "lmforge.gate.value"
+GATE_CHAMPION_VERSION_TAG = "lmforge.gate.champion_version"
+GATE_CHAMPION_VALUE_TAG = "lmforge.gate.champion_value"
+GATE_MIN_MARGIN_TAG = "lmforge.gate.min_margin"
+GATE_REASON_TAG = "lmforge.gate.reason"
+GATE_DECIDED_AT_TAG = "lmforge.gate.decided_at"
+GATE_VERSION_TAG = "lmforge.gate.version"  # on a training run whose refused version was deleted
 
 
 def find_stage_run(output_dir: str | Path) -> mlflow.entities.Run | None:
     """The newest MLflow run whose stage output (OUTPUT_DIR_TAG) is `output_dir`, in the current
     tracking store; None when no run wrote it, or when its path cannot be quoted in a filter."""
+    runs = stage_runs_of(output_dir, max_results=1)
+    return runs[0] if runs else None
+
+
+def stage_runs_of(output_dir: str | Path, max_results: int = 100) -> list[mlflow.entities.Run]:
+    """The MLflow runs that wrote or reused stage output `output_dir`, newest first ([] when its
+    path cannot be quoted in a filter)."""
     path = str(Path(output_dir).resolve())
     if "'" in path:  # cannot be quoted in a filter string
-        return None
-    runs = mlflow.search_runs(
+        return []
+    return mlflow.search_runs(
         search_all_experiments=True,
         filter_string=f"tags.`{OUTPUT_DIR_TAG}` = '{path}'",
         order_by=["attributes.start_time DESC"],
-        max_results=1,
+        max_results=max_results,
         output_format="list",
     )
-    return runs[0] if runs else None

@@ -12,7 +12,7 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +36,7 @@ from lmforge.model.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     CheckpointError,
+    check_model_dir,
     latest_checkpoint,
     load_checkpoint_weights,
     load_training_state,
@@ -129,6 +130,11 @@ class TrainConfig(BaseModel):
     )
     resume: bool = Field(
         False, description="Continue from the newest checkpoint in the output folder."
+    )
+    init_from: str | None = Field(
+        None,
+        description="Start from this model's weights (a training output or checkpoint folder "
+        "of the same shape and tokenizer) instead of random ones; the schedule starts anew.",
     )
     stop_after: int | None = Field(
         None, ge=1, description="Checkpoint and stop after N steps of a longer schedule."
@@ -271,6 +277,9 @@ def train(job: TrainJob, on_log: LogCallback | None = None) -> TrainResult:
         batches.load_state_dict(state["loader"])
         load_checkpoint_weights(model, resume_from)  # before sharding: every rank loads it all
         step, tokens, train_loss = state["step"], state["tokens"], state["train_loss"]
+    elif config.init_from:
+        check_same_shape(Path(config.init_from), model_config)
+        load_checkpoint_weights(model, config.init_from)
 
     # Parallelism from outside, in torchtitan's order: checkpointing, compile, then the strategy.
     if config.activation_checkpointing:
@@ -452,6 +461,15 @@ def validation_batches(
         tokens = torch.from_numpy(np.stack(windows[first : first + batch_size]).astype(np.int64))
         batches.append((tokens[:, :-1], tokens[:, 1:]))
     return batches
+
+
+def check_same_shape(init_from: Path, model_config: ModelConfig) -> None:
+    """ValueError naming the differing settings when `init_from` holds another shape."""
+    theirs, ours = asdict(check_model_dir(init_from)), asdict(model_config)
+    differing = sorted(key for key in ours if key != "init_std" and theirs[key] != ours[key])
+    if differing:
+        shown = ", ".join(f"{key}={theirs[key]!r} (this run: {ours[key]!r})" for key in differing)
+        raise ValueError(f"init_from {init_from} is another model shape: {shown}")
 
 
 def check_out_dir(out_dir: Path, resume: bool) -> Path | None:

@@ -123,6 +123,8 @@ INPUTS = [
     ("quality train", "--negative", "quality", ["--positive", "{quality}", "--out", "{tmp}/out"]),
     ("ablate", "--blimp", "blimp", ["--out", "{tmp}/out"]),
     ("ablate", "--heldout", "data", ["--out", "{tmp}/out"]),
+    ("retrain", "--dataset", "data", ["--work-dir", "{tmp}/work"]),
+    ("retrain", "--blimp", "blimp", ["--dataset", "{data}", "--work-dir", "{tmp}/work"]),
 ]
 FOLDERS = {"checkpoint", "shards", "data", "blimp"}
 # What a damaged folder of each kind holds: its files, with garbage in them.
@@ -139,6 +141,9 @@ OTHER_COMMANDS = {
     "data": "WARC files and lists: tests/test_inputs.py, tests/test_cli.py",
     "lineage": "a registered model's name; its MLflow store below",
     "reproduce": "a run id; its MLflow store below",
+    "promote": "a registered model and version: tests/test_promotion.py",
+    "rollback": "a registered model: tests/test_promotion.py",
+    "clean": "a work dir: tests/test_retrain.py",
     "deploy": "no input files",
     "up": "no input files", "down": "no input files", "status": "no input files",
 }  # fmt: skip

@@ -22,6 +22,7 @@ DEPLOYMENTS = {
     "build_shards": "build_shards/lmforge-shards-build",
     "pretrain": "pretrain/lmforge-train",
     "evaluate": "evaluate/lmforge-eval",
+    "retrain": "retrain/lmforge-retrain",
     "ablation": "ablation/lmforge-ablate",
 }
 ENTRYPOINTS = {name: f"lmforge.flows.{name}.{name}" for name in DEPLOYMENTS} | {
@@ -49,7 +50,7 @@ def read_deployment(name: str):
         return client.read_deployment_by_name(name)
 
 
-def test_six_deployments_on_the_process_pool_with_module_entrypoints(registered, workspace):
+def test_every_deployment_on_the_process_pool_with_module_entrypoints(registered, workspace):
     assert len(registered) == len(DEPLOYMENTS)
     for flow_name, full_name in DEPLOYMENTS.items():
         deployment = read_deployment(full_name)
@@ -100,6 +101,40 @@ def test_cli_deploy_registers_on_the_named_pool(registered, workspace, capsys):
     assert [(s.schedule.cron, s.active) for s in schedules] == [("0 5 * * 6", False)]
 
 
+def test_deploy_wires_the_refresh_loop_source_dataset_and_retrain_trigger(
+    registered, workspace, capsys
+):
+    from prefect.client.orchestration import get_client
+
+    from lmforge.cli import main
+    from lmforge.flows.data_refresh import DATASET_UPDATED, dataset_resource_id
+
+    argv = ["deploy", "--work-pool", POOL, "--working-dir", str(workspace),
+            "--refresh-crawl", "CC-MAIN-2025-08", "--files-per-run", "3", "--dataset", "work/ds"]
+    for _ in range(2):  # registering again replaces the trigger, never adds a second one
+        assert main(argv) == 0
+    refresh = read_deployment(DEPLOYMENTS["data_refresh"]).parameters["run"]
+    assert refresh == {"crawl": "CC-MAIN-2025-08", "files_per_run": 3, "out": "work/ds"}
+    assert read_deployment(DEPLOYMENTS["retrain"]).parameters["run"] == {"dataset": "work/ds"}
+    with get_client(sync_client=True) as client:
+        retrain_id = read_deployment(DEPLOYMENTS["retrain"]).id
+        automations = [a for a in client.read_automations()
+                       if str(retrain_id) in str(a.actions)]  # fmt: skip
+    assert len(automations) == 1
+    trigger = automations[0].trigger
+    assert trigger.expect == {DATASET_UPDATED}
+    assert trigger.match.model_dump()["prefect.resource.id"] == dataset_resource_id(
+        workspace / "work" / "ds"
+    )
+    register_deployments_defaults(workspace)
+
+
+def register_deployments_defaults(workspace) -> None:
+    from lmforge.flows.deployments import register_deployments
+
+    register_deployments(POOL, working_dir=workspace)  # back to the defaults for the other tests
+
+
 def test_cli_deploy_rejects_a_bad_cron_string(capsys):
     from lmforge.cli import main
 
@@ -139,6 +174,6 @@ def test_a_pipeline_run_triggered_through_the_api_completes_on_a_process_worker(
     with sqlite3.connect(tracking_db) as db:
         names = {row[0] for row in db.execute("SELECT name FROM runs")}
     # Each stage's run is named by its stage and what tells it apart (preset, steps, data).
-    assert {name.split()[0] for name in names} >= set(DEPLOYMENTS) - {"ablation"}
+    assert {name.split()[0] for name in names} >= set(DEPLOYMENTS) - {"ablation", "retrain"}
     assert "pretrain tiny 2 steps data-v1" in names
     assert (workspace / "work" / "eval" / "results.json").is_file()

@@ -63,7 +63,9 @@ def test_training_registers_the_model_with_the_candidate_alias(evaluated_pipelin
     summary, work, _, _ = evaluated_pipeline
     mlflow.set_tracking_uri(summary["mlflow_tracking_uri"])
     version = MlflowClient().get_model_version_by_alias("lmforge-tiny", "candidate")
-    assert version.tags["lmforge.checkpoint"] == str(work / "train")
+    # The training folder itself, which no later run writes (`work/train` links to the newest).
+    assert version.tags["lmforge.checkpoint"] == summary["checkpoint"]
+    assert Path(summary["checkpoint"]) == (work / "train").resolve()
 
 
 def test_benchmark_scores_go_to_mlflow_as_metrics_and_tables(evaluated_pipeline):
@@ -92,10 +94,10 @@ def test_lineage_walks_from_the_model_version_to_the_warc_files(evaluated_pipeli
     assert lineage["training"]["params"]["max_steps"] == "6"
     assert lineage["training"]["checkpoint"]["manifest_matches"]
     shards = lineage["shards"]
-    assert shards["path"] == str(work / "shards") and shards["manifest_matches"]
+    assert shards["path"] == summary["shards"] and shards["manifest_matches"]
     assert shards["tokenizer"]["sha256"] == read_manifest(work / "shards")["tokenizer"]["sha256"]
     assert shards["run_id"] and lineage["data"]["run_id"]
-    assert lineage["data"]["path"] == str(work / "data") and lineage["data"]["manifest_matches"]
+    assert lineage["data"]["path"] == summary["data"] and lineage["data"]["manifest_matches"]
     assert lineage["data"]["filter_statistics"]["kept"] > 0
     inputs = {Path(i["path"]).name: i["sha256"] for i in lineage["inputs"]}
     assert inputs == {w.name: sha256_file(w) for w in warcs}

@@ -97,6 +97,7 @@ def test_every_flow_shows_one_section_per_stage_and_no_internal_fields():
     from lmforge.flows.evaluate import evaluate
     from lmforge.flows.finetune import finetune_classifier, finetune_instruct
     from lmforge.flows.pipeline import pipeline
+    from lmforge.flows.retrain import retrain
 
     expected = {
         data_refresh: ["data", "run"],
@@ -106,6 +107,7 @@ def test_every_flow_shows_one_section_per_stage_and_no_internal_fields():
         finetune_classifier: ["finetune", "run"],
         finetune_instruct: ["finetune", "run"],
         pipeline: ["data", "shards", "model", "train", "eval", "run"],
+        retrain: ["shards", "model", "train", "eval", "gate", "run"],
     }
     for stage_flow, sections in expected.items():
         schema = parameter_schema(stage_flow.fn).model_dump()

@@ -51,3 +51,24 @@ def test_registered_model_loads_back_with_identical_logits_and_the_alias_moves(
         loaded = mlflow.pytorch.load_model(uri)
         with torch.no_grad():
             torch.testing.assert_close(loaded(tokens), model(tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_a_version_loads_from_mlflow_after_its_folder_is_deleted(tmp_path, monkeypatch):
+    import shutil
+
+    from lmforge.flows.registry import version_checkpoint
+    from lmforge.model.checkpoint import load_model
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(tracking, "_configured_uri", None)
+    tracking.configure_tracking(tmp_path)
+    model = write_training_output(tmp_path / "train", seed=3)
+    with tracking.stage_run("pretrain", {}):
+        version = register_checkpoint(tmp_path / "train", "test-lm")
+    shutil.rmtree(tmp_path / "train")
+
+    fetched = version_checkpoint(version, tmp_path / "fetched")
+    tokens = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(fetched)(tokens), model(tokens))
+    assert manifest_digest(fetched) == version.tags["lmforge.checkpoint_manifest_sha256"]

@@ -97,7 +97,13 @@ def test_rerun_after_a_crash_in_the_last_stage_runs_only_that_stage(
     # Other parameters: the affected stages run again.
     third = pipeline(**{**params, "train": TrainConfig(max_steps=3, batch_size=2, seq_len=16)})
     assert third["stages"]["build_shards"] == "cached" and third["stages"]["pretrain"] == "ran"
-    # The 2-step model is set aside whole, never overwritten: a registered version stays valid.
-    (superseded,) = (tmp_path / "work").glob("train.superseded-*")
-    assert read_manifest(superseded)["counts"]["steps"] == 2
+    # The 3-step model has a folder of its own: the 2-step one, which a registered version
+    # names, is never overwritten, and `work/train` points at the newest.
+    assert third["checkpoint"] != first["checkpoint"]
+    assert read_manifest(first["checkpoint"])["counts"]["steps"] == 2
     assert read_manifest(third["checkpoint"])["counts"]["steps"] == 3
+    assert (tmp_path / "work" / "train").resolve() == Path(third["checkpoint"])
+    # Back to the first settings: its finished folder is found again, not retrained.
+    fourth = pipeline(**params)
+    assert fourth["stages"]["pretrain"] == "cached"
+    assert fourth["checkpoint"] == first["checkpoint"]

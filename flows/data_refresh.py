@@ -51,6 +51,11 @@ from lmforge.tasks.data.config import DataConfig
 from lmforge.tasks.data.dataset_writer import STAGE_NAME
 from lmforge.tasks.data.refresh import DatasetRefresh
 from lmforge.tasks.data.dedup import DuplicateReport
+from lmforge.tasks.data.dedup_dask import (
+    DaskDedup,
+    DistributedDedupSettings,
+    prefers_distributed_dedup,
+)
 from lmforge.tasks.data.inputs import InputError, InputsUnavailable, check_remote_inputs, input_name
 from lmforge.tasks.data.sample.corpus import build_sample_corpus
 from lmforge.tasks.data.warc_processing import FileResult, process_warc_file
@@ -209,8 +214,23 @@ def finished_file_line(name: str, result: FileResult, done: int, total: int) -> 
 
 
 @task(name="find-duplicates")
-def find_duplicates_task(refresh: DatasetRefresh, results: list[FileResult]) -> DuplicateReport:
-    return refresh.find_duplicates(results)
+def find_duplicates_task(
+    refresh: DatasetRefresh, results: list[FileResult], dask: DaskDedup | None = None
+) -> DuplicateReport:
+    return refresh.find_duplicates(results, dask)
+
+
+def dedup_on_dask(
+    run: DataRefreshRun, results: list[FileResult], staging: Path
+) -> DaskDedup | None:
+    """Where the refresh deduplicates: on the Dask cluster when the run asks for it or the new
+    documents reach `distributed_dedup_above` (runner=dask only), else None (this process)."""
+    documents = sum(r.stats.get("candidates", 0) for r in results)
+    if not prefers_distributed_dedup(run.runner, run.distributed_dedup, documents,
+                                     run.distributed_dedup_above):  # fmt: skip
+        return None
+    settings = DistributedDedupSettings(worker_memory_bytes=run.dedup_worker_memory_mib * 2**20)
+    return DaskDedup(str(staging / "dedup"), run.dask_address, run.workers, settings)
 
 
 @task(name="write-dataset")
@@ -399,7 +419,7 @@ def _refresh(config: DataConfig, run: DataRefreshRun, out: Path) -> dict:
             )
         finally:
             _refresh_log.reset(log_token)
-        duplicates = find_duplicates_task(refresh, results)
+        duplicates = find_duplicates_task(refresh, results, dedup_on_dask(run, results, staging))
         manifest = write_dataset_task(refresh, results, duplicates)
         stage.record_output()
         log_stats(manifest, config, mlflow_run, out)

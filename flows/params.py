@@ -59,6 +59,34 @@ class DataRefreshRun(StageParams):
         "extraction, language ID) for refreshes that differ only in later settings (an "
         "ablation's variants); empty: not kept.",
     )
+    # Where dedup runs, not what it keeps (results are identical): orchestration, so not part
+    # of DataConfig, whose equality decides whether a refresh continues a dataset.
+    distributed_dedup: bool = Field(
+        False,
+        description="Deduplicate on the Dask cluster (runner=dask) in partitioned stages, with "
+        "the results of one process; off: chosen on its own from distributed_dedup_above new "
+        "documents.",
+    )
+    distributed_dedup_above: int = Field(
+        5_000_000,
+        ge=1,
+        description="New documents from which a runner=dask refresh deduplicates on the "
+        "cluster; below, in the flow's process (no cluster start-up).",
+    )
+    dedup_worker_memory_mib: int = Field(
+        2048,
+        ge=64,
+        description="Memory per Dask worker that the distributed dedup sizes its partitions "
+        "for (MiB); more data means more partitions, not more memory.",
+    )
+
+    @model_validator(mode="after")
+    def _distributed_dedup_needs_dask(self) -> DataRefreshRun:
+        if self.distributed_dedup and self.runner != "dask":
+            raise ValueError(
+                f"distributed_dedup runs on Dask: pass runner=dask (got runner={self.runner})"
+            )
+        return self
 
     def input_files(self) -> list[Path | str]:
         """`input` and the first `max_files` files of `crawl`, resolved (local paths as Paths,

@@ -73,6 +73,13 @@ class CandidateDocuments:
         self.files = [(r.candidates_path, r.warc_file) for r in in_order(file_results)]
         self.config = config
 
+    @classmethod
+    def of_files(cls, files: Sequence[tuple[str, str]], config: MinHashConfig) -> CandidateDocuments:
+        """The candidates of (candidates path, input file name) pairs, in the order given."""
+        documents = cls([], config)
+        documents.files = list(files)
+        return documents
+
     def __iter__(self) -> Iterator[DedupDocument]:
         columns = ["id", "text", "lang", "declared_lang"]
         for path, warc_file in self.files:

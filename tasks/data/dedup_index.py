@@ -110,25 +110,33 @@ class DedupIndex:
         if not len(rows):
             return {}
         where = self._where.take(pa.array(rows, pa.int64())).to_pylist()
-        by_part: dict[str, list[tuple[int, int, str]]] = {}
-        for node, spot in zip(rows, where, strict=True):
-            by_part.setdefault(spot["part"], []).append((spot["row"], node, spot["lang"]))
-        result: dict[int, np.ndarray] = {}
-        for part, wanted in by_part.items():
-            parquet = pq.ParquetFile(self.data_dir / part)
-            starts = np.cumsum([0] + [parquet.metadata.row_group(i).num_rows
-                                      for i in range(parquet.num_row_groups)])  # fmt: skip
-            groups = sorted({int(np.searchsorted(starts, row, side="right")) - 1
-                             for row, _, _ in wanted})  # fmt: skip
-            texts: dict[int, str] = {}
-            for group in groups:
-                column = parquet.read_row_group(group, columns=["text"]).column("text")
-                for row, _, _ in wanted:
-                    if starts[group] <= row < starts[group + 1]:
-                        texts[row] = column[row - int(starts[group])].as_py()
-            for row, node, lang in wanted:
-                result[node] = shingles(texts[row], lang, self.config)
-        return result
+        return shingle_sets_at(self.data_dir, self.config, rows, where)
+
+
+def shingle_sets_at(
+    data_dir: Path, config: MinHashConfig, nodes: Sequence[int], where: Sequence[dict]
+) -> dict[int, np.ndarray]:
+    """Shingles of kept documents, by node, from their index rows' `lang`, `part` and `row`
+    (`where`, one per node): only the row groups of their parts that hold them are read."""
+    by_part: dict[str, list[tuple[int, int, str]]] = {}
+    for node, spot in zip(nodes, where, strict=True):
+        by_part.setdefault(spot["part"], []).append((spot["row"], node, spot["lang"]))
+    result: dict[int, np.ndarray] = {}
+    for part, wanted in by_part.items():
+        parquet = pq.ParquetFile(Path(data_dir) / part)
+        starts = np.cumsum([0] + [parquet.metadata.row_group(i).num_rows
+                                  for i in range(parquet.num_row_groups)])  # fmt: skip
+        groups = sorted({int(np.searchsorted(starts, row, side="right")) - 1
+                         for row, _, _ in wanted})  # fmt: skip
+        texts: dict[int, str] = {}
+        for group in groups:
+            column = parquet.read_row_group(group, columns=["text"]).column("text")
+            for row, _, _ in wanted:
+                if starts[group] <= row < starts[group + 1]:
+                    texts[row] = column[row - int(starts[group])].as_py()
+        for row, node, lang in wanted:
+            result[node] = shingles(texts[row], lang, config)
+    return result
 
 
 def index_files(data_dir: str | os.PathLike[str]) -> list[Path]:

@@ -41,6 +41,7 @@ from lmforge.tasks.data.dataset_writer import (
 )
 from lmforge.tasks.data.dedup import DuplicateReport
 from lmforge.tasks.data.dedup import find_duplicates as find_duplicate_documents
+from lmforge.tasks.data.dedup_dask import DaskDedup, DocumentFile
 from lmforge.tasks.data.dedup_index import load_index
 from lmforge.tasks.data.inputs import check_remote_inputs, resolve_inputs
 from lmforge.tasks.data.warc_processing import FileResult, process_warc_file
@@ -77,14 +78,24 @@ class DatasetRefresh:
         """The results, in order, whose WARC file the dataset has not processed."""
         return [r for r in in_order(file_results) if r.sha256 not in self.done]
 
-    def find_duplicates(self, file_results: Sequence[FileResult]) -> DuplicateReport:
+    def find_duplicates(
+        self, file_results: Sequence[FileResult], dask: DaskDedup | None = None
+    ) -> DuplicateReport:
         """Exact and near duplicates among the new files' candidates (see
         `lmforge.tasks.data.dedup`) and, when continuing, against the documents the dataset
-        kept, through its dedup index (rebuilt from the kept documents if missing)."""
-        prior = load_index(self.out_dir, self.config.minhash) if self.continuing else None
-        documents = CandidateDocuments(self.new_results(file_results), self.config.minhash)
-        report = find_duplicate_documents(documents, self.config.minhash, prior,
+        kept, through its dedup index (rebuilt from the kept documents if missing). With
+        `dask`, in partitioned stages on a Dask cluster (`dedup_dask`), with the same result."""
+        if dask is not None:
+            files = [DocumentFile(r.candidates_path, r.warc_file, r.stats["candidates"])
+                     for r in self.new_results(file_results)]  # fmt: skip
+            prior_dir = self.out_dir if self.continuing else None
+            report = dask.find_duplicates(files, self.config.minhash, prior_dir,
                                           remove=self.config.dedup)  # fmt: skip
+        else:
+            prior = load_index(self.out_dir, self.config.minhash) if self.continuing else None
+            documents = CandidateDocuments(self.new_results(file_results), self.config.minhash)
+            report = find_duplicate_documents(documents, self.config.minhash, prior,
+                                              remove=self.config.dedup)  # fmt: skip
         report.base_version = self.base_version
         return report
 

@@ -49,9 +49,10 @@ def next_run_of(client, deployment_id, known: set, timeout: float = 90.0):
     return None
 
 
-def refresh_round(client, refresh, retrain, train: dict):
+def refresh_round(client, refresh, retrain, train: dict, wait: float = 60.0):
     """Set the retrain deployment's training, start the refresh as its schedule would, and
-    follow the chain: (refresh state, retrain flow run or None, retrain state or None)."""
+    follow the chain for `wait` seconds: (refresh state, retrain flow run or None, retrain
+    state or None)."""
     from prefect.client.schemas.actions import DeploymentUpdate
 
     client.update_deployment(retrain.id, DeploymentUpdate(parameters=retrain_parameters(train)))
@@ -60,7 +61,7 @@ def refresh_round(client, refresh, retrain, train: dict):
     refresh_run = client.create_flow_run_from_deployment(refresh.id)
     refresh_state = wait_for_final_state(client, refresh_run.id, timeout=240, poll=2)
     assert refresh_state.is_completed(), refresh_state
-    triggered = next_run_of(client, retrain.id, known, timeout=60 if train else 20)
+    triggered = next_run_of(client, retrain.id, known, timeout=wait)
     if triggered is None:
         return refresh_state, None, None
     return refresh_state, triggered, wait_for_final_state(client, triggered.id, 420, poll=2)
@@ -86,7 +87,8 @@ def loop(lmforge_services):
         client.update_deployment(refresh.id, DeploymentUpdate(parameters={"run": source}))
         rounds["good"] = refresh_round(client, refresh, retrain, GOOD)
         rounds["worse"] = refresh_round(client, refresh, retrain, WORSE)
-        rounds["nothing new"] = refresh_round(client, refresh, retrain, GOOD)
+        # Automations act within seconds here (the two rounds above): 20 s of nothing is none.
+        rounds["nothing new"] = refresh_round(client, refresh, retrain, GOOD, wait=20.0)
         rounds["retrain"] = retrain
         rounds["automations"] = client.read_automations_by_name(
             "retrain when dataset grows"
@@ -142,8 +144,12 @@ def test_the_browser_shows_the_trigger_and_the_gate_decision(loop, lmforge_servi
         page.goto(f"{lmforge_services.prefect_url}/deployments/deployment/{loop['retrain'].id}")
         expect(page.get_by_text("retrain when dataset grows").first).to_be_visible()
         screenshot(page, "6-prefect-retrain-deployment")
-        # The triggered retrain's artifacts: the gate's decision with both numbers.
-        page.goto(f"{lmforge_services.prefect_url}/runs/flow-run/{triggered.id}?tab=Artifacts")
-        expect(page.get_by_text("promotion-", exact=False).first).to_be_visible()
-        screenshot(page, "7-prefect-retrain-artifacts")
+        # The gate's decision, the latest artifact under its key: the refused second round.
+        page.goto(f"{lmforge_services.prefect_url}/artifacts/key/promotion-{MODEL}")
+        expect(page.get_by_text("challenger").first).to_be_visible()
+        screenshot(page, "7-prefect-promotion-artifact")
+        # The retrain flow run that made it, with the gate among its task runs.
+        page.goto(f"{lmforge_services.prefect_url}/runs/flow-run/{triggered.id}")
+        expect(page.get_by_text("Completed", exact=True).first).to_be_visible()
+        screenshot(page, "8-prefect-retrain-flow-run")
         browser.close()

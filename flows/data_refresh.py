@@ -54,6 +54,7 @@ from lmforge.tasks.data.dedup import DuplicateReport
 from lmforge.tasks.data.dedup_dask import (
     DaskDedup,
     DistributedDedupSettings,
+    DistributedDuplicates,
     prefers_distributed_dedup,
 )
 from lmforge.tasks.data.inputs import InputError, InputsUnavailable, check_remote_inputs, input_name
@@ -216,7 +217,8 @@ def finished_file_line(name: str, result: FileResult, done: int, total: int) -> 
 @task(name="find-duplicates")
 def find_duplicates_task(
     refresh: DatasetRefresh, results: list[FileResult], dask: DaskDedup | None = None
-) -> DuplicateReport:
+) -> DuplicateReport | DistributedDuplicates:
+    """Duplicates found here, or on Dask and left on disk for the workers to write the version."""
     return refresh.find_duplicates(results, dask)
 
 
@@ -235,7 +237,8 @@ def dedup_on_dask(
 
 @task(name="write-dataset")
 def write_dataset_task(
-    refresh: DatasetRefresh, results: list[FileResult], duplicates: DuplicateReport
+    refresh: DatasetRefresh, results: list[FileResult],
+    duplicates: DuplicateReport | DistributedDuplicates,
 ) -> dict:
     return refresh.write(results, duplicates)
 

@@ -1,10 +1,13 @@
 """Dedup on Dask gives exactly what one process gives (issue #18): the same removals,
 `duplicate_of`, reasons, statistics and kept index rows, for any number of workers and
-partitions, in an incremental refresh, and after a worker dies mid-dedup."""
+partitions, in an incremental refresh, and after a worker dies mid-dedup; the version the
+workers write from it holds the single-process files, name for name and row for row."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import os
 import random
 import signal
@@ -23,14 +26,17 @@ from lmforge.tasks.data.dedup import DedupDocument, MinHashConfig, find_duplicat
 from lmforge.tasks.data.dedup_dask import (
     DaskDedup,
     DistributedDedupSettings,
+    DistributedDuplicates,
     DocumentFile,
     PriorIndex,
     find_duplicates_distributed,
     prefers_distributed_dedup,
 )
+from lmforge.tasks.data.dedup_dask import write
+from lmforge.tasks.data.dedup_dask.write import PartSeries
 from lmforge.tasks.data.dedup_index import DedupIndex, index_files, index_table
 from lmforge.tasks.data.refresh import DatasetRefresh
-from lmforge.tasks.data.warc_processing import process_warc_file
+from lmforge.tasks.data.warc_processing import REMOVED_SCHEMA, FileResult, process_warc_file
 from test_dedup_memory import CONFIGS, plain, random_documents
 
 CANDIDATE_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("lang", pa.string()),
@@ -209,8 +215,8 @@ def processed_crawl(tmp_path_factory):
     return paths, [process_warc_file(path, DataConfig(), staging) for path in paths]
 
 
-def refresh_version(out: Path, results, paths, dask=None) -> dict:
-    refresh = DatasetRefresh(out, DataConfig())
+def refresh_version(out: Path, results, paths, dask=None, config=DataConfig()) -> dict:
+    refresh = DatasetRefresh(out, config)
     return refresh.write(results, refresh.find_duplicates(results, dask), inputs=paths)
 
 
@@ -249,6 +255,100 @@ def test_an_incremental_refresh_on_dask_equals_the_single_process_one(
     assert dataset_contents(tmp_path / "one") == dataset_contents(tmp_path / "dask")
 
 
+# Two documents a part: parts shared by both chunks of the crawl (a chunk a file) are merged.
+SMALL_PARTS = DataConfig(docs_per_part=2)
+
+
+def written_files(out: Path) -> list[tuple[str, list[dict]]]:
+    """Every file the manifest lists but the manifest copies, with its rows, in manifest order:
+    the same names and the same rows in each."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    return [(entry["path"], pq.read_table(out / entry["path"]).to_pylist())
+            for entry in manifest["outputs"] if entry["path"].endswith(".parquet")]  # fmt: skip
+
+
+def record_merges(monkeypatch) -> list:
+    """Records the parts each distributed write joins from pieces (planned in this process)."""
+    merges = []
+    laid_out = write.WritePlan.laid_out
+
+    def recording(plan, counts):
+        plan = laid_out(plan, counts)
+        merges.extend(plan.merges)
+        return plan
+
+    monkeypatch.setattr(write.WritePlan, "laid_out", recording)
+    return merges
+
+
+def one_file_per_document(result: FileResult, folder: Path) -> list[FileResult]:
+    """The result's candidates as files of one document each (the first with the file's
+    removals and responses): chunks of one document, so two-document parts straddle them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pq.read_table(result.candidates_path)
+    no_removals = folder / "no-removals.parquet"
+    pq.write_table(REMOVED_SCHEMA.empty_table(), no_removals)
+    results = []
+    for n in range(table.num_rows):
+        candidates = folder / f"candidates-{n:02d}.parquet"
+        pq.write_table(table.slice(n, 1), candidates)
+        first = n == 0
+        stats = {**result.stats, "candidates": 1,
+                 "responses": result.stats["responses"] - table.num_rows + 1 if first else 1,
+                 "read_errors": result.stats["read_errors"] if first else []}  # fmt: skip
+        results.append(dataclasses.replace(
+            result, warc_file=f"{result.warc_file}-{n:02d}", sha256=f"{n:064x}",
+            candidates_path=str(candidates),
+            removed_path=result.removed_path if first else str(no_removals), stats=stats))  # fmt: skip
+    return results
+
+
+def test_workers_write_the_single_process_files_for_a_new_dataset_and_its_version_2(
+        client, processed_crawl, tmp_path, monkeypatch):  # fmt: skip
+    _, crawl = processed_crawl
+    results = one_file_per_document(crawl[0], tmp_path / "split") + crawl[1:]
+    merged = record_merges(monkeypatch)
+    spill = tmp_path / "spill"
+    dask = dask_dedup(client, spill, partitions=2, chunk_documents=1)
+    for version, files in ((1, 4), (2, len(results))):  # a new dataset, then a version 2
+        one = DatasetRefresh(tmp_path / "one", SMALL_PARTS)
+        one = one.write(results[:files], one.find_duplicates(results[:files]))
+        refresh = DatasetRefresh(tmp_path / "dask", SMALL_PARTS)
+        duplicates = refresh.find_duplicates(results[:files], dask)
+        assert isinstance(duplicates, DistributedDuplicates)  # left on disk, not read back
+        on_dask = refresh.write(results[:files], duplicates)
+        assert on_dask["version"] == one["version"] == version
+        assert on_dask["counts"] == one["counts"]
+        assert on_dask["version_counts"] == one["version_counts"]
+        assert written_files(tmp_path / "dask") == written_files(tmp_path / "one")
+        assert dataset_contents(tmp_path / "dask") == dataset_contents(tmp_path / "one")
+        assert [p.name for p in spill.iterdir() if p.name.startswith("dedup-")] == []
+    assert one["counts"]["removed_by_stage"]["dedup"] > 0
+    # docs and removed parts joined from the pieces of several chunks
+    assert {folder for folder, _, _ in merged} >= {"docs/lang=en", "removed"}
+    assert not list((tmp_path / "dask").rglob(".writing-*"))
+
+
+def test_the_top_fraction_selection_keeps_writing_in_the_flow(
+        client, processed_crawl, tmp_path, monkeypatch):  # fmt: skip
+    # keep_top_fraction ranks each language over the whole version: not done on the workers.
+    from lmforge.tasks.data import refresh as refresh_module
+
+    paths, results = processed_crawl
+    monkeypatch.setattr(refresh_module, "has_top_fraction_selection", lambda config: True)
+    refresh = DatasetRefresh(tmp_path / "dask", DataConfig())
+    duplicates = refresh.find_duplicates(results, dask_dedup(client, tmp_path / "spill"))
+    assert isinstance(duplicates, dedup.DuplicateReport)
+
+
+def test_parts_shared_by_chunks_are_the_ones_their_rows_straddle():
+    series = PartSeries.of_counts("removed", [3, 0, 2, 5])
+    assert series.starts == (0, 3, 3, 5)
+    # rows 0-2 | 3-4 | 5-9 in parts of 2: part 1 = rows 2, 3 (chunks 0, 2); part 2 = 4, 5
+    assert series.shared_parts(2) == {1: (0, 2), 2: (2, 3)}
+    assert series.shared_parts(10) == {0: (0, 2, 3)}
+
+
 class KillWorkerOnce(WorkerPlugin):
     """A worker plugin that kills its worker's process (SIGKILL) as the first task of a stage
     starts executing, once across restarts (a marker file remembers)."""
@@ -268,11 +368,15 @@ class KillWorkerOnce(WorkerPlugin):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-@pytest.mark.parametrize("stage", ["survivors"])
-def test_a_worker_killed_mid_dedup_is_retried_without_losing_or_repeating_documents(
-        processed_crawl, tmp_path, stage):  # fmt: skip
+@pytest.mark.parametrize("stage, split", [("survivors", False), ("write-chunk", True)])
+def test_a_worker_killed_mid_dedup_or_mid_write_is_retried_without_losing_or_repeating_documents(
+        processed_crawl, tmp_path, stage, split):  # fmt: skip
     paths, results = processed_crawl
-    expected = refresh_version(tmp_path / "one", results, paths)
+    if split:  # chunks of two one-document files, parts of two: parts shared, then merged
+        results = one_file_per_document(results[0], tmp_path / "split") + results[1:]
+        paths = None  # the inputs as the results describe them
+    config = SMALL_PARTS
+    expected = refresh_version(tmp_path / "one", results, paths, config=config)
     marker = tmp_path / "killed"
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
@@ -280,11 +384,13 @@ def test_a_worker_killed_mid_dedup_is_retried_without_losing_or_repeating_docume
         cloudpickle.register_pickle_by_value(sys.modules[__name__])
         client.register_plugin(KillWorkerOnce(stage, str(marker)))
         manifest = refresh_version(tmp_path / "dask", results, paths,
-                                   dask_dedup(client, tmp_path / "spill", partitions=2))  # fmt: skip
+                                   dask_dedup(client, tmp_path / "spill", partitions=2,
+                                              chunk_documents=2), config)  # fmt: skip
     assert marker.exists()  # a worker did die in that stage
     counts = manifest["counts"]
     assert counts["kept"] + counts["removed"] == counts["responses"]
     assert counts == expected["counts"]
+    assert written_files(tmp_path / "one") == written_files(tmp_path / "dask")
     assert dataset_contents(tmp_path / "one") == dataset_contents(tmp_path / "dask")
 
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -110,15 +112,22 @@ def continues_dataset(data_dir: str | os.PathLike[str] | None, config: DataConfi
         return False
 
 
+def has_top_fraction_selection(config: DataConfig) -> bool:
+    """Whether the quality classifier's `keep_top_fraction` selects over the whole version
+    (a per-language ranking of every non-duplicate)."""
+    step = config.quality_classifier
+    return step is not None and bool(step.keep_top_fraction)
+
+
 def top_fraction_drops(
     results: Sequence[FileResult], duplicates: DuplicateReport, config: DataConfig
 ) -> dict[str, str]:
     """The documents the quality classifier's `keep_top_fraction` leaves out of this version:
     per language, the non-duplicates below the best-scored share (ties broken by id, so the
     choice does not depend on file order), as {id: "below_top_fraction"}."""
-    step = config.quality_classifier
-    if step is None or not step.keep_top_fraction:
+    if not has_top_fraction_selection(config):
         return {}
+    step = config.quality_classifier
     duplicate_by_id = duplicates.by_id()
     by_language: dict[str, list[tuple[float, str]]] = {}
     for result in results:
@@ -135,56 +144,94 @@ def top_fraction_drops(
 
 class _PartWriter:
     """Writes `<prefix>00000.parquet`, `<prefix>00001.parquet`, ... of at most `rows_per_part`
-    rows, created on the first row (`close(always=True)` writes an empty, typed part if none)."""
+    rows, created on the first row (`close(always=True)` writes an empty, typed part if none).
 
-    def __init__(self, directory: Path, prefix: str, schema: pa.Schema, rows_per_part: int):
+    `start`: the number of the first row written here among all the rows of the series (a
+    writer for a slice of the rows: the distributed writer gives each chunk its slice).
+    `place(path, part)`: where a part's rows are written instead of its name `path` (a piece
+    of a part shared with other writers); with it, each file is written under `scratch` and
+    renamed into place when complete. The spots returned always name the part itself."""
+
+    def __init__(self, directory: Path, prefix: str, schema: pa.Schema, rows_per_part: int,
+                 start: int = 0, place: Callable[[Path, int], Path] | None = None,
+                 scratch: Path | None = None):  # fmt: skip
         self.directory = directory
         self.prefix = prefix
         self.schema = schema
         self.rows_per_part = rows_per_part
-        self.parts = 0
-        self.rows_in_part = 0
+        self.row = start  # the next row's number in the series
+        self.place = place
+        self.scratch = scratch
+        self.part = -1
         self.path: Path | None = None
         self.writer: pq.ParquetWriter | None = None
+        self._written: tuple[Path, Path] | None = None  # (file being written, its final place)
 
     def write(self, table: pa.Table) -> list[tuple[Path, int]]:
         """Write the rows; returns (part path, row in part) for each."""
         spots = []
         offset = 0
         while offset < table.num_rows:
-            if self.writer is None or self.rows_in_part >= self.rows_per_part:
-                self._next_part()
-            take = min(self.rows_per_part - self.rows_in_part, table.num_rows - offset)
+            part, row_in_part = divmod(self.row, self.rows_per_part)
+            if self.writer is None or part != self.part:
+                self._open(part)
+            take = min(self.rows_per_part - row_in_part, table.num_rows - offset)
             self.writer.write_table(table.slice(offset, take))
-            spots.extend((self.path, self.rows_in_part + i) for i in range(take))
-            self.rows_in_part += take
+            spots.extend((self.path, row_in_part + i) for i in range(take))
+            self.row += take
             offset += take
         return spots
 
-    def _next_part(self) -> None:
+    def _open(self, part: int) -> None:
+        self._close_part()
+        self.part = part
+        self.path = self.directory / f"{self.prefix}{part:05d}.parquet"
+        target = self.place(self.path, part) if self.place is not None else self.path
+        if self.scratch is not None:
+            self._written = (self.scratch / f"{uuid.uuid4().hex}.parquet", target)
+        else:
+            self._written = (target, target)
+        for path in self._written:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = pq.ParquetWriter(self._written[0], self.schema)
+
+    def _close_part(self) -> None:
         if self.writer is not None:
             self.writer.close()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.path = self.directory / f"{self.prefix}{self.parts:05d}.parquet"
-        self.writer = pq.ParquetWriter(self.path, self.schema)
-        self.parts += 1
-        self.rows_in_part = 0
+            written, target = self._written
+            if written != target:
+                written.replace(target)
+            self.writer = None
 
     def close(self, always: bool = False) -> None:
-        if self.writer is None and always:
-            self._next_part()
-        if self.writer is not None:
-            self.writer.close()
+        if self.part < 0 and always:
+            self._open(self.row // self.rows_per_part)
+        self._close_part()
 
 
 class _DocumentParts:
-    """Kept documents into `docs/lang=xx/part-vNNNNN-MMMMM.parquet`, one writer per language."""
+    """Kept documents into `docs/lang=xx/part-vNNNNN-MMMMM.parquet`, one writer per language
+    (`starts`, `place`, `scratch`: each language's first row number and where parts go, as
+    `_PartWriter` takes them)."""
 
-    def __init__(self, root: Path, version: int, rows_per_part: int):
+    def __init__(self, root: Path, version: int, rows_per_part: int,
+                 starts: Mapping[str, int] | None = None,
+                 place: Callable[[Path, int], Path] | None = None,
+                 scratch: Path | None = None):  # fmt: skip
         self.root = root
         self.prefix = f"part-{version_name(version)}-"
         self.rows_per_part = rows_per_part
+        self.starts = starts or {}
+        self.place, self.scratch = place, scratch
         self.writers: dict[str, _PartWriter] = {}
+
+    def _writer(self, directory: str) -> _PartWriter:
+        if directory not in self.writers:
+            self.writers[directory] = _PartWriter(
+                self.root / DOCS_DIR / directory, self.prefix, PARTITIONED_DOC_SCHEMA,
+                self.rows_per_part, self.starts.get(directory, 0), self.place, self.scratch,
+            )
+        return self.writers[directory]
 
     def write(self, table: pa.Table) -> list[tuple[Path, int]]:
         """Write rows (with their `lang` column); returns (part path, row) per row, in order."""
@@ -192,24 +239,59 @@ class _DocumentParts:
         spots: list[tuple[Path, int] | None] = [None] * table.num_rows
         for lang in dict.fromkeys(langs):
             rows = [i for i, value in enumerate(langs) if value == lang]
-            directory = language_directory(lang)
-            if directory not in self.writers:
-                self.writers[directory] = _PartWriter(
-                    self.root / DOCS_DIR / directory, self.prefix, PARTITIONED_DOC_SCHEMA,
-                    self.rows_per_part,
-                )
             subset = table.take(pa.array(rows, pa.int64())).drop_columns([LANGUAGE_KEY])
-            for row, spot in zip(rows, self.writers[directory].write(subset), strict=True):
+            writer = self._writer(language_directory(lang))
+            for row, spot in zip(rows, writer.write(subset), strict=True):
                 spots[row] = spot
         return spots
 
     def close(self, always: bool) -> None:
         if not self.writers and always:  # an empty dataset is still a readable, typed one
-            self.writers[language_directory(None)] = _PartWriter(
-                self.root / DOCS_DIR / language_directory(None), self.prefix,
-                PARTITIONED_DOC_SCHEMA, self.rows_per_part)  # fmt: skip
+            self._writer(language_directory(None))
         for writer in self.writers.values():
             writer.close(always=always)
+
+
+@dataclass
+class VersionTally:
+    """What a version's documents add up to, as they are written: one for the whole version in
+    this process, one per chunk on Dask (added up in chunk order, so `languages` keeps the
+    order of first appearance)."""
+
+    kept: int = 0
+    removed: int = 0
+    bytes_out: int = 0
+    languages: Counter[str] = field(default_factory=Counter)
+    removed_by_stage: dict[str, Counter[str]] = field(default_factory=dict)
+
+    def count_kept(self, table: pa.Table) -> None:
+        self.kept += table.num_rows
+        self.languages.update(table.column(LANGUAGE_KEY).to_pylist())
+        self.bytes_out += sum(len(text.encode("utf-8")) for text in table.column("text").to_pylist())
+
+    def count_removed(self, stage: str, reasons: Sequence[str]) -> None:
+        if not reasons:  # a stage appears in the counts only once it removed something
+            return
+        self.removed_by_stage.setdefault(stage, Counter()).update(reasons)
+        self.removed += len(reasons)
+
+    def add(self, other: VersionTally) -> None:
+        self.kept += other.kept
+        self.removed += other.removed
+        self.bytes_out += other.bytes_out
+        self.languages.update(other.languages)
+        for stage, reasons in other.removed_by_stage.items():
+            self.removed_by_stage.setdefault(stage, Counter()).update(reasons)
+
+
+def copy_file_removals(path: str, removed_parts: _PartWriter, tally: VersionTally) -> None:
+    """The responses a file's own steps dropped (its staged `removed` file) into `removed/`."""
+    for batch in pq.ParquetFile(path).iter_batches():
+        table = pa.Table.from_batches([batch], REMOVED_SCHEMA)
+        for stage, reason in zip(table.column("stage").to_pylist(),
+                                 table.column("reason").to_pylist(), strict=True):  # fmt: skip
+            tally.count_removed(stage, [reason])
+        removed_parts.write(table)
 
 
 def write_version(writer, out_dir: Path, results: list[FileResult], duplicates: DuplicateReport,
@@ -226,9 +308,8 @@ def write_version(writer, out_dir: Path, results: list[FileResult], duplicates: 
     duplicate_by_id = duplicates.by_id()
     selected_out = selected_out or {}
     kept_rows = duplicates.kept.row_of()
-    removed_by_stage: dict[str, Counter[str]] = {}
-    languages: Counter[str] = Counter()
-    kept = removed = bytes_out = seen_duplicates = 0
+    tally = VersionTally()
+    seen_duplicates = 0
     # (kept row, language it is shingled as, part, row in part)
     index_spots: list[tuple[int, str, Path, int]] = []
     docs = _DocumentParts(root, version, config.docs_per_part)
@@ -241,88 +322,105 @@ def write_version(writer, out_dir: Path, results: list[FileResult], duplicates: 
             is_duplicate = pa.array([doc_id in duplicate_by_id for doc_id in ids])
             is_selected_out = pa.array([doc_id in selected_out for doc_id in ids])
             keep = table.filter(pc.invert(pc.or_(is_duplicate, is_selected_out)))
-            keep_langs = keep.column(LANGUAGE_KEY).to_pylist()
-            declared_langs = keep.column("declared_lang").to_pylist()
-            shingled_as = [config.minhash.shingle_language_of(lang, declared)
-                           for lang, declared in zip(keep_langs, declared_langs)]  # fmt: skip
-            for doc_id, lang, (part, row) in zip(keep.column("id").to_pylist(), shingled_as,
+            for doc_id, lang, (part, row) in zip(keep.column("id").to_pylist(),
+                                                 shingled_languages(keep, config.minhash),
                                                  docs.write(keep), strict=True):  # fmt: skip
                 index_spots.append((kept_rows[doc_id], lang, part, row))
-            kept += keep.num_rows
-            languages.update(keep_langs)
-            bytes_out += sum(len(text.encode("utf-8")) for text in keep.column("text").to_pylist())
+            tally.count_kept(keep)
             dropped = table.filter(is_duplicate).select(
                 ["id", "url", "warc_file", "lang", "warc_offset"]
             )
             rows = []
             for row in dropped.to_pylist():
                 duplicate = duplicate_by_id[row["id"]]
-                removed_by_stage.setdefault("dedup", Counter())[duplicate.reason] += 1
                 rows.append({**row, "stage": "dedup", "reason": duplicate.reason,
                              "duplicate_of": duplicate.duplicate_of})  # fmt: skip
+            tally.count_removed("dedup", [row["reason"] for row in rows])
             seen_duplicates += len(rows)
             left_out = table.filter(is_selected_out).select(
                 ["id", "url", "warc_file", "lang", "warc_offset"]
             )
-            for row in left_out.to_pylist():
-                reason = selected_out[row["id"]]
-                removed_by_stage.setdefault(SELECTION_STAGE, Counter())[reason] += 1
-                rows.append({**row, "stage": SELECTION_STAGE, "reason": reason})
-            removed += len(rows)
+            reasons = [selected_out[row["id"]] for row in left_out.to_pylist()]
+            rows += [{**row, "stage": SELECTION_STAGE, "reason": reason}
+                     for row, reason in zip(left_out.to_pylist(), reasons)]  # fmt: skip
+            tally.count_removed(SELECTION_STAGE, reasons)
             removed_parts.write(pa.Table.from_pylist(rows, REMOVED_SCHEMA))
-        for batch in pq.ParquetFile(result.removed_path).iter_batches():
-            table = pa.Table.from_batches([batch], REMOVED_SCHEMA)
-            for stage, reason in zip(table.column("stage").to_pylist(),
-                                     table.column("reason").to_pylist(), strict=True):  # fmt: skip
-                removed_by_stage.setdefault(stage, Counter())[reason] += 1
-            removed += table.num_rows
-            removed_parts.write(table)
+        copy_file_removals(result.removed_path, removed_parts, tally)
     docs.close(always=version == 1)
     removed_parts.close(always=True)
 
-    responses = sum(r.stats["responses"] for r in results)
     if seen_duplicates != len(duplicate_by_id):
         raise AccountingError(
             f"{len(duplicate_by_id) - seen_duplicates} duplicates name documents that are "
             "not among the candidates: the duplicate report is from another run"
         )
-    if kept + removed != responses:
-        raise AccountingError(
-            f"kept ({kept}) + removed ({removed}) != responses ({responses}): "
-            f"{responses - kept - removed} documents vanished or were counted twice"
-        )
+    check_accounting(results, tally)
     _write_index(writer, out_dir, duplicates, index_spots, config, continuing)
     write_ledger(root / LEDGER_DIR / f"{tag}.parquet", writer.inputs, version)
+    record_version_counts(writer, results, tally, duplicates.stats)
 
+
+def shingled_languages(table: pa.Table, config: MinHashConfig) -> list[str | None]:
+    """The language each document of `table` is shingled as (its index row's `lang`)."""
+    return [config.shingle_language_of(lang, declared)
+            for lang, declared in zip(table.column(LANGUAGE_KEY).to_pylist(),
+                                      table.column("declared_lang").to_pylist())]  # fmt: skip
+
+
+def empty_parts(root: Path, version: int, config: DataConfig, tally: VersionTally) -> None:
+    """The typed, empty parts a version has even without rows: `removed/` always, `docs/` in
+    version 1 (an empty dataset is still a readable one)."""
+    if not tally.kept and version == 1:
+        _DocumentParts(root, version, config.docs_per_part).close(always=True)
+    if not tally.removed:
+        _PartWriter(root / REMOVED_DIR, f"part-{version_name(version)}-", REMOVED_SCHEMA,
+                    config.docs_per_part).close(always=True)  # fmt: skip
+
+
+def check_accounting(results: Sequence[FileResult], tally: VersionTally) -> None:
+    """AccountingError unless kept + removed == the responses read."""
+    responses = sum(r.stats["responses"] for r in results)
+    if tally.kept + tally.removed != responses:
+        raise AccountingError(
+            f"kept ({tally.kept}) + removed ({tally.removed}) != responses ({responses}): "
+            f"{responses - tally.kept - tally.removed} documents vanished or were counted twice"
+        )
+
+
+def record_version_counts(writer, results: Sequence[FileResult], tally: VersionTally,
+                          dedup_stats: dict[str, Any]) -> None:  # fmt: skip
+    """The version's counts, the dataset's totals (the parent's plus this version's), its
+    inputs and read errors, into `writer` for the manifest."""
     read_errors = [
         {"warc_file": r.warc_file, **error} for r in results for error in r.stats["read_errors"]
     ]
     file_stats = merge_file_stats(results)
+    removed_by_stage = tally.removed_by_stage
     version_counts = {
         "warc_files": len(results),
-        "responses": responses,
-        "kept": kept,
-        "removed": removed,
+        "responses": sum(r.stats["responses"] for r in results),
+        "kept": tally.kept,
+        "removed": tally.removed,
         "removed_by_stage": {s: sum(c.values()) for s, c in sorted(removed_by_stage.items())},
         "removed_by_reason": {
             s: dict(sorted(c.items())) for s, c in sorted(removed_by_stage.items())
         },
         "read_errors": len(read_errors),
-        "languages": dict(languages.most_common()),
+        "languages": dict(tally.languages.most_common()),
         "bytes_in": sum(r.stats["payload_bytes"] for r in results),
-        "bytes_out": bytes_out,
+        "bytes_out": tally.bytes_out,
         # documents and bytes in/out of every per-file step, drops by language (data_stats)
         "steps": file_stats["steps"],
         "removed_by_language": file_stats["removed_by_language"],
         # files whose early steps were read from the extraction cache, not recomputed
         "extraction_cache_hits": file_stats["extraction_cache_hits"],
-        "dedup": duplicates.stats,
+        "dedup": dedup_stats,
     }
     parent = writer.parent or {}
     totals = add_counts({k: v for k, v in parent.get("counts", {}).items() if k != "dedup"},
                         {k: v for k, v in version_counts.items() if k != "dedup"})  # fmt: skip
     totals["languages"] = dict(Counter(totals["languages"]).most_common())
-    writer.counts = {**totals, "dedup": duplicates.stats}
+    writer.counts = {**totals, "dedup": dedup_stats}
     writer.inputs = parent.get("inputs", []) + writer.inputs
     writer.extra["version_counts"] = version_counts
     writer.extra["read_errors"] = parent.get("read_errors", []) + read_errors

@@ -35,13 +35,15 @@ from lmforge.tasks.data.dataset_writer import (
     CandidateDocuments,
     continues_dataset,
     describe_inputs,
+    has_top_fraction_selection,
     in_order,
     top_fraction_drops,
     write_version,
 )
 from lmforge.tasks.data.dedup import DuplicateReport
 from lmforge.tasks.data.dedup import find_duplicates as find_duplicate_documents
-from lmforge.tasks.data.dedup_dask import DaskDedup, DocumentFile
+from lmforge.tasks.data.dedup_dask import DaskDedup, DistributedDuplicates, DocumentFile
+from lmforge.tasks.data.dedup_dask.write import write_version_on_workers
 from lmforge.tasks.data.dedup_index import load_index
 from lmforge.tasks.data.inputs import check_remote_inputs, resolve_inputs
 from lmforge.tasks.data.warc_processing import FileResult, process_warc_file
@@ -80,17 +82,22 @@ class DatasetRefresh:
 
     def find_duplicates(
         self, file_results: Sequence[FileResult], dask: DaskDedup | None = None
-    ) -> DuplicateReport:
+    ) -> DuplicateReport | DistributedDuplicates:
         """Exact and near duplicates among the new files' candidates (see
         `lmforge.tasks.data.dedup`) and, when continuing, against the documents the dataset
         kept, through its dedup index (rebuilt from the kept documents if missing). With
-        `dask`, in partitioned stages on a Dask cluster (`dedup_dask`), with the same result."""
+        `dask`, in partitioned stages on a Dask cluster (`dedup_dask`), with the same result,
+        left on disk for `write` to write the version on the same workers - except when the
+        quality classifier's `keep_top_fraction` ranks each language over the whole version:
+        that selection is done here, so the result is read back as a `DuplicateReport` and
+        the version written in this process."""
         if dask is not None:
             files = [DocumentFile(r.candidates_path, r.warc_file, r.stats["candidates"])
                      for r in self.new_results(file_results)]  # fmt: skip
             prior_dir = self.out_dir if self.continuing else None
-            report = dask.find_duplicates(files, self.config.minhash, prior_dir,
-                                          remove=self.config.dedup)  # fmt: skip
+            dedup = (dask.find_duplicates if has_top_fraction_selection(self.config)
+                     else dask.deduplicate)  # fmt: skip
+            report = dedup(files, self.config.minhash, prior_dir, remove=self.config.dedup)
         else:
             prior = load_index(self.out_dir, self.config.minhash) if self.continuing else None
             documents = CandidateDocuments(self.new_results(file_results), self.config.minhash)
@@ -102,7 +109,7 @@ class DatasetRefresh:
     def write(
         self,
         file_results: Sequence[FileResult],
-        duplicates: DuplicateReport,
+        duplicates: DuplicateReport | DistributedDuplicates,
         inputs: Sequence[str | os.PathLike[str] | dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Add a dataset version - `docs/lang=xx/part-vNNNNN-*.parquet`,
@@ -111,10 +118,12 @@ class DatasetRefresh:
 
         Files already in the ledger are skipped; with nothing new the current manifest is
         returned unchanged. `duplicates` is recomputed here when it was not computed against
-        this refresh's base version. `inputs` describe the WARC files in the manifest (default:
-        the files of `file_results`, with the digests computed while processing them). Raises
-        AccountingError, leaving the directory as it was, if kept + removed differs from the
-        responses read or a duplicate names a document that is not among the candidates.
+        this refresh's base version. A distributed dedup's result left on disk
+        (`DistributedDuplicates`) is written by its workers (`dedup_dask.write`) and removed.
+        `inputs` describe the WARC files in the manifest (default: the files of `file_results`,
+        with the digests computed while processing them). Raises AccountingError, leaving the
+        directory as it was, if kept + removed differs from the responses read or a duplicate
+        names a document that is not among the candidates.
         Raises OutputRefused, before any work, when the directory holds anything but a
         `data_refresh` output or overlaps an input file."""
         out_dir, config = self.out_dir, self.config
@@ -127,12 +136,24 @@ class DatasetRefresh:
             log.info("%s: every input file is already in the dataset; no new version", out_dir)
             return read_manifest(out_dir)
         candidates = sum(r.stats["candidates"] for r in results)
-        if (duplicates.base_version != self.base_version or duplicates.kept is None
+        on_workers = isinstance(duplicates, DistributedDuplicates)
+        if (duplicates.base_version != self.base_version
+                or (not on_workers and duplicates.kept is None)
                 or duplicates.stats.get("documents") != candidates):  # fmt: skip
-            duplicates = self.find_duplicates(results)
+            if on_workers:
+                duplicates.remove()
+            duplicates, on_workers = self.find_duplicates(results), False
         described = [item for item in describe_inputs(results, inputs)
                      if item.get("sha256") not in self.done]  # fmt: skip
         stage = stage_version if self.continuing else stage_output
+        if on_workers:
+            try:
+                with stage(out_dir, STAGE_NAME, config.to_dict(), described) as writer:
+                    write_version_on_workers(writer, out_dir, results, duplicates, config,
+                                             self.continuing)  # fmt: skip
+            finally:
+                duplicates.remove()
+            return read_manifest(out_dir)
         selected_out = top_fraction_drops(results, duplicates, config)
         with stage(out_dir, STAGE_NAME, config.to_dict(), described) as writer:
             write_version(writer, out_dir, results, duplicates, config, self.continuing,

@@ -18,7 +18,9 @@ is one task per partition; rows move between stages as Arrow files in a spill di
    alone - exact, because whether a document is still kept depends only on pairs in its own
    component; survivors resolved to ids and reasons where they live.
 
-`report.assemble_report` reads the result back as a `DuplicateReport` for the dataset writer.
+The result stays in the spill folder (`report.DistributedDuplicates`): `write` writes the
+dataset version from it on the workers (kept and removed parts, index rows; the flow commits
+the manifest), or `report.assemble_report` reads it back as a `DuplicateReport`.
 `dask_dedup` chooses between this and the single-process path and starts the cluster.
 """
 
@@ -34,8 +36,9 @@ from lmforge.tasks.data.dedup_dask.plan import (
     DocumentFile,
     PriorIndex,
 )
-from lmforge.tasks.data.dedup_dask.run import find_duplicates_distributed
+from lmforge.tasks.data.dedup_dask.report import DistributedDuplicates
+from lmforge.tasks.data.dedup_dask.run import deduplicate_distributed, find_duplicates_distributed
 
-__all__ = ["DaskDedup", "DedupPlan", "DistributedDedupSettings", "DocumentFile", "PriorIndex",
-           "dask_client", "find_duplicates_distributed", "prefers_distributed_dedup",
-           "prior_index"]  # fmt: skip
+__all__ = ["DaskDedup", "DedupPlan", "DistributedDedupSettings", "DistributedDuplicates",
+           "DocumentFile", "PriorIndex", "dask_client", "deduplicate_distributed",
+           "find_duplicates_distributed", "prefers_distributed_dedup", "prior_index"]  # fmt: skip

@@ -13,7 +13,8 @@ from typing import Any
 import pyarrow.parquet as pq
 from lmforge.tasks.data.dedup import DuplicateReport, MinHashConfig
 from lmforge.tasks.data.dedup_dask.plan import DistributedDedupSettings, DocumentFile, PriorIndex
-from lmforge.tasks.data.dedup_dask.run import find_duplicates_distributed
+from lmforge.tasks.data.dedup_dask.report import DistributedDuplicates
+from lmforge.tasks.data.dedup_dask.run import deduplicate_distributed
 from lmforge.tasks.data.dedup_index import index_files, index_is_usable, rebuild_index
 
 # Rows per row group of a rebuilt index: one prior task reads one group.
@@ -78,7 +79,24 @@ class DaskDedup:
                         prior_dir: str | os.PathLike[str] | None,
                         remove: bool = True) -> DuplicateReport:  # fmt: skip
         """`find_duplicates_distributed` against the dataset in `prior_dir` (None: none)."""
+        result = self.deduplicate(files, config, prior_dir, remove)
+        try:
+            return result.report()
+        finally:
+            result.remove()
+
+    def deduplicate(self, files: Sequence[DocumentFile], config: MinHashConfig,
+                    prior_dir: str | os.PathLike[str] | None,
+                    remove: bool = True) -> DistributedDuplicates:  # fmt: skip
+        """The same, its result left in `spill_dir` for the workers that write the version
+        (`dedup_dask.write`); remove it with `remove()` afterwards."""
         prior = prior_index(prior_dir, config, self.spill_dir) if prior_dir is not None else None
-        with dask_client(self.address, self.workers, self.settings.worker_memory_bytes) as client:
-            return find_duplicates_distributed(files, config, client, self.spill_dir, prior,
-                                               remove, self.settings)  # fmt: skip
+        with self.client() as client:
+            result = deduplicate_distributed(files, config, client, self.spill_dir, prior,
+                                             remove, self.settings)  # fmt: skip
+        result.cluster = self
+        return result
+
+    def client(self) -> contextlib.AbstractContextManager[Any]:
+        """A client of this cluster (`dask_client`)."""
+        return dask_client(self.address, self.workers, self.settings.worker_memory_bytes)

@@ -1,6 +1,7 @@
-"""The distributed result as the single-process `DuplicateReport`, for the dataset writer.
+"""The distributed result: left in its spill folder for the distributed writer
+(`DistributedDuplicates`, `write`), or read back as the single-process `DuplicateReport`.
 
-Read chunk by chunk from the stages' files, in node order: the removed documents (sorted by
+`assemble_report` reads it chunk by chunk from the stages' files, in node order: the removed documents (sorted by
 id, as `find_duplicates` sorts them) and the index rows of the kept ones. This is the one step
 whose memory grows with the run - the same rows `find_duplicates` returns - and it runs where
 the report is used (the flow's writer).
@@ -8,7 +9,10 @@ the report is used (the flow's writer).
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from lmforge.tasks.data.dedup import HAS_BANDS, Duplicate, DuplicateReport, KeptSignatures
@@ -16,6 +20,33 @@ from lmforge.tasks.data.dedup_dask.plan import DedupPlan
 from lmforge.tasks.data.dedup_dask.signatures import chunk_rows
 from lmforge.tasks.data.dedup_dask.spill import column
 from lmforge.tasks.data.dedup_dask.survivors import chunk_removed
+
+if TYPE_CHECKING:
+    from lmforge.tasks.data.dedup_dask.dask_dedup import DaskDedup
+
+
+@dataclass
+class DistributedDuplicates:
+    """A distributed dedup's result where the stages left it: each chunk's rows (`rows/`) and
+    removed documents (`removed/`) under `root`, beside the `plan` and the statistics. Nothing
+    per document is held here; `remove` deletes the folder once the version is written.
+    `cluster`: where the workers that read it run; `base_version`: as `DuplicateReport`'s."""
+
+    plan: DedupPlan
+    root: str
+    stats: dict[str, Any]
+    cluster: DaskDedup | None = None
+    base_version: int = 0
+
+    def report(self) -> DuplicateReport:
+        """The result as the single-process `DuplicateReport` (every removal, every kept
+        document's index row, in this process)."""
+        report = assemble_report(self.plan, Path(self.root), self.stats)
+        report.base_version = self.base_version
+        return report
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def assemble_report(plan: DedupPlan, root: Path, stats: dict[str, int]) -> DuplicateReport:

@@ -23,7 +23,7 @@ from lmforge.tasks.data.dedup_dask.plan import (
     DocumentFile,
     PriorIndex,
 )
-from lmforge.tasks.data.dedup_dask.report import assemble_report
+from lmforge.tasks.data.dedup_dask.report import DistributedDuplicates
 from lmforge.tasks.data.dedup_dask.signatures import sign_chunk, sign_prior
 from lmforge.tasks.data.dedup_dask.survivors import (
     decide_chunk,
@@ -34,11 +34,14 @@ from lmforge.tasks.data.dedup_dask.verify import spill_shingle_sets, verify_part
 
 # Large-Star/Small-Star needs O(log^2 n) steps; far more means something is wrong.
 MAX_STAR_STEPS = 200
+# The stages' folders that hold the result: each chunk's rows and removed documents.
+RESULT_FOLDERS = ("rows", "removed")
 
 
-class _Stages:
+class Stages:
     """Runs a stage: `function(plan, item, root, **kwargs)` for each item, as tasks named
-    `<stage>-<item>-<run>` (retried when a worker dies), and returns their results in order."""
+    `<stage>-<item>-<run>` (retried when a worker dies), and returns their results in order.
+    `root.name` must be unique to the run (a task key is never reused)."""
 
     def __init__(self, client: Any, plan: DedupPlan, root: Path, retries: int):
         self.client, self.plan, self.root, self.retries = client, plan, str(root), retries
@@ -70,17 +73,36 @@ def find_duplicates_distributed(
 ) -> DuplicateReport:
     """`lmforge.tasks.data.dedup.find_duplicates` over `files` (in dedup order, one input file
     each) against `prior`, as tasks on the Dask `client` (`distributed.Client`): the same
-    removals, survivors, reasons, statistics and kept index rows.
+    removals, survivors, reasons, statistics and kept index rows (`deduplicate_distributed`,
+    read back into this process; its folder removed)."""
+    result = deduplicate_distributed(files, config, client, spill_dir, prior, remove, settings)
+    try:
+        return result.report()
+    finally:
+        result.remove()
 
-    `spill_dir` must be reachable by every worker; a folder for this run is made in it and
-    removed afterwards. Raises what a task raised after its retries (ValueError when a file
-    no longer holds the documents its `DocumentFile` counts)."""
+
+def deduplicate_distributed(
+    files: Sequence[DocumentFile],
+    config: MinHashConfig,
+    client: Any,
+    spill_dir: str | Path,
+    prior: PriorIndex | None = None,
+    remove: bool = True,
+    settings: DistributedDedupSettings = DistributedDedupSettings(),
+) -> DistributedDuplicates:
+    """The distributed dedup's stages, their result left on disk for the writer.
+
+    `spill_dir` must be reachable by every worker; a folder for this run is made in it (the
+    result's `root`: the caller removes it with `remove()`; on error it is removed here).
+    Raises what a task raised after its retries (ValueError when a file no longer holds the
+    documents its `DocumentFile` counts)."""
     workers = max(1, len(client.scheduler_info().get("workers", {})))
     plan = DedupPlan.make(list(files), config, prior, settings, workers, remove)
     root = Path(spill_dir) / f"dedup-{uuid.uuid4().hex[:12]}"
     root.mkdir(parents=True)
     try:
-        stages = _Stages(client, plan, root, settings.retries)
+        stages = Stages(client, plan, root, settings.retries)
         stats = {"documents": plan.documents, "prior_documents": plan.offset,
                  "exact_duplicates": 0, "near_duplicates": 0, "candidate_pairs": 0,
                  "verified_pairs": 0, "clusters": 0, "largest_cluster": 0}  # fmt: skip
@@ -88,12 +110,16 @@ def find_duplicates_distributed(
         stages("sign", sign_chunk, range(len(plan.chunks)))
         if remove:
             stats.update(_find_removals(stages, plan))
-        return assemble_report(plan, root, stats)
-    finally:
+        for stage_files in root.iterdir():  # what the writer and the report read stays
+            if stage_files.name not in RESULT_FOLDERS:
+                shutil.rmtree(stage_files, ignore_errors=True)
+    except BaseException:
         shutil.rmtree(root, ignore_errors=True)
+        raise
+    return DistributedDuplicates(plan, str(root), stats)
 
 
-def _find_removals(stages: _Stages, plan: DedupPlan) -> dict[str, int]:
+def _find_removals(stages: Stages, plan: DedupPlan) -> dict[str, int]:
     partitions = range(plan.partitions)
     stages("exact-pairs", exact_pairs, partitions)
     stages("candidate-pairs", candidate_pairs, range(plan.config.bands * plan.band_ranges))
@@ -117,7 +143,7 @@ def _find_removals(stages: _Stages, plan: DedupPlan) -> dict[str, int]:
     }
 
 
-def _converge(stages: _Stages, plan: DedupPlan) -> int:
+def _converge(stages: Stages, plan: DedupPlan) -> int:
     """Star steps until the edge set stays the same through a Large-Star and a Small-Star
     step; returns the step whose records are the converged stars."""
     digests = []

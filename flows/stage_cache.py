@@ -22,6 +22,8 @@ from lmforge import __version__
 from lmforge.manifest import MANIFEST_NAME, manifest_digest, read_manifest
 
 CACHE_DIR_NAME = ".stage-cache"
+# A chain's stage outputs: `<work_dir>/stages/<stage>/<digest>` (see `flows.stage_outputs`).
+STAGES_DIR = "stages"
 # Every installed lmforge package: an edit to any of them can change what a stage produces.
 SOURCE_PACKAGES = ("lmforge", "lmforge.flows", "lmforge.tasks", "lmforge.model")
 

@@ -30,11 +30,10 @@ from prefect import task
 from prefect.states import Completed
 from pydantic import BaseModel
 
-from lmforge.flows.stage_cache import StageCache, stage_key
+from lmforge.flows.stage_cache import STAGES_DIR, StageCache, stage_key
 from lmforge.flows.tracking import child_runs_of, log_stage_manifest, section_values, stage_run
 from lmforge.tracking_tags import CACHE_TAG
 
-STAGES_DIR = "stages"
 # Characters of a digest that name a folder: 64 bits, no collision among one work dir's runs.
 FOLDER_DIGEST_CHARS = 16
 
@@ -128,11 +127,13 @@ class StageChain:
         digest = folder_digest(folder_identity) if folder_identity is not None else key
         out = self.work_dir / STAGES_DIR / name / digest[:FOLDER_DIGEST_CHARS]
         placed = {**sections, "run": run.model_copy(update={"out": str(out)})}
+        # Linked before the stage runs: `<work_dir>/train` shows the checkpoints as they come.
+        out.parent.mkdir(parents=True, exist_ok=True)
+        point_current(self.work_dir, name, out)
         self.outcomes[stage] = run_or_reuse(
             stage, stage_flow, placed, str(out), inputs, self.cache, self.parent_run_id,
             record=f"{stage}-{key[:FOLDER_DIGEST_CHARS]}", key=key,
         )  # fmt: skip
-        point_current(self.work_dir, name, out)
         return out
 
 

@@ -31,6 +31,7 @@ from pydantic import BaseModel
 
 from lmforge import __version__
 from lmforge.errors import LmforgeError
+from lmforge.flows.stage_cache import STAGES_DIR
 from lmforge.flows.tracking_store import open_sqlite_store, sqlite_path
 from lmforge.manifest import (
     MANIFEST_NAME,
@@ -212,6 +213,8 @@ def _distinguishing_words(stage: str, values: Mapping[str, Any], reused: bool) -
         return checkpoint_words(run["checkpoint"]) if run.get("checkpoint") else []
     if stage == "pipeline":
         return [model.get("preset"), steps, run and refresh_source(run)]
+    if stage == "retrain":
+        return [model.get("preset"), steps, run.get("dataset") and dataset_version(run["dataset"])]
     return [Path(run["out"]).name] if run.get("out") else []
 
 
@@ -247,7 +250,14 @@ def next_dataset_version(data_dir: str | Path) -> str:
     """`data-v4`: the version a refresh into `data_dir` adds (v1 into a new folder)."""
     current = manifest_with_digest(data_dir)
     version = manifest_version(current) + 1 if current else 1
-    return f"{Path(data_dir).name}-v{version}"
+    return f"{dataset_name(data_dir)}-v{version}"
+
+
+def dataset_name(folder: str | Path) -> str:
+    """What a dataset folder is called in run names: its name, or for a chain's stage folder
+    (`stages/data/<digest>`) the stage's link name (`data`)."""
+    folder = Path(folder)
+    return folder.parent.name if folder.parent.parent.name == STAGES_DIR else folder.name
 
 
 def dataset_version(folder: str | Path, digest: str | None = None) -> str | None:
@@ -258,7 +268,7 @@ def dataset_version(folder: str | Path, digest: str | None = None) -> str | None
     if manifest is None:
         return None
     if manifest.get("stage") == DATA_STAGE:
-        return f"{Path(folder).name}-v{manifest_version(manifest)}"
+        return f"{dataset_name(folder)}-v{manifest_version(manifest)}"
     for item in manifest.get("inputs", []):
         if item.get("stage") and item.get("path"):
             found = dataset_version(item["path"], item.get("manifest_sha256"))

@@ -71,6 +71,8 @@ def refresh_round(client, refresh, retrain, train: dict, wait: float = 60.0):
 def loop(lmforge_services):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import DeploymentUpdate
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
     from lmforge.servers import prefect_client_settings
     from lmforge.tasks.data.sample.corpus import build_sample_corpus
@@ -90,6 +92,11 @@ def loop(lmforge_services):
         # Automations act within seconds here (the two rounds above): 20 s of nothing is none.
         rounds["nothing new"] = refresh_round(client, refresh, retrain, GOOD, wait=20.0)
         rounds["retrain"] = retrain
+        decisions = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"promotion-{MODEL}"])),
+            sort=ArtifactSort.CREATED_DESC,
+        )
+        rounds["decision"] = decisions[0]
         rounds["automations"] = client.read_automations_by_name(
             "retrain when dataset grows"
         )
@@ -117,6 +124,9 @@ def test_a_worse_round_is_refused_and_the_champion_stays(loop, lmforge_services)
     assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
     challenger = client.get_model_version_by_alias(MODEL, "challenger")
     assert challenger.tags["lmforge.gate.outcome"] == "challenger"
+    # The decision is the newest `promotion-<model>` artifact, on the triggered run.
+    assert "challenger" in loop["decision"].data
+    assert loop["decision"].flow_run_id == triggered.id
     assert float(challenger.tags["lmforge.gate.value"]) > float(
         challenger.tags["lmforge.gate.champion_value"]
     )
@@ -142,11 +152,11 @@ def test_the_browser_shows_the_trigger_and_the_gate_decision(loop, lmforge_servi
         log_in(page, lmforge_services)
         # The retrain deployment's page lists the automation the refresh's event fires.
         page.goto(f"{lmforge_services.prefect_url}/deployments/deployment/{loop['retrain'].id}")
-        expect(page.get_by_text("retrain when dataset grows").first).to_be_visible()
+        expect(page.get_by_text("retrain when dataset grows").first).to_be_visible(timeout=30_000)
         screenshot(page, "6-prefect-retrain-deployment")
-        # The gate's decision, the latest artifact under its key: the refused second round.
-        page.goto(f"{lmforge_services.prefect_url}/artifacts/key/promotion-{MODEL}")
-        expect(page.get_by_text("challenger").first).to_be_visible()
+        # The gate's decision, the newest artifact under its key: the refused second round.
+        page.goto(f"{lmforge_services.prefect_url}/artifacts/artifact/{loop['decision'].id}")
+        expect(page.get_by_text("challenger").first).to_be_visible(timeout=30_000)
         screenshot(page, "7-prefect-promotion-artifact")
         # The retrain flow run that made it, with the gate among its task runs.
         page.goto(f"{lmforge_services.prefect_url}/runs/flow-run/{triggered.id}")

@@ -336,7 +336,8 @@ def test_sigterm_stops_lmforge_run_while_it_trains_and_names_the_checkpoint(
         command, command.stop(signal.SIGTERM), signal.SIGTERM, "run"
     )
     step, checkpoint, resume = STOP_LINE.search(line).groups()
-    assert Path(checkpoint) == latest_checkpoint(train)
+    # The line names the training's own folder; `work/train` links to it.
+    assert Path(checkpoint) == latest_checkpoint(train).resolve()
     assert resume == shlex.join(["lmforge", *run_args("work")])
     statuses = run_statuses(tmp_path / "work" / "mlflow.db")
     assert statuses == {"pipeline": "KILLED", "data_refresh": "FINISHED",

@@ -7,7 +7,10 @@ the retrain flow run with the gate's decision."""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 from conftest import wait_for_final_state
@@ -49,6 +52,20 @@ def next_run_of(client, deployment_id, known: set, timeout: float = 90.0):
     return None
 
 
+def version_folder(services, version: str) -> Path:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=services.mlflow_url)
+    return Path(client.get_model_version(MODEL, version).tags["lmforge.checkpoint"])
+
+
+def folder_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder)}\0".encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
 def refresh_round(client, refresh, retrain, train: dict, wait: float = 60.0):
     """Set the retrain deployment's training, start the refresh as its schedule would, and
     follow the chain for `wait` seconds: (refresh state, retrain flow run or None, retrain
@@ -88,9 +105,12 @@ def loop(lmforge_services):
                   "runner": "threads", "workers": 1}  # fmt: skip
         client.update_deployment(refresh.id, DeploymentUpdate(parameters={"run": source}))
         rounds["good"] = refresh_round(client, refresh, retrain, GOOD)
+        first = version_folder(lmforge_services, "1")
+        rounds["v1 before"] = folder_digest(first)
         rounds["worse"] = refresh_round(client, refresh, retrain, WORSE)
         # Automations act within seconds here (the two rounds above): 20 s of nothing is none.
         rounds["nothing new"] = refresh_round(client, refresh, retrain, GOOD, wait=20.0)
+        rounds["v1 after"] = folder_digest(first)
         rounds["retrain"] = retrain
         decisions = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"promotion-{MODEL}"])),
@@ -130,6 +150,28 @@ def test_a_worse_round_is_refused_and_the_champion_stays(loop, lmforge_services)
     assert float(challenger.tags["lmforge.gate.value"]) > float(
         challenger.tags["lmforge.gate.champion_value"]
     )
+
+
+def test_version_one_stays_byte_identical_and_every_version_loads_without_its_folder(
+    loop, lmforge_services, tmp_path
+):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from lmforge.flows.registry import version_checkpoint
+    from lmforge.model.checkpoint import load_model
+
+    assert loop["v1 before"] == loop["v1 after"]  # two more rounds into the same work dir
+    shutil.rmtree(lmforge_services.working_dir / "work" / "model")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(lmforge_services.mlflow_url)
+    try:
+        versions = MlflowClient().search_model_versions(f"name = '{MODEL}'")
+        assert sorted(v.version for v in versions) == ["1", "2"]
+        for version in versions:  # downloaded from the MLflow server's artifact store
+            load_model(version_checkpoint(version, tmp_path / f"v{version.version}"))
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def test_a_refresh_with_nothing_new_triggers_no_retrain(loop):

@@ -25,6 +25,8 @@ from prefect.exceptions import ObjectNotFound
 from prefect.schedules import Cron
 from pydantic import ValidationError
 
+from lmforge.recipes import merged_mapping
+
 DEFAULT_WORK_POOL = "lmforge"
 # Sunday 03:00: a weekly crawl refresh at a quiet hour.
 DEFAULT_REFRESH_CRON = "0 3 * * 0"
@@ -122,7 +124,9 @@ def register_deployments(
             ]
         if spec.flow.name == "retrain":
             triggers = [retrain_trigger(root / dataset)]
-        defaults = merged(loop.get(spec.flow.name, {}), (parameters or {}).get(spec.flow.name))
+        defaults = merged_mapping(
+            loop.get(spec.flow.name, {}), (parameters or {}).get(spec.flow.name) or {}
+        )
         deployment = spec.flow.to_deployment(
             name=spec.name,
             description=spec.description,
@@ -152,17 +156,6 @@ def retrain_trigger(dataset: Path) -> DeploymentEventTrigger:
         posture="Reactive",
         threshold=1,
     )
-
-
-def merged(base: Mapping[str, Any], override: Mapping[str, Any] | None) -> dict[str, Any]:
-    """`base` with `override`'s values, section by section (nested dicts merged, not replaced)."""
-    result = dict(base)
-    for key, value in (override or {}).items():
-        if isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
-            result[key] = merged(result[key], value)
-        else:
-            result[key] = value
-    return result
 
 
 def check_schedule(cron: str, timezone: str) -> None:

@@ -25,7 +25,7 @@ from lmforge.flows.build_shards import build_shards
 from lmforge.flows.evaluate import evaluate
 from lmforge.flows.params import EvalRun, PretrainRun, RetrainRun, ShardsRun
 from lmforge.flows.pretrain import pretrain
-from lmforge.flows.promotion import CHAMPION_ALIAS, Decision, GateConfig, gate_new_version
+from lmforge.flows.promotion import Decision, GateConfig, current_champion, gate_new_version
 from lmforge.flows.registry import default_registered_name, version_checkpoint
 from lmforge.flows.reports import publish_markdown
 from lmforge.flows.stage_cache import code_version
@@ -51,14 +51,12 @@ class RetrainError(LmforgeError, ValueError):
 def champion_start(registered_name: str, work: Path) -> tuple[str, Path]:
     """The current @champion's version and its checkpoint, fetched from MLflow into
     `work/champion/vN` (its folder may be long gone)."""
-    client = MlflowClient()
-    try:
-        champion = client.get_model_version_by_alias(registered_name, CHAMPION_ALIAS)
-    except mlflow.exceptions.MlflowException:
+    champion = current_champion(MlflowClient(), registered_name)
+    if champion is None:
         raise RetrainError(
             f"start=champion, but {registered_name} has no @champion yet: retrain from scratch "
             "first (start=scratch), or promote a version with `lmforge promote`"
-        ) from None
+        )
     folder = work / "champion" / f"v{champion.version}"
     return champion.version, version_checkpoint(champion, folder)
 

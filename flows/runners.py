@@ -14,7 +14,7 @@ from prefect.context import FlowRunContext
 from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
-from lmforge.stopping import interrupted
+from lmforge.stopping import interrupted, stop_at_safe_points
 
 RunnerKind = Literal["local", "dask", "threads"]
 RUNNER_KINDS: tuple[str, ...] = ("local", "dask", "threads")
@@ -86,12 +86,16 @@ class LocalProcessTaskRunner(ProcessPoolTaskRunner):
     def _start_workers(self) -> None:
         """Start every worker before the first task, SIGINT blocked; Python's pool would start
         them one per task, from Prefect's resolver thread. Not at `__enter__`: a worker enters
-        a copy of the flow's runner too, and must not start a pool of its own."""
+        a copy of the flow's runner too, and must not start a pool of its own.
+
+        A stop signal meanwhile takes effect once all have started: raised in the middle of a
+        spawn, it would leave a child reading its start-up data from a closed pipe (a traceback
+        on the console after the stop line)."""
         launch = getattr(self._executor, "_launch_processes", None)
         if self._workers_started or launch is None:
             return
         self._workers_started = True
-        with sigint_blocked():
+        with stop_at_safe_points(), sigint_blocked():
             launch()
 
     def cancel_all(self) -> None:

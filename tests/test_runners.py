@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
+import threading
 
 import pytest
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
@@ -11,7 +14,13 @@ from prefect_dask import DaskTaskRunner
 from lmforge.cli import build_parser, stage_configs, warc_progress_bar
 from lmforge.flows.data_refresh import file_progress
 from lmforge.flows.params import DataRefreshRun
-from lmforge.flows.runners import default_workers, make_task_runner
+from lmforge.flows.runners import (
+    LocalProcessTaskRunner,
+    default_workers,
+    make_task_runner,
+    terminate_workers,
+)
+from lmforge.stopping import Stopped, stop_handlers
 from lmforge.tasks import plots
 
 
@@ -140,3 +149,30 @@ def test_stage_metrics_are_named_by_step_reason_and_language():
 def test_the_funnel_chart_is_a_png(tmp_path):
     path = plots.removal_funnel(COUNTS, tmp_path / "funnel.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_stop_signal_while_workers_start_takes_effect_once_all_have_started():
+    """Raised between spawns (or inside one), the stop would leave a pool half started and a
+    child reading its start-up data from a closed pipe. The signal reaches the process through
+    another thread (as through Prefect's), which does not block SIGINT."""
+    runner = LocalProcessTaskRunner(max_workers=2)
+    idle = threading.Event()
+    other_thread = threading.Thread(target=idle.wait, daemon=True)
+    other_thread.start()
+    with stop_handlers(), runner:
+        executor = runner._executor
+        spawn = executor._spawn_process
+
+        def spawn_then_get_a_ctrl_c() -> None:
+            spawn()
+            if len(executor._processes) == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        executor._spawn_process = spawn_then_get_a_ctrl_c
+        with pytest.raises(Stopped):
+            runner._start_workers()
+        started = list(executor._processes.values())
+        assert len(started) == 2
+        terminate_workers()
+    idle.set()
+    assert all(process.exitcode == -signal.SIGTERM for process in started)

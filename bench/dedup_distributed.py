@@ -78,7 +78,8 @@ def build_crawl(candidates: Path, documents: int, work: Path) -> list[DocumentFi
             if total >= documents:
                 break
             rows = rows[: documents - total]
-            path = work / f"r{replica:05d}-{warc_file}.parquet"
+            # The count in the name: a file cut short for one size is not reused whole.
+            path = work / f"r{replica:05d}-{warc_file}-{len(rows)}.parquet"
             if not path.exists():
                 columns = {name: [] for name in CANDIDATE_SCHEMA.names}
                 for row in rows:

@@ -138,12 +138,6 @@ class TextUnits:
         ends = ~space & (next_space | unsegmented | next_unsegmented)
         self.starts = np.flatnonzero(starts)
         self.ends = np.flatnonzero(ends) + 1
-        self._space = space
-        letters = tables.is_letter[self.cp]
-        letter_count = int(letters.sum())
-        dense_count = int(tables.is_dense[self.cp].sum())
-        self.dense = letter_count > 0 and dense_count / letter_count > DENSE_SCRIPT_SHARE
-        self._letters = letters
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -156,6 +150,18 @@ class TextUnits:
     def cumulative_lengths(self) -> np.ndarray:
         """Characters in units before each unit: window sums are differences of two entries."""
         return np.concatenate(([0], np.cumsum(self.lengths, dtype=np.int64)))
+
+    @functools.cached_property
+    def _letters(self) -> np.ndarray:
+        return _tables().is_letter[self.cp]
+
+    @functools.cached_property
+    def dense(self) -> bool:
+        """Whether most letters are in scripts written without spaces, or Hangul. Computed
+        on demand: shingling (dedup) needs only the units."""
+        letter_count = int(self._letters.sum())
+        dense_count = int(_tables().is_dense[self.cp].sum())
+        return letter_count > 0 and dense_count / letter_count > DENSE_SCRIPT_SHARE
 
     @functools.cached_property
     def has_letter(self) -> np.ndarray:

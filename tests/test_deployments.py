@@ -1,15 +1,9 @@
-"""Deployments on a real Prefect server: registered with UI forms, triggered like the Run button,
-executed by a process worker."""
+"""Deployments on a real Prefect server: registered with UI forms, their parameters, schedules and
+triggers. (A run of one on a process worker: `test_integration_servers`.)"""
 
 from __future__ import annotations
 
-import os
-import sqlite3
-import subprocess
-import sys
-
 import pytest
-from conftest import wait_for_final_state
 
 pytestmark = pytest.mark.slow
 
@@ -141,39 +135,3 @@ def test_cli_deploy_rejects_a_bad_cron_string(capsys):
     assert main(["deploy", "--cron", "every sunday"]) == 2
     assert "invalid data_refresh schedule" in capsys.readouterr().err
 
-
-def test_a_pipeline_run_triggered_through_the_api_completes_on_a_process_worker(
-    registered, workspace, tmp_path
-):
-    from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL
-
-    # A relative work_dir, as in the UI form's default: it resolves in the deployment's working_dir.
-    parameters = {
-        "run": {"work_dir": "work"},
-        "shards": {"vocab_size": 400},
-        "train": {"max_steps": 2, "batch_size": 2, "seq_len": 32},
-    }
-    # What the UI's Run button does: a flow run of the deployment, scheduled now, nobody waiting.
-    flow_run = run_deployment(name=DEPLOYMENTS["pipeline"], parameters=parameters, timeout=0)
-    tracking_db = tmp_path / "mlflow.db"
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": PREFECT_API_URL.value(),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tracking_db}",
-    }
-    worker = subprocess.run(
-        [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type", "process",
-         "--run-once"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240,
-    )
-    with get_client(sync_client=True) as client:
-        state = wait_for_final_state(client, flow_run.id, timeout=30)
-    assert state.is_completed(), f"{state!r}\nworker output:\n{worker.stdout[-3000:]}{worker.stderr[-3000:]}"
-    with sqlite3.connect(tracking_db) as db:
-        names = {row[0] for row in db.execute("SELECT name FROM runs")}
-    # Each stage's run is named by its stage and what tells it apart (preset, steps, data).
-    assert {name.split()[0] for name in names} >= set(DEPLOYMENTS) - {"ablation", "retrain"}
-    assert "pretrain tiny 2 steps data-v1" in names
-    assert (workspace / "work" / "eval" / "results.json").is_file()

@@ -69,6 +69,12 @@ def test_mlflow_has_the_pipeline_run_linked_to_its_prefect_flow_run(mlflow_runs,
     assert "val_loss" in parent.data.metrics
 
 
+def test_each_stage_run_is_named_by_its_stage_and_what_tells_it_apart(mlflow_runs):
+    _, children = mlflow_runs
+    assert all(run.info.run_name.split()[0] == stage for stage, run in children.items())
+    assert children["pretrain"].info.run_name == "pretrain tiny 2 steps data-v1"
+
+
 def test_each_stage_is_a_child_run_whose_inputs_chain_by_digest(mlflow_runs, triggered_run):
     _, flow_run, _, _ = triggered_run
     _, children = mlflow_runs

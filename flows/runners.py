@@ -7,6 +7,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from typing import Any, Literal, Self
 
@@ -90,13 +91,16 @@ class LocalProcessTaskRunner(ProcessPoolTaskRunner):
 
         A stop signal meanwhile takes effect once all have started: raised in the middle of a
         spawn, it would leave a child reading its start-up data from a closed pipe (a traceback
-        on the console after the stop line)."""
+        on the console after the stop line). Only the main thread runs the stop handler, so
+        only a launch there can be cut."""
         launch = getattr(self._executor, "_launch_processes", None)
         if self._workers_started or launch is None:
             return
         self._workers_started = True
-        with stop_at_safe_points(), sigint_blocked():
-            launch()
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        with stop_at_safe_points() if in_main_thread else contextlib.nullcontext():
+            with sigint_blocked():
+                launch()
 
     def cancel_all(self) -> None:
         if interrupted():  # the flow engine cancels on SIGTERM; shutting down waits for workers

@@ -17,7 +17,7 @@ import shutil
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -146,10 +146,14 @@ class StageWriter:
     version: int = 1
     parent: dict[str, Any] | None = None
     retired_outputs: set[str] = field(default_factory=set)
+    # sha256 of files under `path` (by relative path) that their writers hashed from disk after
+    # writing them, where the files are (Dask workers): the manifest does not read them again.
+    file_digests: dict[str, str] = field(default_factory=dict)
 
     def manifest(self) -> dict[str, Any]:
         return build_manifest(
-            self.path, self.stage, self.params, self.inputs, self.counts, self.extra, self.started_at
+            self.path, self.stage, self.params, self.inputs, self.counts, self.extra,
+            self.started_at, digests=self.file_digests,
         )
 
 
@@ -162,14 +166,18 @@ def build_manifest(
     extra: dict[str, Any] | None = None,
     started_at: str | None = None,
     files: Iterable[Path] | None = None,
+    digests: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The manifest of `root`; `files` (default: every file under it) become its outputs."""
+    """The manifest of `root`; `files` (default: every file under it) become its outputs, each
+    hashed here unless `digests` has its sha256 (by path relative to `root`)."""
     candidates = sorted(root.rglob("*")) if files is None else sorted(Path(f) for f in files)
-    outputs = [
-        {"path": str(p.relative_to(root)), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
-        for p in candidates
-        if p.is_file() and p.name != MANIFEST_NAME
-    ]
+    digests = digests or {}
+    outputs = []
+    for p in candidates:
+        if p.is_file() and p.name != MANIFEST_NAME:
+            relative = str(p.relative_to(root))
+            sha256 = digests.get(relative) or sha256_file(p)
+            outputs.append({"path": relative, "bytes": p.stat().st_size, "sha256": sha256})
     finished_at = utc_now()
     return {
         "stage": stage,
@@ -435,7 +443,8 @@ def _commit_version(out_dir: Path, writer: StageWriter) -> None:
     # Digests first, from the staged files: the renames below are all that happens between the
     # first new file appearing in `out_dir` and the manifest that lists it.
     manifest = build_manifest(staging, writer.stage, writer.params, writer.inputs, writer.counts,
-                              writer.extra, writer.started_at, files=new_files)  # fmt: skip
+                              writer.extra, writer.started_at, files=new_files,
+                              digests=writer.file_digests)  # fmt: skip
     manifest["outputs"] = parent_outputs + manifest["outputs"]
     manifest["version"] = writer.version
     manifest["parent_version"] = {

@@ -19,6 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from distributed import Client, LocalCluster, WorkerPlugin
+from lmforge import manifest as manifest_module
+from lmforge.manifest import verify_outputs
 from lmforge.tasks.data import dedup
 from lmforge.tasks.data.config import DataConfig
 from lmforge.tasks.data.dataset_versions import read_documents
@@ -33,6 +35,7 @@ from lmforge.tasks.data.dedup_dask import (
     prefers_distributed_dedup,
 )
 from lmforge.tasks.data.dedup_dask import write
+from lmforge.tasks.data.dedup_dask.plan import DedupPlan
 from lmforge.tasks.data.dedup_dask.write import PartSeries
 from lmforge.tasks.data.dedup_index import DedupIndex, index_files, index_table
 from lmforge.tasks.data.refresh import DatasetRefresh
@@ -200,6 +203,22 @@ def test_the_distributed_path_is_chosen_on_dask_when_asked_or_large():
     assert prefers_distributed_dedup("dask", True, 1, 1000)
 
 
+def test_files_are_chunked_so_that_every_worker_gets_chunks_to_sign():
+    files = [DocumentFile(f"f{n}.parquet", f"f{n}", 100) for n in range(8)]
+    settings = DistributedDedupSettings()  # chunks of up to 50,000 documents
+
+    def chunk_sizes(workers: int) -> list[int]:
+        plan = DedupPlan.make(files, MinHashConfig(), None, settings, workers)
+        return [sum(f.documents for f in plan.chunk_files(c)) for c in range(len(plan.chunks))]
+
+    assert chunk_sizes(1) == [400, 400]
+    assert chunk_sizes(2) == [200] * 4
+    assert chunk_sizes(8) == [100] * 8  # whole files: never fewer documents than a file holds
+    small = DistributedDedupSettings(chunk_documents=200)
+    plan = DedupPlan.make(files, MinHashConfig(), None, small, 1)
+    assert len(plan.chunks) == 4  # the setting still bounds a chunk
+
+
 # ---------------------------------------------------------------- the refresh on Dask
 
 
@@ -281,6 +300,19 @@ def record_merges(monkeypatch) -> list:
     return merges
 
 
+def record_files_hashed_by_the_manifest(monkeypatch) -> list[Path]:
+    """Records the files `lmforge.manifest` hashes itself (in this process)."""
+    hashed = []
+    original = manifest_module.sha256_file
+
+    def recording(path, *args, **kwargs):
+        hashed.append(Path(path))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(manifest_module, "sha256_file", recording)
+    return hashed
+
+
 def one_file_per_document(result: FileResult, folder: Path) -> list[FileResult]:
     """The result's candidates as files of one document each (the first with the file's
     removals and responses): chunks of one document, so two-document parts straddle them."""
@@ -308,6 +340,7 @@ def test_workers_write_the_single_process_files_for_a_new_dataset_and_its_versio
     _, crawl = processed_crawl
     results = one_file_per_document(crawl[0], tmp_path / "split") + crawl[1:]
     merged = record_merges(monkeypatch)
+    hashed_here = record_files_hashed_by_the_manifest(monkeypatch)
     spill = tmp_path / "spill"
     dask = dask_dedup(client, spill, partitions=2, chunk_documents=1)
     for version, files in ((1, 4), (2, len(results))):  # a new dataset, then a version 2
@@ -323,6 +356,13 @@ def test_workers_write_the_single_process_files_for_a_new_dataset_and_its_versio
         assert written_files(tmp_path / "dask") == written_files(tmp_path / "one")
         assert dataset_contents(tmp_path / "dask") == dataset_contents(tmp_path / "one")
         assert [p.name for p in spill.iterdir() if p.name.startswith("dedup-")] == []
+        # The workers hashed what they wrote; the flow's process read none of it back ...
+        in_dask_dataset = [p for p in hashed_here if any(
+            part == "dask" or part.startswith(".dask.tmp-") for part in p.parts)]  # fmt: skip
+        assert in_dask_dataset  # the ledger (and the parent's manifest): written by the flow
+        assert not [p for p in in_dask_dataset if {"docs", "removed", "index"} & set(p.parts)]
+        verify_outputs(tmp_path / "dask")  # ... and their digests are the files'
+        hashed_here.clear()
     assert one["counts"]["removed_by_stage"]["dedup"] > 0
     # docs and removed parts joined from the pieces of several chunks
     assert {folder for folder, _, _ in merged} >= {"docs/lang=en", "removed"}

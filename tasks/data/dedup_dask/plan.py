@@ -87,11 +87,17 @@ class PriorIndex:
         return cls(str(data_dir), tuple(slices))
 
 
+# Chunks per worker when the documents are too few to fill `chunk_documents`-sized chunks:
+# tasks that end at different times still leave no worker idle for long.
+CHUNKS_PER_WORKER = 2
+
+
 @dataclass(frozen=True)
 class DistributedDedupSettings:
     """How the distributed dedup is cut. `worker_memory_bytes`: the budget a partition is
     sized for (a worker's peak grows with it, not with the dataset); `chunk_documents`: whole
-    files are grouped into chunks of about this many documents (one task each);
+    files are grouped into chunks of at most about this many documents (one task each; fewer
+    when that gives each worker `CHUNKS_PER_WORKER` chunks);
     `partitions`, `band_ranges`: fixed counts instead of the ones the budget gives (tests);
     `retries`: attempts after a worker dies or a task fails."""
 
@@ -125,9 +131,13 @@ class DedupPlan:
         if repeated:
             raise ValueError(f"input file {repeated[0]!r} is listed twice: each DocumentFile "
                              "must be one input file of the dedup order")  # fmt: skip
+        # Signing a chunk is most of the work: enough chunks to keep every worker busy.
+        documents = sum(f.documents for f in files)
+        chunk_documents = min(settings.chunk_documents,
+                              math.ceil(documents / (CHUNKS_PER_WORKER * workers)) or 1)  # fmt: skip
         chunks, start, size = [], 0, 0
         for index, item in enumerate(files):
-            if size and size + item.documents > settings.chunk_documents:
+            if size and size + item.documents > chunk_documents:
                 chunks.append((start, index))
                 start, size = index, 0
             size += item.documents

@@ -70,7 +70,7 @@ from lmforge.tasks.data.dedup_index import (
 )
 from lmforge.tasks.data.warc_processing import DOC_SCHEMA, REMOVED_SCHEMA, FileResult
 
-from lmforge.manifest import version_name
+from lmforge.manifest import sha256_file, version_name
 
 # The run's pieces and scratch files: hidden in the version's folder, removed before the commit.
 WRITE_FOLDER_PREFIX = ".writing-"
@@ -303,6 +303,25 @@ def write_index(plan: WritePlan, item: int, root: str) -> int:
     return pq.ParquetFile(target).metadata.num_rows
 
 
+def digest_files(plan: WritePlan, group: int, root: str,
+                 groups: Sequence[Sequence[str]]) -> dict[str, str]:  # fmt: skip
+    """sha256 of one group of the version's files (paths relative to `plan.out`)."""
+    return {path: sha256_file(Path(plan.out) / path) for path in groups[group]}
+
+
+def _digests_on_workers(stages: Stages, root: Path, client: Any) -> dict[str, str]:
+    """The sha256 of every file the workers wrote under `root`, hashed where the files are (a
+    few groups per worker): the flow's process commits the manifest without reading the data."""
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    workers = max(1, len(client.scheduler_info().get("workers", {})))
+    count = max(1, min(len(files), 4 * workers))
+    groups = [files[start::count] for start in range(count)]
+    digests: dict[str, str] = {}
+    for part in stages("digest", digest_files, range(count), groups=groups):
+        digests.update(part)
+    return digests
+
+
 def write_version_on_workers(writer, out_dir: Path, results: list[FileResult],
                              duplicates: DistributedDuplicates, config: DataConfig,
                              continuing: bool) -> None:  # fmt: skip
@@ -331,6 +350,8 @@ def write_version_on_workers(writer, out_dir: Path, results: list[FileResult],
             tallies = stages("write-chunk", write_chunk, chunks)
             stages("merge-part", merge_part, range(len(plan.merges)))
             stages("write-index", write_index, [0])
+            shutil.rmtree(scratch, ignore_errors=True)
+            writer.file_digests.update(_digests_on_workers(stages, root, client))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     tally = VersionTally()

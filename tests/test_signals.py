@@ -329,19 +329,38 @@ def run_args(work: str, workers: int = 1) -> list[str]:
 def test_sigterm_stops_lmforge_run_while_it_trains_and_names_the_checkpoint(
     prefect_home, tmp_path
 ):
-    command = Command(run_args("work"), tmp_path, prefect_home)
+    """Also watched on the way: no process of the command starts a Prefect server, and the
+    data stage's workers use the command's API."""
+    args = run_args("work", workers=2)
+    command = Command(args, tmp_path, prefect_home)
     train = tmp_path / "work" / "train"
-    command.wait_until(lambda: latest_checkpoint(train) is not None, "first checkpoint")
+    workers: dict[int, str] = {}
+
+    def trained_while_no_process_serves_prefect() -> bool:
+        for pid, cmdline in command.processes():
+            assert "uvicorn" not in cmdline and "prefect.server" not in cmdline, cmdline
+            if "multiprocessing" in cmdline and pid not in workers:
+                with open(f"/proc/{pid}/environ", "rb") as file:
+                    workers[pid] = file.read().decode(errors="replace")
+        return latest_checkpoint(train) is not None
+
+    command.wait_until(trained_while_no_process_serves_prefect, "first checkpoint")
     line = assert_stopped_quietly(
         command, command.stop(signal.SIGTERM), signal.SIGTERM, "run"
     )
     step, checkpoint, resume = STOP_LINE.search(line).groups()
     # The line names the training's own folder; `work/train` links to it.
     assert Path(checkpoint) == latest_checkpoint(train).resolve()
-    assert resume == shlex.join(["lmforge", *run_args("work")])
+    assert resume == shlex.join(["lmforge", *args])
     statuses = run_statuses(tmp_path / "work" / "mlflow.db")
     assert statuses == {"pipeline": "KILLED", "data_refresh": "FINISHED",
                         "build_shards": "FINISHED", "pretrain": "KILLED"}  # fmt: skip
+    assert "Starting temporary server" not in command.stderr.read_text()
+    assert workers, "no data stage worker was seen"
+    urls = {re.search(r"PREFECT_API_URL=(\S+?)\0", env + "\0").group(1)
+            for env in workers.values()}  # fmt: skip
+    assert len(urls) == 1 and urls.pop().startswith("http://127.0.0.1:")
+    assert all("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE=false" in env for env in workers.values())
 
 
 @pytest.mark.slow
@@ -359,23 +378,3 @@ def test_ctrl_c_in_the_data_stage_of_lmforge_run_stops_its_worker_processes(
     assert line.endswith("run the same command again to continue: finished stages and files "
                          "are reused")  # fmt: skip
     assert run_statuses(tmp_path / "work" / "mlflow.db")["pipeline"] == "KILLED"
-
-
-@pytest.mark.slow
-def test_no_process_of_a_command_starts_a_prefect_server(prefect_home, tmp_path):
-    command = Command(run_args("work", workers=2), tmp_path, prefect_home)
-    workers: dict[int, str] = {}
-    while command.process.poll() is None and latest_checkpoint(tmp_path / "work/train") is None:
-        for pid, cmdline in command.processes():
-            assert "uvicorn" not in cmdline and "prefect.server" not in cmdline, cmdline
-            if "multiprocessing" in cmdline and pid not in workers:
-                with open(f"/proc/{pid}/environ", "rb") as file:
-                    workers[pid] = file.read().decode(errors="replace")
-        time.sleep(0.1)
-    command.stop(signal.SIGTERM)
-    assert "Starting temporary server" not in command.stderr.read_text()
-    assert workers, "no data stage worker was seen"
-    urls = {re.search(r"PREFECT_API_URL=(\S+?)\0", env + "\0").group(1)
-            for env in workers.values()}  # fmt: skip
-    assert len(urls) == 1 and urls.pop().startswith("http://127.0.0.1:")
-    assert all("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE=false" in env for env in workers.values())

@@ -2,7 +2,8 @@
 per worker on a synthetic crawl built from webdocs, and the per-worker memory as it doubles.
 
     python bench/dedup_distributed.py --staging /tmp/$USER-dedup-staging \
-        --work /tmp/$USER-dedup-crawl [--docs 2000000] [--workers 1,2] [--worker-memory-mib 64]
+        --work /tmp/$USER-dedup-crawl [--docs 2000000] [--workers 1,2] [--worker-memory-mib 64] \
+        [--chunk-documents 50000]
     python bench/dedup_distributed.py --small ...   # 20,000 documents: a quick check
 
 Input: webdocs' candidates (`bench/dedup.py`'s `stage_candidates`: every WARC file through
@@ -13,7 +14,8 @@ WARC file, kept in `--work` for later runs.
 
 Each measurement runs in its own process: `find_duplicates` in one process, or
 `find_duplicates_distributed` on a LocalCluster of n single-threaded worker processes with
-`--worker-memory-mib` as the partition budget. Peak RSS: the process's (or each worker's)
+`--worker-memory-mib` as the partition budget and chunks of at most `--chunk-documents`
+(a fixed chunk keeps the memory per worker comparable across sizes). Peak RSS: the process's (or each worker's)
 VmHWM, reset after imports and code point tables; "growth" subtracts that baseline. The
 driver's peak includes reading the report back (`dedup_dask.report`), which grows with the run
 as the single process's does. Every Dask run is checked to remove exactly what the single
@@ -129,7 +131,8 @@ def outcome_digest(report) -> str:
     return digest.hexdigest()
 
 
-def child(mode: str, files_json: Path, workers: int, memory_mib: float, out: Path) -> None:
+def child(mode: str, files_json: Path, workers: int, memory_mib: float, chunk_documents: int,
+          out: Path) -> None:  # fmt: skip
     files = [DocumentFile(**item) for item in json.loads(files_json.read_text())]
     config = MinHashConfig()
     if mode == "single":
@@ -149,7 +152,8 @@ def child(mode: str, files_json: Path, workers: int, memory_mib: float, out: Pat
             baselines = client.run(reset_peak)
             driver_baseline = reset_peak()
             started = time.perf_counter()
-            settings = DistributedDedupSettings(worker_memory_bytes=int(memory_mib * 2**20))
+            settings = DistributedDedupSettings(worker_memory_bytes=int(memory_mib * 2**20),
+                                                chunk_documents=chunk_documents)  # fmt: skip
             report = find_duplicates_distributed(files, config, client, spill, settings=settings)
             seconds = time.perf_counter() - started
             peaks = client.run(memory_kib, "VmHWM")
@@ -161,12 +165,12 @@ def child(mode: str, files_json: Path, workers: int, memory_mib: float, out: Pat
 
 
 def measure(mode: str, files: list[DocumentFile], workers: int, memory_mib: float,
-            scratch: Path) -> dict:  # fmt: skip
+            chunk_documents: int, scratch: Path) -> dict:  # fmt: skip
     files_json = scratch / f"files-{mode}-{workers}-{len(files)}.json"
     files_json.write_text(json.dumps([vars(f) for f in files]))
     out = files_json.with_suffix(".out.json")
     command = [sys.executable, __file__, "--child", mode, str(files_json), str(workers),
-               str(memory_mib), str(out)]  # fmt: skip
+               str(memory_mib), str(chunk_documents), str(out)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"{mode} x{workers} failed:\n{done.stderr[-3000:]}")
@@ -202,11 +206,15 @@ def main() -> None:
                         help="partition budget per worker (small: partitions grow with data)")  # fmt: skip
     parser.add_argument("--small", action="store_true",
                         help="20,000 documents and a 1 MiB budget: checks the benchmark runs")  # fmt: skip
-    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--chunk-documents", type=int,
+                        default=DistributedDedupSettings().chunk_documents,
+                        help="most documents a signing task takes")  # fmt: skip
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        mode, files_json, workers, memory_mib, out = args.child
-        child(mode, Path(files_json), int(workers), float(memory_mib), Path(out))
+        mode, files_json, workers, memory_mib, chunk_documents, out = args.child
+        child(mode, Path(files_json), int(workers), float(memory_mib), int(chunk_documents),
+              Path(out))  # fmt: skip
         return
     if args.small:
         args.docs, args.worker_memory_mib = 20_000, 1.0
@@ -217,10 +225,10 @@ def main() -> None:
     sizes = [math.ceil(args.docs / 4), math.ceil(args.docs / 2), args.docs]
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        single = {size: measure("single", first_documents(files, size), 1, 0, scratch)
+        single = {size: measure("single", first_documents(files, size), 1, 0, 0, scratch)
                   for size in sizes}  # fmt: skip
         dask = {(w, size): measure("dask", first_documents(files, size), w,
-                                   args.worker_memory_mib, scratch)
+                                   args.worker_memory_mib, args.chunk_documents, scratch)
                 for w in workers for size in (sizes if w == max(workers) else sizes[-1:])}  # fmt: skip
 
     def same(result: dict, size: int) -> str:
@@ -230,7 +238,8 @@ def main() -> None:
               "growth MiB | driver peak MiB | identical to one process |\n"
               "|---|---:|---:|---:|---:|---:|---:|---:|---|")  # fmt: skip
     print(f"\nTable 1: {args.docs:,} documents ({os.cpu_count()} cores, partition budget "
-          f"{args.worker_memory_mib:g} MiB per worker)\n\n{header}")  # fmt: skip
+          f"{args.worker_memory_mib:g} MiB per worker, chunks of at most "
+          f"{args.chunk_documents:,} documents)\n\n{header}")  # fmt: skip
     print(row("single process", 1, single[args.docs], "-"))
     for w in workers:
         print(row("dask", w, dask[(w, args.docs)], same(dask[(w, args.docs)], args.docs)))

@@ -62,6 +62,11 @@ class Stages:
             del futures  # releases the results on the workers
 
 
+def worker_count(client: Any) -> int:
+    """The workers the client's scheduler has now (at least 1)."""
+    return max(1, len(client.scheduler_info().get("workers", {})))
+
+
 def find_duplicates_distributed(
     files: Sequence[DocumentFile],
     config: MinHashConfig,
@@ -97,8 +102,7 @@ def deduplicate_distributed(
     result's `root`: the caller removes it with `remove()`; on error it is removed here).
     Raises what a task raised after its retries (ValueError when a file no longer holds the
     documents its `DocumentFile` counts)."""
-    workers = max(1, len(client.scheduler_info().get("workers", {})))
-    plan = DedupPlan.make(list(files), config, prior, settings, workers, remove)
+    plan = DedupPlan.make(list(files), config, prior, settings, worker_count(client), remove)
     root = Path(spill_dir) / f"dedup-{uuid.uuid4().hex[:12]}"
     root.mkdir(parents=True)
     try:

@@ -56,7 +56,7 @@ from lmforge.tasks.data.dataset_writer import (
 from lmforge.tasks.data.dedup import HAS_BANDS, KeptSignatures
 from lmforge.tasks.data.dedup_dask.plan import DedupPlan
 from lmforge.tasks.data.dedup_dask.report import DistributedDuplicates
-from lmforge.tasks.data.dedup_dask.run import Stages
+from lmforge.tasks.data.dedup_dask.run import Stages, worker_count
 from lmforge.tasks.data.dedup_dask.signatures import chunk_rows
 from lmforge.tasks.data.dedup_dask.spill import column
 from lmforge.tasks.data.dedup_dask.survivors import chunk_removed
@@ -310,11 +310,13 @@ def digest_files(plan: WritePlan, group: int, root: str,
 
 
 def _digests_on_workers(stages: Stages, root: Path, client: Any) -> dict[str, str]:
-    """The sha256 of every file the workers wrote under `root`, hashed where the files are (a
-    few groups per worker): the flow's process commits the manifest without reading the data."""
-    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-    workers = max(1, len(client.scheduler_info().get("workers", {})))
-    count = max(1, min(len(files), 4 * workers))
+    """The sha256 of every file the workers wrote under `root` (their scratch folders aside),
+    hashed where the files are (a few groups per worker): the flow's process commits the
+    manifest without reading the data."""
+    written = (p.relative_to(root) for p in root.rglob("*") if p.is_file())
+    files = sorted(path.as_posix() for path in written
+                   if not path.parts[0].startswith(WRITE_FOLDER_PREFIX))  # fmt: skip
+    count = max(1, min(len(files), 4 * worker_count(client)))
     groups = [files[start::count] for start in range(count)]
     digests: dict[str, str] = {}
     for part in stages("digest", digest_files, range(count), groups=groups):
@@ -350,7 +352,6 @@ def write_version_on_workers(writer, out_dir: Path, results: list[FileResult],
             tallies = stages("write-chunk", write_chunk, chunks)
             stages("merge-part", merge_part, range(len(plan.merges)))
             stages("write-index", write_index, [0])
-            shutil.rmtree(scratch, ignore_errors=True)
             writer.file_digests.update(_digests_on_workers(stages, root, client))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

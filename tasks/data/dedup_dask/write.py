@@ -309,14 +309,14 @@ def digest_files(plan: WritePlan, group: int, root: str,
     return {path: sha256_file(Path(plan.out) / path) for path in groups[group]}
 
 
-def _digests_on_workers(stages: Stages, root: Path, client: Any) -> dict[str, str]:
+def _digests_on_workers(stages: Stages, root: Path) -> dict[str, str]:
     """The sha256 of every file the workers wrote under `root` (their scratch folders aside),
     hashed where the files are (a few groups per worker): the flow's process commits the
     manifest without reading the data."""
     written = (p.relative_to(root) for p in root.rglob("*") if p.is_file())
     files = sorted(path.as_posix() for path in written
                    if not path.parts[0].startswith(WRITE_FOLDER_PREFIX))  # fmt: skip
-    count = max(1, min(len(files), 4 * worker_count(client)))
+    count = max(1, min(len(files), 4 * worker_count(stages.client)))
     groups = [files[start::count] for start in range(count)]
     digests: dict[str, str] = {}
     for part in stages("digest", digest_files, range(count), groups=groups):
@@ -352,7 +352,7 @@ def write_version_on_workers(writer, out_dir: Path, results: list[FileResult],
             tallies = stages("write-chunk", write_chunk, chunks)
             stages("merge-part", merge_part, range(len(plan.merges)))
             stages("write-index", write_index, [0])
-            writer.file_digests.update(_digests_on_workers(stages, root, client))
+            writer.file_digests.update(_digests_on_workers(stages, root))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     tally = VersionTally()

@@ -3,8 +3,13 @@ per worker on a synthetic crawl built from webdocs, and the per-worker memory as
 
     python bench/dedup_distributed.py --staging /tmp/$USER-dedup-staging \
         --work /tmp/$USER-dedup-crawl [--docs 2000000] [--workers 1,2] [--worker-memory-mib 64] \
-        [--chunk-documents 50000]
+        [--chunk-documents 50000] [--doublings 2] [--results DIR]
     python bench/dedup_distributed.py --small ...   # 20,000 documents: a quick check
+
+A run at 2 M documents takes hours on 2 cores: `--results DIR` keeps each measurement as it
+finishes and reuses the ones made with the same settings and the same dedup code, so a run
+stopped halfway, or one that adds a worker count later, measures only what is missing.
+`--doublings 0` measures `--docs` alone (table 2 then has one row).
 
 Input: webdocs' candidates (`bench/dedup.py`'s `stage_candidates`: every WARC file through
 the data stage once, kept in `--staging`), repeated as distinct replicas until `--docs`
@@ -164,9 +169,28 @@ def child(mode: str, files_json: Path, workers: int, memory_mib: float, chunk_do
                                "digest": outcome_digest(report)}))  # fmt: skip
 
 
+def dedup_code_digest() -> str:
+    """Digest of the dedup code's sources (`lmforge.tasks.data`): a kept result is reused only
+    by the code that measured it."""
+    package = Path(find_duplicates.__code__.co_filename).parent
+    digest = hashlib.sha256()
+    for source in sorted(package.rglob("*.py")):
+        digest.update(str(source.relative_to(package)).encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def measure(mode: str, files: list[DocumentFile], workers: int, memory_mib: float,
-            chunk_documents: int, scratch: Path) -> dict:  # fmt: skip
-    files_json = scratch / f"files-{mode}-{workers}-{len(files)}.json"
+            chunk_documents: int, scratch: Path, results: Path | None) -> dict:  # fmt: skip
+    """One measurement in a child process, or the one kept in `results` for the same mode,
+    workers, documents, settings and dedup code."""
+    documents = sum(f.documents for f in files)
+    name = f"{mode}-w{workers}-{documents}-m{memory_mib:g}-c{chunk_documents}"
+    kept = results / f"{name}-{dedup_code_digest()}.json" if results else None
+    if kept and kept.exists():
+        print(f"{name}: kept result {kept}", file=sys.stderr, flush=True)
+        return json.loads(kept.read_text())
+    print(f"{name}: measuring ({time.strftime('%H:%M:%S')})", file=sys.stderr, flush=True)
+    files_json = scratch / f"files-{name}.json"
     files_json.write_text(json.dumps([vars(f) for f in files]))
     out = files_json.with_suffix(".out.json")
     command = [sys.executable, __file__, "--child", mode, str(files_json), str(workers),
@@ -174,7 +198,12 @@ def measure(mode: str, files: list[DocumentFile], workers: int, memory_mib: floa
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"{mode} x{workers} failed:\n{done.stderr[-3000:]}")
-    return json.loads(out.read_text())
+    result = json.loads(out.read_text())
+    print(f"{name}: {result['seconds']:,.1f} s", file=sys.stderr, flush=True)
+    if kept:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_text(json.dumps(result))
+    return result
 
 
 # ---------------------------------------------------------------- tables
@@ -209,6 +238,10 @@ def main() -> None:
     parser.add_argument("--chunk-documents", type=int,
                         default=DistributedDedupSettings().chunk_documents,
                         help="most documents a signing task takes")  # fmt: skip
+    parser.add_argument("--doublings", type=int, default=2,
+                        help="table 2 measures --docs halved this many times too")  # fmt: skip
+    parser.add_argument("--results", type=Path,
+                        help="keep each measurement here and reuse kept ones (resumable)")  # fmt: skip
     parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -222,14 +255,18 @@ def main() -> None:
     candidates = stage_candidates(args.corpus, args.staging)
     work = args.work or args.staging / "distributed-crawl"
     files = build_crawl(candidates, args.docs, work)
-    sizes = [math.ceil(args.docs / 4), math.ceil(args.docs / 2), args.docs]
+    sizes = [math.ceil(args.docs / 2**k) for k in range(args.doublings, -1, -1)]
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        single = {size: measure("single", first_documents(files, size), 1, 0, 0, scratch)
-                  for size in sizes}  # fmt: skip
+        # Dask first: it is the quicker, so a run stopped early has kept it.
         dask = {(w, size): measure("dask", first_documents(files, size), w,
-                                   args.worker_memory_mib, args.chunk_documents, scratch)
-                for w in workers for size in (sizes if w == max(workers) else sizes[-1:])}  # fmt: skip
+                                   args.worker_memory_mib, args.chunk_documents, scratch,
+                                   args.results)
+                for w in sorted(workers, reverse=True)
+                for size in (sizes if w == max(workers) else sizes[-1:])}  # fmt: skip
+        single = {size: measure("single", first_documents(files, size), 1, 0, 0, scratch,
+                                args.results)
+                  for size in sizes}  # fmt: skip
 
     def same(result: dict, size: int) -> str:
         return "yes" if result["digest"] == single[size]["digest"] else "NO"

@@ -27,7 +27,8 @@ as the single process's does. Every Dask run is checked to remove exactly what t
 process removes at that size.
 
 Table 1: both paths at `--docs`. Table 2: per-worker peak as the corpus doubles (Dask with the
-most workers) beside the single process's. Table 3: a Common Crawl snapshot on N machines,
+most workers) beside the single process's. Table 4: the largest Dask run stage by stage (wall
+time, the largest worker's peak RSS growth; `StageWatch`). Table 3: a Common Crawl snapshot on N machines,
 extrapolated from the measured worker-seconds per document (assumes the stages keep scaling as
 measured; the cluster's start-up and the report read-back are not in it).
 """
@@ -55,6 +56,7 @@ from lmforge.tasks.data.dedup_dask import (
     DocumentFile,
     find_duplicates_distributed,
 )
+from lmforge.tasks.data.dedup_dask.run import Stages
 
 CANDIDATE_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("lang", pa.string()),
                               ("declared_lang", pa.string())])  # fmt: skip
@@ -119,12 +121,52 @@ def first_documents(files: list[DocumentFile], documents: int) -> list[DocumentF
 # ---------------------------------------------------------------- measurements, in children
 
 
+def clear_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+
+
 def reset_peak() -> int:
     """Code point tables built, VmHWM reset to the current RSS; returns that baseline (KiB)."""
     shingles("warm up the code point tables", None, MinHashConfig())
-    with open("/proc/self/clear_refs", "w") as clear:
-        clear.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+    clear_peak()
     return memory_kib("VmRSS")
+
+
+class StageWatch:
+    """Each stage's wall time and each worker's peak RSS during it (VmHWM cleared as the stage
+    starts): where a Dask run's time and memory go. Wraps `Stages.__call__` for the run, so the
+    measured code is the library's, unchanged."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+        self.stages: list[dict] = []
+
+    def __enter__(self) -> StageWatch:
+        self.call = call = Stages.__call__
+        watch = self
+
+        def watched(stages, stage, function, items, **kwargs):
+            items = list(items)
+            if not items:  # no tasks (sign-prior without a prior index)
+                return call(stages, stage, function, items, **kwargs)
+            watch.client.run(clear_peak)
+            started = time.perf_counter()
+            result = call(stages, stage, function, items, **kwargs)
+            seconds = time.perf_counter() - started
+            peaks = watch.client.run(memory_kib, "VmHWM")
+            watch.stages.append({"stage": stage, "seconds": seconds, "peak_kib": peaks})
+            return result
+
+        Stages.__call__ = watched
+        return self
+
+    def __exit__(self, *exc) -> None:
+        Stages.__call__ = self.call
+
+    def worker_peaks(self, workers: list[str]) -> list[int]:
+        """Each worker's peak RSS over the whole run (KiB)."""
+        return [max(s["peak_kib"].get(w, 0) for s in self.stages) for w in workers]
 
 
 def outcome_digest(report) -> str:
@@ -159,12 +201,17 @@ def child(mode: str, files_json: Path, workers: int, memory_mib: float, chunk_do
             started = time.perf_counter()
             settings = DistributedDedupSettings(worker_memory_bytes=int(memory_mib * 2**20),
                                                 chunk_documents=chunk_documents)  # fmt: skip
-            report = find_duplicates_distributed(files, config, client, spill, settings=settings)
+            with StageWatch(client) as watch:
+                report = find_duplicates_distributed(files, config, client, spill,
+                                                     settings=settings)  # fmt: skip
             seconds = time.perf_counter() - started
-            peaks = client.run(memory_kib, "VmHWM")
-        result = {"worker_peak_kib": list(peaks.values()),
-                  "worker_baseline_kib": [baselines[w] for w in peaks],
-                  "driver_peak_kib": memory_kib("VmHWM"), "driver_baseline_kib": driver_baseline}  # fmt: skip
+        workers = sorted(baselines)
+        result = {"worker_peak_kib": watch.worker_peaks(workers),
+                  "worker_baseline_kib": [baselines[w] for w in workers],
+                  "driver_peak_kib": memory_kib("VmHWM"), "driver_baseline_kib": driver_baseline,
+                  "stages": [{"stage": s["stage"], "seconds": s["seconds"],
+                              "peak_kib": [s["peak_kib"].get(w, 0) for w in workers]}
+                             for s in watch.stages]}  # fmt: skip
     out.write_text(json.dumps({**result, "seconds": seconds, "stats": report.stats,
                                "digest": outcome_digest(report)}))  # fmt: skip
 
@@ -221,6 +268,24 @@ def row(label: str, workers: int, result: dict, identical: str) -> str:
     return (f"| {label} | {workers} | {docs:,} | {result['seconds']:,.1f} | "
             f"{docs / result['seconds']:,.0f} | {mib(peak)} | {mib(growth)} | {driver} | "
             f"{identical} |")  # fmt: skip
+
+
+def print_stages(result: dict) -> None:
+    """Table 4: wall time and the largest worker's peak RSS growth per stage (the star steps
+    of the connected components summed)."""
+    grouped: dict[str, tuple[float, int, int]] = {}
+    for stage in result["stages"]:
+        name = "star steps" if stage["stage"].startswith("star") else stage["stage"]
+        growth = max(p - b for p, b in zip(stage["peak_kib"], result["worker_baseline_kib"]))
+        seconds, peak, count = grouped.get(name, (0.0, 0, 0))
+        grouped[name] = (seconds + stage["seconds"], max(peak, growth), count + 1)
+    print(f"\nTable 4: the Dask run at {result['stats']['documents']:,} documents, stage by "
+          "stage\n\n| stage | wall s | share | peak RSS growth, largest worker MiB |\n"
+          "|---|---:|---:|---:|")  # fmt: skip
+    for name, (seconds, peak, count) in grouped.items():
+        label = f"{name} ({count})" if count > 1 else name
+        print(f"| {label} | {seconds:,.1f} | {seconds / result['seconds']:.0%} | "
+              f"{mib(peak)} |")  # fmt: skip
 
 
 def main() -> None:
@@ -299,6 +364,8 @@ def main() -> None:
     for documents in SNAPSHOTS:
         hours = [documents * per_document / (m * WORKERS_PER_MACHINE) / 3600 for m in MACHINES]
         print(f"| {documents:,} | " + " | ".join(f"{h:,.1f} h" for h in hours) + " |")
+    if "stages" in measured:  # results kept before the stages were watched have none
+        print_stages(measured)
 
 
 if __name__ == "__main__":

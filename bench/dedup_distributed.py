@@ -27,10 +27,10 @@ as the single process's does. Every Dask run is checked to remove exactly what t
 process removes at that size.
 
 Table 1: both paths at `--docs`. Table 2: per-worker peak as the corpus doubles (Dask with the
-most workers) beside the single process's. Table 4: the largest Dask run stage by stage (wall
-time, the largest worker's peak RSS growth; `StageWatch`). Table 3: a Common Crawl snapshot on N machines,
+most workers) beside the single process's. Table 3: a Common Crawl snapshot on N machines,
 extrapolated from the measured worker-seconds per document (assumes the stages keep scaling as
-measured; the cluster's start-up and the report read-back are not in it).
+measured; the cluster's start-up and the report read-back are not in it). Table 4: the largest
+Dask run stage by stage (wall time, the largest worker's peak RSS growth; `StageWatch`).
 """
 
 from __future__ import annotations

@@ -144,18 +144,17 @@ class StageWatch:
 
     def __enter__(self) -> StageWatch:
         self.call = call = Stages.__call__
-        watch = self
 
         def watched(stages, stage, function, items, **kwargs):
             items = list(items)
             if not items:  # no tasks (sign-prior without a prior index)
                 return call(stages, stage, function, items, **kwargs)
-            watch.client.run(clear_peak)
+            self.client.run(clear_peak)
             started = time.perf_counter()
             result = call(stages, stage, function, items, **kwargs)
             seconds = time.perf_counter() - started
-            peaks = watch.client.run(memory_kib, "VmHWM")
-            watch.stages.append({"stage": stage, "seconds": seconds, "peak_kib": peaks})
+            peaks = self.client.run(memory_kib, "VmHWM")
+            self.stages.append({"stage": stage, "seconds": seconds, "peak_kib": peaks})
             return result
 
         Stages.__call__ = watched

@@ -215,12 +215,14 @@ def child(mode: str, files_json: Path, workers: int, memory_mib: float, chunk_do
                                "digest": outcome_digest(report)}))  # fmt: skip
 
 
-def dedup_code_digest() -> str:
-    """Digest of the dedup code's sources (`lmforge.tasks.data`): a kept result is reused only
-    by the code that measured it."""
+def dedup_code_digest(mode: str) -> str:
+    """Digest of the sources of the dedup code `mode` runs (`lmforge.tasks.data`; without
+    `dedup_dask` for the single process): a kept result is reused only by that same code."""
     package = Path(find_duplicates.__code__.co_filename).parent
     digest = hashlib.sha256()
     for source in sorted(package.rglob("*.py")):
+        if mode == "single" and "dedup_dask" in source.relative_to(package).parts:
+            continue
         digest.update(str(source.relative_to(package)).encode() + b"\0" + source.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -231,7 +233,7 @@ def measure(mode: str, files: list[DocumentFile], workers: int, memory_mib: floa
     workers, documents, settings and dedup code."""
     documents = sum(f.documents for f in files)
     name = f"{mode}-w{workers}-{documents}-m{memory_mib:g}-c{chunk_documents}"
-    kept = results / f"{name}-{dedup_code_digest()}.json" if results else None
+    kept = results / f"{name}-{dedup_code_digest(mode)}.json" if results else None
     if kept and kept.exists():
         print(f"{name}: kept result {kept}", file=sys.stderr, flush=True)
         return json.loads(kept.read_text())

@@ -34,8 +34,9 @@ from lmforge.tasks.data.dedup_dask import (
     find_duplicates_distributed,
     prefers_distributed_dedup,
 )
-from lmforge.tasks.data.dedup_dask import write
+from lmforge.tasks.data.dedup_dask import verify, write
 from lmforge.tasks.data.dedup_dask.plan import DedupPlan
+from lmforge.tasks.data.dedup_dask.run import Stages
 from lmforge.tasks.data.dedup_dask.write import PartSeries
 from lmforge.tasks.data.dedup_index import DedupIndex, index_files, index_table
 from lmforge.tasks.data.refresh import DatasetRefresh
@@ -136,6 +137,41 @@ def test_random_inputs_give_the_single_process_report(client, tmp_path, seed, mo
     assert plain(result) == plain(expected)
 
 
+class OpenFiles:
+    """`open` for a module, counting the files it has open at once."""
+
+    def __init__(self):
+        self.now = self.most = 0
+
+    def __call__(self, *args, **kwargs):
+        file = open(*args, **kwargs)
+        self.now += 1
+        self.most = max(self.most, self.now)
+        close = file.close
+
+        def counted_close():
+            self.now -= 1
+            close()
+
+        file.close = counted_close
+        return file
+
+
+def test_verification_keeps_a_few_set_files_open_however_many_homes(client, tmp_path,
+                                                                    monkeypatch):  # fmt: skip
+    # A pair partition's pairs reach every home; holding each home's file and whole index grew
+    # a verify task with the dataset.
+    rng = random.Random(7)
+    documents = in_small_files(rng, random_documents(rng, 80, "d"))
+    opened = OpenFiles()
+    monkeypatch.setattr(verify, "OPEN_SET_FILES", 2)
+    monkeypatch.setattr(verify, "open", opened, raising=False)
+    result = distributed(client, documents, tmp_path, partitions=1, chunk_documents=1)
+    assert plain(result) == plain(find_duplicates(documents))
+    assert len({d.source for d in documents}) > 8  # homes: one per file
+    assert 1 <= opened.most <= 3  # two set files being read, one set file being written
+
+
 def write_prior(report, documents, config, folder: Path) -> tuple[DedupIndex, PriorIndex]:
     """An earlier run's kept documents as a dataset folder: one docs part, one index file."""
     by_id = {d.id: d for d in documents}
@@ -194,6 +230,40 @@ def test_without_removal_every_document_is_kept_with_its_index_rows(client, tmp_
 def test_the_spill_folder_is_removed_afterwards(client, tmp_path):
     distributed(client, [DedupDocument("a", window(0))], tmp_path)
     assert list((tmp_path / "spill").iterdir()) == []
+
+
+class CountedPlan:
+    """A plan that notes every time it is unpickled (a line in `log`)."""
+
+    def __init__(self, log: str):
+        self.log = log
+
+    def __reduce__(self):
+        return (_unpickled_plan, (self.log,))
+
+
+def _unpickled_plan(log: str) -> CountedPlan:
+    with open(log, "a") as file:
+        file.write("unpickled\n")
+    return CountedPlan(log)
+
+
+def plan_seen(plan: CountedPlan, item: int, root: str) -> int:
+    return item
+
+
+def test_a_stage_sends_its_plan_once_not_with_every_task(tmp_path):
+    # The plan lists every input file: unpickled per task, it cost each worker of a 2 M
+    # document run ~235 MiB that grew with the dataset.
+    log = tmp_path / "unpickled"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        stages = Stages(client, CountedPlan(str(log)), tmp_path / "run-1", retries=0)
+        assert stages("seen", plan_seen, range(40)) == list(range(40))
+        assert stages("seen-again", plan_seen, range(40)) == list(range(40))
+    unpickled = len(log.read_text().splitlines())
+    assert 1 <= unpickled <= 4  # once per worker, and once on the way to the scheduler
 
 
 def test_the_distributed_path_is_chosen_on_dask_when_asked_or_large():

@@ -10,7 +10,9 @@ a time, and sends the verified pairs to the edge partitions.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +23,9 @@ from lmforge.tasks.data.dedup_dask.pairs import NODE_SCHEMA, send_edges, unique_
 from lmforge.tasks.data.dedup_dask.plan import DedupPlan
 from lmforge.tasks.data.dedup_dask.spill import column, gather, read_table, write_table
 from lmforge.tasks.data.dedup_index import shingle_sets_at
+
+# Set files a verify task keeps open (one per home it reads; the least recently read closed).
+OPEN_SET_FILES = 64
 
 
 def sets_paths(root: Path, home: int) -> tuple[Path, Path]:
@@ -105,29 +110,49 @@ def _prior_sets(plan: DedupPlan, home: int, needed: np.ndarray, writer: _SetWrit
 
 
 class _SpilledSets:
-    """Shingle sets read back from the homes' files, one at a time."""
+    """The shingle sets of `nodes` (ascending), read back from their homes' files one at a
+    time. Each home's index is read once and only `nodes`' rows of it kept, and at most
+    `OPEN_SET_FILES` files are open: a task's memory follows its own pairs, not the number of
+    homes (which grows with the dataset)."""
 
-    def __init__(self, root: Path, plan: DedupPlan):
+    def __init__(self, root: Path, plan: DedupPlan, nodes: np.ndarray):
         self.root = root
-        self.plan = plan
-        self.indexes: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self.files: dict[int, object] = {}
+        self.nodes = nodes
+        self.homes = plan.home_of(nodes)
+        self.starts = np.zeros(len(nodes), np.int64)
+        self.lengths = np.zeros(len(nodes), np.int64)
+        bounds = np.flatnonzero(np.diff(self.homes)) + 1  # nodes ascend, so homes do
+        for span in np.split(np.arange(len(nodes)), bounds):
+            if len(span):
+                self._locate(int(self.homes[span[0]]), span)
+        self.files: OrderedDict[int, BinaryIO] = OrderedDict()
+
+    def _locate(self, home: int, span: np.ndarray) -> None:
+        index = read_table(sets_paths(self.root, home)[1])
+        indexed = column(index, "node", np.int64)
+        at = np.searchsorted(indexed, self.nodes[span])
+        missing = (at == len(indexed)) | (indexed[np.minimum(at, len(indexed) - 1)]
+                                          != self.nodes[span])  # fmt: skip
+        if missing.any():
+            node = int(self.nodes[span][missing][0])
+            raise KeyError(f"no spilled shingle set for node {node} (home {home})")
+        self.starts[span] = column(index, "start", np.int64)[at]
+        self.lengths[span] = column(index, "length", np.int64)[at]
+
+    def _file(self, home: int) -> BinaryIO:
+        file = self.files.get(home)
+        if file is None:
+            if len(self.files) == OPEN_SET_FILES:
+                self.files.popitem(last=False)[1].close()
+            file = self.files[home] = open(sets_paths(self.root, home)[0], "rb")
+        self.files.move_to_end(home)
+        return file
 
     def get(self, node: int) -> np.ndarray:
-        home = int(self.plan.home_of(np.array([node]))[0])
-        if home not in self.indexes:
-            path, index_path = sets_paths(self.root, home)
-            index = read_table(index_path)
-            self.indexes[home] = tuple(column(index, name, np.int64)
-                                       for name in ("node", "start", "length"))  # fmt: skip
-            self.files[home] = open(path, "rb")
-        nodes, starts, lengths = self.indexes[home]
-        at = int(np.searchsorted(nodes, node))
-        if at == len(nodes) or nodes[at] != node:
-            raise KeyError(f"no spilled shingle set for node {node} (home {home})")
-        file = self.files[home]
-        file.seek(int(starts[at]))
-        return np.frombuffer(file.read(8 * int(lengths[at])), "<u8")
+        at = int(np.searchsorted(self.nodes, node))
+        file = self._file(int(self.homes[at]))
+        file.seek(int(self.starts[at]))
+        return np.frombuffer(file.read(8 * int(self.lengths[at])), "<u8")
 
     def close(self) -> None:
         for file in self.files.values():
@@ -139,7 +164,7 @@ def verify_partition(plan: DedupPlan, partition: int, root: str) -> int:
     root = Path(root)
     pairs = unique_pairs(root, partition)  # sorted by earlier node: its set is read once
     verified = np.zeros(len(pairs), bool)
-    sets = _SpilledSets(root, plan)
+    sets = _SpilledSets(root, plan, np.unique(pairs))
     try:
         earlier_node, earlier = -1, None
         for at, (a, b) in enumerate(pairs.tolist()):

@@ -271,15 +271,27 @@ def row(label: str, workers: int, result: dict, identical: str) -> str:
             f"{identical} |")  # fmt: skip
 
 
-def print_stages(result: dict) -> None:
-    """Table 4: wall time and the largest worker's peak RSS growth per stage (the star steps
-    of the connected components summed)."""
+def stage_totals(result: dict) -> dict[str, tuple[float, int, int]]:
+    """Per stage of a watched Dask run: (wall s, the largest worker's peak RSS growth KiB,
+    times run); the connected components' star steps summed as one."""
     grouped: dict[str, tuple[float, int, int]] = {}
-    for stage in result["stages"]:
+    for stage in result.get("stages", []):
         name = "star steps" if stage["stage"].startswith("star") else stage["stage"]
         growth = max(p - b for p, b in zip(stage["peak_kib"], result["worker_baseline_kib"]))
         seconds, peak, count = grouped.get(name, (0.0, 0, 0))
         grouped[name] = (seconds + stage["seconds"], max(peak, growth), count + 1)
+    return grouped
+
+
+def largest_stage(result: dict) -> str:
+    """The stage where a watched Dask run's workers grew most ("-" when not watched)."""
+    totals = stage_totals(result)
+    return max(totals, key=lambda name: totals[name][1]) if totals else "-"
+
+
+def print_stages(result: dict) -> None:
+    """Table 4: wall time and the largest worker's peak RSS growth per stage."""
+    grouped = stage_totals(result)
     print(f"\nTable 4: the Dask run at {result['stats']['documents']:,} documents, stage by "
           "stage\n\n| stage | wall s | share | peak RSS growth, largest worker MiB |\n"
           "|---|---:|---:|---:|")  # fmt: skip
@@ -306,6 +318,8 @@ def main() -> None:
                         help="most documents a signing task takes")  # fmt: skip
     parser.add_argument("--doublings", type=int, default=2,
                         help="table 2 measures --docs halved this many times too")  # fmt: skip
+    parser.add_argument("--sizes", help="table 2's smaller sizes instead (documents, "
+                                        "comma-separated; with --results, kept ones reused)")  # fmt: skip
     parser.add_argument("--results", type=Path,
                         help="keep each measurement here and reuse kept ones (resumable)")  # fmt: skip
     parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
@@ -321,7 +335,12 @@ def main() -> None:
     candidates = stage_candidates(args.corpus, args.staging)
     work = args.work or args.staging / "distributed-crawl"
     files = build_crawl(candidates, args.docs, work)
-    sizes = [math.ceil(args.docs / 2**k) for k in range(args.doublings, -1, -1)]
+    if args.sizes:
+        sizes = sorted({int(size) for size in args.sizes.split(",")} | {args.docs})
+        if sizes[-1] != args.docs:
+            parser.error("--sizes must not exceed --docs")
+    else:
+        sizes = [math.ceil(args.docs / 2**k) for k in range(args.doublings, -1, -1)]
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         # Dask first: it is the quicker, so a run stopped early has kept it.
@@ -347,15 +366,16 @@ def main() -> None:
     for w in workers:
         print(row("dask", w, dask[(w, args.docs)], same(dask[(w, args.docs)], args.docs)))
     most = max(workers)
-    print(f"\nTable 2: peak RSS growth per worker as the corpus doubles (dask: {most} workers)\n")
-    print("| documents | single process growth MiB | dask growth per worker MiB | identical |")
-    print("|---:|---:|---:|---|")
+    print(f"\nTable 2: peak RSS growth per worker as the corpus grows (dask: {most} workers)\n")
+    print("| documents | single process growth MiB | dask growth per worker MiB | largest in | "
+          "identical |\n|---:|---:|---:|---|---|")  # fmt: skip
     for size in sizes:
         one, many = single[size], dask[(most, size)]
         one_growth = one["worker_peak_kib"][0] - one["worker_baseline_kib"][0]
         many_growth = max(p - b for p, b in zip(many["worker_peak_kib"],
                                                 many["worker_baseline_kib"]))  # fmt: skip
-        print(f"| {size:,} | {mib(one_growth)} | {mib(many_growth)} | {same(many, size)} |")
+        print(f"| {size:,} | {mib(one_growth)} | {mib(many_growth)} | {largest_stage(many)} | "
+              f"{same(many, size)} |")  # fmt: skip
     measured = dask[(most, args.docs)]
     per_document = measured["seconds"] * most / args.docs  # worker-seconds per document
     print(f"\nTable 3: extrapolated wall time at {per_document * 1e3:.2f} worker-ms per "
@@ -365,7 +385,7 @@ def main() -> None:
     for documents in SNAPSHOTS:
         hours = [documents * per_document / (m * WORKERS_PER_MACHINE) / 3600 for m in MACHINES]
         print(f"| {documents:,} | " + " | ".join(f"{h:,.1f} h" for h in hours) + " |")
-    if "stages" in measured:  # results kept before the stages were watched have none
+    if stage_totals(measured):  # results kept before the stages were watched have none
         print_stages(measured)
 
 

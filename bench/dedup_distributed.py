@@ -241,10 +241,12 @@ def dedup_code_digest(mode: str) -> str:
 def measure(mode: str, files: list[DocumentFile], workers: int, memory_mib: float,
             chunk_documents: int, scratch: Path, results: Path | None) -> dict:  # fmt: skip
     """One measurement in a child process, or the one kept in `results` for the same mode,
-    workers, documents, settings and dedup code."""
+    workers, input files (another crawl of as many documents is another input), settings and
+    dedup code."""
     documents = sum(f.documents for f in files)
     name = f"{mode}-w{workers}-{documents}-m{memory_mib:g}-c{chunk_documents}"
-    kept = results / f"{name}-{dedup_code_digest(mode)}.json" if results else None
+    inputs = hashlib.sha256(json.dumps([vars(f) for f in files]).encode()).hexdigest()[:8]
+    kept = results / f"{name}-{inputs}-{dedup_code_digest(mode)}.json" if results else None
     if kept and kept.exists():
         print(f"{name}: kept result {kept}", file=sys.stderr, flush=True)
         return json.loads(kept.read_text())

@@ -169,7 +169,8 @@ def test_verification_keeps_a_few_set_files_open_however_many_homes(client, tmp_
     result = distributed(client, documents, tmp_path, partitions=1, chunk_documents=1)
     assert plain(result) == plain(find_duplicates(documents))
     assert len({d.source for d in documents}) > 8  # homes: one per file
-    assert 1 <= opened.most <= 3  # two set files being read, one set file being written
+    # The one verify task (one partition) reads at most 2; spilling writes one per worker.
+    assert 1 <= opened.most <= 3
 
 
 def write_prior(report, documents, config, folder: Path) -> tuple[DedupIndex, PriorIndex]:

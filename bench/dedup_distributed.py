@@ -3,13 +3,14 @@ per worker on a synthetic crawl built from webdocs, and the per-worker memory as
 
     python bench/dedup_distributed.py --staging /tmp/$USER-dedup-staging \
         --work /tmp/$USER-dedup-crawl [--docs 2000000] [--workers 1,2] [--worker-memory-mib 64] \
-        [--chunk-documents 50000] [--doublings 2] [--results DIR]
+        [--chunk-documents 50000] [--doublings 2 | --sizes 100000,400000] [--results DIR]
     python bench/dedup_distributed.py --small ...   # 20,000 documents: a quick check
 
 A run at 2 M documents takes hours on 2 cores: `--results DIR` keeps each measurement as it
-finishes and reuses the ones made with the same settings and the same dedup code, so a run
-stopped halfway, or one that adds a worker count later, measures only what is missing.
-`--doublings 0` measures `--docs` alone (table 2 then has one row).
+finishes and reuses the ones made with the same settings, input files and dedup code
+(comments and docstrings aside), so a run stopped halfway, or one that adds a worker count
+later, measures only what is missing. `--doublings 0` measures `--docs` alone (table 2 then has
+one row); `--sizes` names table 2's smaller sizes instead of halving.
 
 Input: webdocs' candidates (`bench/dedup.py`'s `stage_candidates`: every WARC file through
 the data stage once, kept in `--staging`), repeated as distinct replicas until `--docs`

@@ -27,7 +27,7 @@ driver's peak includes reading the report back (`dedup_dask.report`), which grow
 as the single process's does. Every Dask run is checked to remove exactly what the single
 process removes at that size.
 
-Table 1: both paths at `--docs`. Table 2: per-worker peak as the corpus doubles (Dask with the
+Table 1: both paths at `--docs`. Table 2: per-worker peak as the corpus grows (Dask with the
 most workers) beside the single process's. Table 3: a Common Crawl snapshot on N machines,
 extrapolated from the measured worker-seconds per document (assumes the stages keep scaling as
 measured; the cluster's start-up and the report read-back are not in it). Table 4: the largest
@@ -275,10 +275,15 @@ def mib(kib: float) -> str:
     return f"{kib / 1024:,.0f}"
 
 
+def largest_growth(peaks: list[int], baselines: list[int]) -> int:
+    """The largest peak RSS growth over the workers' baselines (KiB)."""
+    return max(peak - base for peak, base in zip(peaks, baselines, strict=True))
+
+
 def row(label: str, workers: int, result: dict, identical: str) -> str:
     docs = result["stats"]["documents"]
     peak = max(result["worker_peak_kib"])
-    growth = max(p - b for p, b in zip(result["worker_peak_kib"], result["worker_baseline_kib"]))
+    growth = largest_growth(result["worker_peak_kib"], result["worker_baseline_kib"])
     driver = mib(result["driver_peak_kib"]) if "driver_peak_kib" in result else "-"
     return (f"| {label} | {workers} | {docs:,} | {result['seconds']:,.1f} | "
             f"{docs / result['seconds']:,.0f} | {mib(peak)} | {mib(growth)} | {driver} | "
@@ -291,7 +296,7 @@ def stage_totals(result: dict) -> dict[str, tuple[float, int, int]]:
     grouped: dict[str, tuple[float, int, int]] = {}
     for stage in result.get("stages", []):
         name = "star steps" if stage["stage"].startswith("star") else stage["stage"]
-        growth = max(p - b for p, b in zip(stage["peak_kib"], result["worker_baseline_kib"]))
+        growth = largest_growth(stage["peak_kib"], result["worker_baseline_kib"])
         seconds, peak, count = grouped.get(name, (0.0, 0, 0))
         grouped[name] = (seconds + stage["seconds"], max(peak, growth), count + 1)
     return grouped
@@ -385,9 +390,8 @@ def main() -> None:
           "identical |\n|---:|---:|---:|---|---|")  # fmt: skip
     for size in sizes:
         one, many = single[size], dask[(most, size)]
-        one_growth = one["worker_peak_kib"][0] - one["worker_baseline_kib"][0]
-        many_growth = max(p - b for p, b in zip(many["worker_peak_kib"],
-                                                many["worker_baseline_kib"]))  # fmt: skip
+        one_growth = largest_growth(one["worker_peak_kib"], one["worker_baseline_kib"])
+        many_growth = largest_growth(many["worker_peak_kib"], many["worker_baseline_kib"])
         print(f"| {size:,} | {mib(one_growth)} | {mib(many_growth)} | {largest_stage(many)} | "
               f"{same(many, size)} |")  # fmt: skip
     measured = dask[(most, args.docs)]

@@ -41,6 +41,7 @@ from lmforge.tasks.data.dedup_dask.write import PartSeries
 from lmforge.tasks.data.dedup_index import DedupIndex, index_files, index_table
 from lmforge.tasks.data.refresh import DatasetRefresh
 from lmforge.tasks.data.warc_processing import REMOVED_SCHEMA, FileResult, process_warc_file
+from conftest import SHARED
 from test_dedup_memory import CONFIGS, plain, random_documents
 
 CANDIDATE_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("lang", pa.string()),
@@ -343,6 +344,45 @@ def test_an_incremental_refresh_on_dask_equals_the_single_process_one(
         manifest = refresh_version(tmp_path / name, results, paths, dask)
         assert manifest["version"] == 2
     assert dataset_contents(tmp_path / "one") == dataset_contents(tmp_path / "dask")
+
+
+WEBDOCS = SHARED / "corpus" / "webdocs"
+
+
+@pytest.fixture(scope="module")
+def processed_webdocs(tmp_path_factory):
+    """Half of the webdocs corpus's WARC files (a minute to process on two cores), processed
+    once, and their dataset deduplicated by one process: a first version from two files, a
+    second from all four."""
+    paths = sorted(WEBDOCS.glob("*.warc.gz"))[:4]
+    if not paths:
+        pytest.skip(f"{WEBDOCS} is not present")
+    staging = tmp_path_factory.mktemp("webdocs-staging")
+    results = [process_warc_file(path, DataConfig(), staging) for path in paths]
+    one = tmp_path_factory.mktemp("webdocs-one")
+    first = refresh_version(one, results[:2], paths[:2])
+    second = refresh_version(one, results, paths)
+    # Mirrors, copies and near copies within the first version and against it.
+    assert first["counts"]["removed_by_stage"]["dedup"] > 50
+    assert second["version"] == 2 and second["counts"]["removed_by_stage"]["dedup"] > 50
+    return paths, results, dataset_contents(one)
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_on_webdocs_any_worker_count_keeps_and_removes_what_one_process_does(
+        processed_webdocs, workers, tmp_path):  # fmt: skip
+    """The real corpus, both versions of an incremental refresh, a 1 MiB partition budget and a
+    chunk per file: kept documents, removals with `duplicate_of` and index rows equal the
+    single process's."""
+    paths, results, expected = processed_webdocs
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
+        dask = dask_dedup(client, tmp_path / "spill", worker_memory_bytes=2**20,
+                          chunk_documents=1000)  # fmt: skip
+        refresh_version(tmp_path / "dask", results[:2], paths[:2], dask)
+        refresh_version(tmp_path / "dask", results, paths, dask)
+    assert dataset_contents(tmp_path / "dask") == expected
 
 
 # Two documents a part: parts shared by both chunks of the crawl (a chunk a file) are merged.

